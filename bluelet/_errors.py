@@ -1,0 +1,32 @@
+"""Exceptions shared by both cores, defined once so each has one identity.
+
+Both twins import these, so ``except bluelet.SocketClosedError`` catches the
+error whichever core raised it.
+"""
+
+__all__ = ["SocketClosedError", "ThreadException"]
+
+
+class SocketClosedError(Exception):
+    """An operation was attempted on a closed Connection or Listener.
+
+    Also raised at the ``yield`` of a coroutine that was waiting on a socket
+    when another coroutine closed it.
+    """
+
+
+class ThreadException(Exception):
+    """Kept from bluelet 0.2.0, where it wrapped a coroutine's exception.
+
+    The scheduler no longer raises it (exceptions reach ``run()``'s caller
+    unwrapped) but programs may still import or catch it.
+    """
+
+    def __init__(self, coro, exc_info):
+        super().__init__(coro, exc_info)
+        self.coro = coro
+        self.exc_info = exc_info
+
+    def reraise(self):
+        """Raise the wrapped exception with its original traceback."""
+        raise self.exc_info[1].with_traceback(self.exc_info[2])

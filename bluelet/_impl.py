@@ -1,0 +1,82 @@
+"""The one place that chooses the scheduler core.
+
+The compiled twin (``bluelet._loop``) is used when it imports and
+``BLUELET_PURE_PYTHON`` is not set; otherwise the pure twin
+(``bluelet._loop_py``). On interpreters other than CPython the pure twin is
+always used. ``BLUELET_REQUIRE_EXTENSIONS=1`` turns a missing compiled core
+into an ImportError, so CI and wheel tests never test the pure twin by
+accident.
+
+Every other module takes the core's names from here. ``use()`` swaps the core
+in place, so tests and benchmarks can run both twins in one process.
+"""
+
+import os
+import platform
+import sys
+
+from . import _loop_py
+
+#: The names every core defines; the public API re-exports them.
+CORE_NAMES = (
+    "Event", "WaitableEvent", "ValueEvent", "ExceptionEvent", "SpawnEvent",
+    "JoinEvent", "KillEvent", "DelegationEvent", "ReturnEvent", "SleepEvent",
+    "ReadEvent", "WriteEvent", "AcceptEvent", "ReceiveEvent", "SendEvent",
+    "Loop", "run", "null", "sleep", "spawn", "call", "end", "join", "kill",
+    "read", "write", "wait_readable", "wait_writable", "notify_closing",
+)
+
+
+def _flag(name):
+    return os.environ.get(name, "") not in ("", "0")
+
+
+def load(name):
+    """Return the core module called ``name`` ("cython" or "python")."""
+    if name == "python":
+        return _loop_py
+    if name == "cython":
+        from . import _loop
+        return _loop
+    raise ValueError("unknown bluelet core %r (expected 'cython' or 'python')" % (name,))
+
+
+def _choose():
+    if _flag("BLUELET_PURE_PYTHON") or platform.python_implementation() != "CPython":
+        return "python"
+    try:
+        load("cython")
+    except ImportError:
+        if _flag("BLUELET_REQUIRE_EXTENSIONS"):
+            raise
+        return "python"
+    return "cython"
+
+
+IMPLEMENTATION = _choose()
+core = load(IMPLEMENTATION)
+globals().update((name, getattr(core, name)) for name in CORE_NAMES)
+
+
+def use(name):
+    """Make core ``name`` the one every bluelet module uses; return the old name.
+
+    Rebinds, in each loaded ``bluelet`` module, the names that still point at
+    the current core's objects. For tests and benchmarks that compare the
+    twins in one process; programs choose with ``BLUELET_PURE_PYTHON``.
+    """
+    global IMPLEMENTATION, core
+    new = load(name)
+    old_name, old = IMPLEMENTATION, core
+    swaps = {id(getattr(old, n)): getattr(new, n) for n in CORE_NAMES}
+    for mod_name, module in list(sys.modules.items()):
+        if module is None or not (mod_name == "bluelet" or mod_name.startswith("bluelet.")):
+            continue
+        namespace = vars(module)
+        for key, value in list(namespace.items()):
+            if id(value) in swaps and key in CORE_NAMES:
+                namespace[key] = swaps[id(value)]
+        if "IMPLEMENTATION" in namespace:
+            namespace["IMPLEMENTATION"] = name
+    IMPLEMENTATION, core = name, new
+    return old_name

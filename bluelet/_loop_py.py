@@ -1,0 +1,1093 @@
+"""The scheduler core, pure-Python twin of ``_loop.pyx``.
+
+What the core owns
+    The event classes coroutines yield, the per-coroutine record (``_Task``),
+    the FIFO ready queue, the heap of sleepers, the table of descriptors
+    being waited on and the poller behind it. Everything above the core
+    (sockets, and later sync, threads, signals) only builds events.
+
+How a coroutine runs
+    A *task* is one spawned generator plus the chain of sub-coroutines it is
+    delegating to (``call``); the innermost generator is the one resumed.
+    Delegation, return, spawn and kill are handled inside the resuming step
+    without a trip through the ready queue, like function calls. Any event
+    that completes later (I/O, sleep, join) or gives way (``null``,
+    ``ValueEvent``) puts the task at the back of the ready queue.
+
+Invariants
+    - FIFO: tasks run in the order they became ready; a task is appended to
+      the ready queue only when it changes state to ready, so it is never
+      queued twice. Killed tasks stay queued but are skipped.
+    - Cost per event is O(1): no pass over all tasks; descriptors stay
+      registered with the poller between waits (interest is dropped lazily,
+      when the poller reports an fd nobody waits for).
+    - One ready waiter per fd direction is woken per readiness report; more
+      waiters queue FIFO behind it.
+    - A finished coroutine is remembered (its generator is exhausted) so that
+      ``join`` returns at once; every ``finally`` runs on kill and shutdown.
+    - An unhandled exception ends ``run()`` with that exception after all
+      other coroutines are closed; a reset or broken connection ends only its
+      own coroutine.
+
+Twin rule
+    ``_loop.pyx`` has the same names, in the same order, with the same
+    comments. Change both in one commit. Docstrings live here; the compiled
+    twin points to them.
+"""
+
+import collections
+import errno
+import heapq
+import logging
+import math
+import select
+import selectors
+import threading
+import time
+import types
+
+from ._errors import SocketClosedError
+
+__all__ = [
+    "Event", "WaitableEvent", "ValueEvent", "ExceptionEvent", "SpawnEvent",
+    "JoinEvent", "KillEvent", "DelegationEvent", "ReturnEvent", "SleepEvent",
+    "ReadEvent", "WriteEvent", "AcceptEvent", "ReceiveEvent", "SendEvent",
+    "Loop", "run", "null", "sleep", "spawn", "call", "end", "join", "kill",
+    "read", "write", "wait_readable", "wait_writable", "notify_closing",
+]
+
+log = logging.getLogger("bluelet")
+
+# ---------------------------------------------------------------------------
+# Constants
+# ---------------------------------------------------------------------------
+
+# Event kinds: the core dispatches on these instead of isinstance chains.
+_K_NONE = 0        # plain Event subclass: not something the core can wait for
+_K_VALUE = 1
+_K_IO = 2
+_K_SLEEP = 3
+_K_CALL = 4
+_K_RETURN = 5
+_K_SPAWN = 6
+_K_JOIN = 7
+_K_KILL = 8
+_K_WAITABLE = 9
+_K_EXCEPTION = 10
+
+# Task states.
+_S_READY = 0
+_S_RUNNING = 1
+_S_IO = 2
+_S_SLEEP = 3
+_S_JOIN = 4
+_S_DONE = 5
+
+# Readiness bits, the epoll values so the Linux poller needs no translation.
+READ = 0x001      # EPOLLIN
+WRITE = 0x004     # EPOLLOUT
+_ERRORS = 0x018   # EPOLLERR | EPOLLHUP: wake both directions, the I/O reports it
+
+# A sendall or write that made progress but must wait for more room.
+_WOULD_BLOCK = object()
+
+# Errors that end only the coroutine they escape from, as in 0.2.0.
+_QUIET = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+
+# Heap entries of cancelled sleepers are left in place; rebuild when they are
+# the majority, so a program that keeps cancelling timers stays bounded.
+_STALE_TIMER_FLOOR = 64
+
+_monotonic = time.monotonic
+_GeneratorType = types.GeneratorType
+
+
+# ---------------------------------------------------------------------------
+# Events
+# ---------------------------------------------------------------------------
+
+class Event:
+    """Base class of everything a coroutine may yield to the scheduler."""
+
+    __slots__ = ()
+    _kind = _K_NONE
+
+
+class WaitableEvent(Event):
+    """An event that completes when descriptors become ready.
+
+    Subclasses define ``waitables()`` and ``fire()``. The scheduler watches
+    the descriptors and calls ``fire()`` once any of them is ready; its
+    return value is the value of the ``yield`` (its exception is raised
+    there).
+    """
+
+    __slots__ = ()
+    _kind = _K_WAITABLE
+
+    def waitables(self):
+        """Return three iterables of objects with ``fileno()`` (or fds).
+
+        They are watched for reading, writing and exceptional conditions
+        (the last watched like reading: epoll reports errors as readable).
+        """
+        return (), (), ()
+
+    def fire(self):
+        """Called when a waitable is ready; returns the coroutine's value."""
+        return None
+
+
+class ValueEvent(Event):
+    """Resume the coroutine with ``value``, after every already-ready one."""
+
+    __slots__ = ("_value",)
+    _kind = _K_VALUE
+
+    def __init__(self, value):
+        self._value = value
+
+    @property
+    def value(self):
+        """The value the ``yield`` evaluates to (read-only: null() is shared)."""
+        return self._value
+
+
+class ExceptionEvent(Event):
+    """Raise an exception at the ``yield``.
+
+    ``exc_info`` is a ``sys.exc_info()`` triple or an exception instance.
+    """
+
+    __slots__ = ("exc_info", "_exc")
+    _kind = _K_EXCEPTION
+
+    def __init__(self, exc_info):
+        self.exc_info = exc_info
+        if isinstance(exc_info, BaseException):
+            self._exc = exc_info
+        else:
+            self._exc = exc_info[1].with_traceback(exc_info[2])
+
+
+class SpawnEvent(Event):
+    """Start ``coro`` as a concurrent coroutine; the spawner goes on at once."""
+
+    __slots__ = ("spawned",)
+    _kind = _K_SPAWN
+
+    def __init__(self, coro):
+        self.spawned = coro
+
+
+class JoinEvent(Event):
+    """Wait until the spawned coroutine ``child`` has finished."""
+
+    __slots__ = ("child",)
+    _kind = _K_JOIN
+
+    def __init__(self, child):
+        self.child = child
+
+
+class KillEvent(Event):
+    """Stop the spawned coroutine ``child`` and the calls it is inside."""
+
+    __slots__ = ("child",)
+    _kind = _K_KILL
+
+    def __init__(self, child):
+        self.child = child
+
+
+class DelegationEvent(Event):
+    """Run ``coro`` as a sub-coroutine; resume with its result."""
+
+    __slots__ = ("spawned",)
+    _kind = _K_CALL
+
+    def __init__(self, coro):
+        self.spawned = coro
+
+
+class ReturnEvent(Event):
+    """Finish the current coroutine, handing ``value`` to its caller."""
+
+    __slots__ = ("value",)
+    _kind = _K_RETURN
+
+    def __init__(self, value):
+        self.value = value
+
+
+class SleepEvent(WaitableEvent):
+    """Resume after at least ``duration`` seconds (monotonic clock)."""
+
+    __slots__ = ("wakeup_time",)
+    _kind = _K_SLEEP
+
+    def __init__(self, duration):
+        seconds = float(duration)
+        if math.isnan(seconds):
+            raise ValueError("sleep duration is NaN")
+        self.wakeup_time = _monotonic() + max(seconds, 0.0)
+
+    def time_left(self):
+        """Seconds until the deadline, never negative."""
+        return max(self.wakeup_time - _monotonic(), 0.0)
+
+
+class _FdEvent(WaitableEvent):
+    """An event on one descriptor, run by the core's fast path.
+
+    ``_attempt()`` performs the operation: it returns the result, or
+    ``_WOULD_BLOCK`` / raises BlockingIOError when the descriptor is not
+    ready yet. Events whose operation usually succeeds at once try it before
+    waiting (``_try_first``); the others wait for readiness first.
+    """
+
+    __slots__ = ("_fileobj", "_fileno", "_mask")
+    _kind = _K_IO
+    _try_first = False
+
+    def _watch(self, fileobj, mask):
+        self._fileobj = fileobj
+        self._fileno = _fileno(fileobj)
+        self._mask = mask
+
+    def _attempt(self):
+        return None
+
+
+class ReadEvent(_FdEvent):
+    """Read up to ``bufsize`` from file-like ``fd`` once it is readable."""
+
+    __slots__ = ("fd", "bufsize")
+
+    def __init__(self, fd, bufsize):
+        self.fd = fd
+        self.bufsize = bufsize
+        self._watch(fd, READ)
+
+    def _attempt(self):
+        data = self.fd.read(self.bufsize)
+        # Raw files in non-blocking mode return None instead of raising.
+        return _WOULD_BLOCK if data is None else data
+
+
+class WriteEvent(_FdEvent):
+    """Write all of ``data`` to file-like ``fd`` as it becomes writable."""
+
+    __slots__ = ("fd", "data", "_view", "_sent")
+
+    def __init__(self, fd, data):
+        self.fd = fd
+        self.data = data
+        self._view = _byte_view(data)
+        self._sent = 0
+        self._watch(fd, WRITE)
+
+    def _attempt(self):
+        view = self._view
+        while self._sent < len(view):
+            written = self.fd.write(view[self._sent:])
+            if written is None:
+                return _WOULD_BLOCK
+            self._sent += written
+        return None
+
+
+class AcceptEvent(_FdEvent):
+    """Accept a connection on ``listener``; the value is a Connection.
+
+    The listener provides ``sock`` and ``_accepted(sock, addr)``, which wraps
+    the new socket.
+    """
+
+    __slots__ = ("listener",)
+    _try_first = True
+
+    def __init__(self, listener):
+        self.listener = listener
+        self._watch(listener.sock, READ)
+
+    def _attempt(self):
+        sock, addr = self.listener.sock.accept()
+        return self.listener._accepted(sock, addr)
+
+
+class ReceiveEvent(_FdEvent):
+    """Receive up to ``bufsize`` bytes from ``conn``; b'' at end of stream."""
+
+    __slots__ = ("conn", "bufsize")
+
+    def __init__(self, conn, bufsize):
+        self.conn = conn
+        self.bufsize = bufsize
+        self._watch(conn.sock, READ)
+
+    def _attempt(self):
+        return self.conn.sock.recv(self.bufsize)
+
+
+class SendEvent(_FdEvent):
+    """Send ``data`` on ``conn``: once (value: bytes sent) or all of it."""
+
+    __slots__ = ("conn", "data", "sendall", "_view", "_sent")
+    # Socket buffers usually have room: trying first saves a poll.
+    _try_first = True
+
+    def __init__(self, conn, data, sendall=False):
+        self.conn = conn
+        self.data = data
+        self.sendall = sendall
+        self._view = _byte_view(data)
+        self._sent = 0
+        self._watch(conn.sock, WRITE)
+
+    def _attempt(self):
+        sock = self.conn.sock
+        if not self.sendall:
+            return sock.send(self._view)
+        view = self._view
+        while self._sent < len(view):
+            self._sent += sock.send(view[self._sent:])
+        return None
+
+
+def _fileno(fileobj):
+    return fileobj if isinstance(fileobj, int) else fileobj.fileno()
+
+
+def _byte_view(data):
+    # Validates at the call (str raises TypeError here, not at the yield)
+    # and counts bytes, not items, for multi-byte buffers.
+    view = memoryview(data)
+    return view if view.itemsize == 1 and view.ndim == 1 else view.cast("B")
+
+
+# ---------------------------------------------------------------------------
+# Event constructors (the public verbs)
+# ---------------------------------------------------------------------------
+
+_NULL = ValueEvent(None)
+
+
+def _require_generator(obj, verb):
+    if not isinstance(obj, _GeneratorType):
+        raise ValueError("%s() needs a generator (a coroutine), not %r" % (verb, obj))
+
+
+def null():
+    """Event: give way; resume with None after every already-ready coroutine."""
+    return _NULL
+
+
+def sleep(seconds):
+    """Event: resume after at least ``seconds`` seconds."""
+    return SleepEvent(seconds)
+
+
+def spawn(coro):
+    """Event: start generator ``coro`` concurrently; the caller goes on."""
+    _require_generator(coro, "spawn")
+    return SpawnEvent(coro)
+
+
+def call(coro):
+    """Event: run generator ``coro`` to its end; the value is its result.
+
+    Yielding the generator itself means the same.
+    """
+    _require_generator(coro, "call")
+    return DelegationEvent(coro)
+
+
+def end(value=None):
+    """Event: finish this coroutine with result ``value`` (like ``return``)."""
+    return ReturnEvent(value)
+
+
+def join(coro):
+    """Event: wait until spawned coroutine ``coro`` has finished."""
+    _require_generator(coro, "join")
+    return JoinEvent(coro)
+
+
+def kill(coro):
+    """Event: stop spawned coroutine ``coro``, running its ``finally`` blocks."""
+    _require_generator(coro, "kill")
+    return KillEvent(coro)
+
+
+def _read_all(fd):
+    chunks = []
+    while True:
+        data = yield ReadEvent(fd, 65536)
+        if not data:
+            break
+        chunks.append(data)
+    return data[:0].join(chunks)
+
+
+def read(fd, bufsize=None):
+    """Event: read up to ``bufsize`` from a file-like object (None: to EOF)."""
+    if bufsize is None:
+        return DelegationEvent(_read_all(fd))
+    return ReadEvent(fd, bufsize)
+
+
+def write(fd, data):
+    """Event: write all of ``data`` to a file-like object."""
+    return WriteEvent(fd, data)
+
+
+def wait_readable(fileobj):
+    """Event: resume with None once ``fileobj`` (or an fd) is readable."""
+    event = _FdEvent()
+    event._watch(fileobj, READ)
+    return event
+
+
+def wait_writable(fileobj):
+    """Event: resume with None once ``fileobj`` (or an fd) is writable."""
+    event = _FdEvent()
+    event._watch(fileobj, WRITE)
+    return event
+
+
+# ---------------------------------------------------------------------------
+# Records
+# ---------------------------------------------------------------------------
+
+class _Task:
+    """One spawned coroutine and the sub-coroutines it is delegating to."""
+
+    __slots__ = ("base", "gen", "stack", "state", "value", "exc", "result",
+                 "joiners", "wait", "wait_fds", "timer_seq")
+
+    def __init__(self, gen):
+        self.base = gen          # the spawned generator: the key for join/kill
+        self.gen = gen           # the innermost generator: the one resumed
+        self.stack = None        # delegating parents, outermost first
+        self.state = _S_READY
+        self.value = None        # what the next resume sends ...
+        self.exc = None          # ... or throws
+        self.result = None
+        self.joiners = None
+        self.wait = None         # the event (I/O) or task (join) waited on
+        self.wait_fds = None     # [(state, mask)] of a WaitableEvent's fds
+        self.timer_seq = 0       # heap entry that may wake it; 0: none
+
+    def __repr__(self):
+        return "<bluelet task %s>" % (getattr(self.base, "__qualname__", self.base),)
+
+
+class _FdState:
+    """What the loop knows of one descriptor: its waiters and poller interest."""
+
+    __slots__ = ("fd", "fileobj", "interest", "readers", "writers")
+
+    def __init__(self, fd, fileobj):
+        self.fd = fd
+        self.fileobj = fileobj
+        self.interest = 0
+        self.readers = collections.deque()
+        self.writers = collections.deque()
+
+
+# ---------------------------------------------------------------------------
+# Pollers: set_interest(state, mask), forget(state), poll(timeout), close()
+# ---------------------------------------------------------------------------
+
+class _EpollPoller:
+    """Level-triggered epoll, used directly on Linux."""
+
+    def __init__(self):
+        self._epoll = select.epoll()
+
+    def set_interest(self, state, mask):
+        epoll = self._epoll
+        if mask == 0:
+            self.forget(state)
+            return
+        if state.interest == 0:
+            try:
+                epoll.register(state.fd, mask)
+            except FileExistsError:
+                # Registered through another object for the same fd.
+                epoll.modify(state.fd, mask)
+        else:
+            try:
+                epoll.modify(state.fd, mask)
+            except FileNotFoundError:
+                # The fd was closed and reused without notify_closing.
+                epoll.register(state.fd, mask)
+        state.interest = mask
+
+    def forget(self, state):
+        if state.interest:
+            state.interest = 0
+            try:
+                self._epoll.unregister(state.fd)
+            except OSError:
+                pass
+
+    def poll(self, timeout):
+        return self._epoll.poll(-1 if timeout is None else timeout)
+
+    def close(self):
+        self._epoll.close()
+
+
+class _SelectorsPoller:
+    """The platform's best ``selectors`` backend, where epoll is missing."""
+
+    def __init__(self):
+        self._selector = selectors.DefaultSelector()
+
+    def set_interest(self, state, mask):
+        if mask == 0:
+            self.forget(state)
+            return
+        events = (selectors.EVENT_READ if mask & READ else 0) | \
+                 (selectors.EVENT_WRITE if mask & WRITE else 0)
+        if state.interest == 0:
+            self._selector.register(state.fd, events)
+        else:
+            self._selector.modify(state.fd, events)
+        state.interest = mask
+
+    def forget(self, state):
+        if state.interest:
+            state.interest = 0
+            try:
+                self._selector.unregister(state.fd)
+            except (KeyError, ValueError, OSError):
+                pass
+
+    def poll(self, timeout):
+        ready = []
+        for key, events in self._selector.select(timeout):
+            ready.append((key.fd, (READ if events & selectors.EVENT_READ else 0) |
+                          (WRITE if events & selectors.EVENT_WRITE else 0)))
+        return ready
+
+    def close(self):
+        self._selector.close()
+
+
+def _new_poller():
+    return _EpollPoller() if hasattr(select, "epoll") else _SelectorsPoller()
+
+
+# ---------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------
+
+_local = threading.local()
+
+
+class Loop:
+    """One run of the scheduler: ``Loop().run(root)`` is ``run(root)``."""
+
+    def __init__(self):
+        self._ready = collections.deque()
+        self._tasks = {}            # base generator -> live _Task
+        self._timers = []           # heap of (deadline, seq, task)
+        self._timer_seq = 0
+        self._stale_timers = 0
+        self._fds = {}              # fd -> _FdState
+        self._fd_waiters = 0        # tasks waiting in some _FdState queue
+        self._poller = None
+        self._root = None
+        self._failure = None
+
+    # -- entry point --------------------------------------------------------
+
+    def run(self, root):
+        """Run generator ``root`` and all it spawns; return root's result."""
+        _require_generator(root, "run")
+        if self._root is not None:
+            raise RuntimeError("a Loop runs only once")
+        if getattr(_local, "loop", None) is not None:
+            raise RuntimeError("bluelet.run() called from inside a running loop")
+        self._poller = _new_poller()
+        self._root = self._add_task(root)
+        _local.loop = self
+        try:
+            self._main()
+        finally:
+            _local.loop = None
+            self._shutdown()
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
+        return self._root.result
+
+    def _main(self):
+        ready = self._ready
+        popleft = ready.popleft
+        step = self._step
+        timers = self._timers
+        while self._tasks:
+            # ---- phase 1: run every task that is ready now, and no more:
+            # tasks made ready meanwhile wait for the next pass, after I/O.
+            n = len(ready)
+            while n:
+                n -= 1
+                task = popleft()
+                if task.state == _S_READY:
+                    step(task)
+                    if self._failure is not None:
+                        return
+            if not self._tasks:
+                return
+
+            # ---- phase 2: poll I/O, blocking only if nothing is ready.
+            if ready:
+                timeout = 0
+            elif len(timers) > self._stale_timers:
+                self._drop_stale_timers()
+                timeout = max(timers[0][0] - _monotonic(), 0.0)
+            elif self._fd_waiters:
+                timeout = None
+            else:
+                self._failure = RuntimeError(
+                    "deadlock: %d coroutine(s) wait for each other and nothing can "
+                    "wake them: %r" % (len(self._tasks), list(self._tasks.values())))
+                return
+            try:
+                events = self._poller.poll(timeout)
+            except KeyboardInterrupt as exc:
+                self._interrupt(exc)
+                continue
+            for fd, mask in events:
+                self._wake_fd(fd, mask)
+
+            # ---- phase 3: expire sleepers, earliest deadline first.
+            if timers:
+                now = _monotonic()
+                while timers and timers[0][0] <= now:
+                    _, seq, task = heapq.heappop(timers)
+                    if task.timer_seq == seq:
+                        task.timer_seq = 0
+                        self._schedule(task, None, None)
+                    else:
+                        self._stale_timers -= 1
+
+    # -- resuming a task ----------------------------------------------------
+
+    def _step(self, task):
+        """Resume ``task`` and follow its events until it waits or ends."""
+        task.state = _S_RUNNING
+        gen = task.gen
+        value = task.value
+        exc = task.exc
+        task.value = task.exc = None
+        while True:
+            try:
+                if exc is None:
+                    event = gen.send(value)
+                else:
+                    event = gen.throw(exc)
+            except StopIteration as stop:
+                value, exc = stop.value, None
+                if task.stack:
+                    gen = task.gen = task.stack.pop()
+                    continue
+                self._finish(task, value, None)
+                return
+            except BaseException as error:
+                value, exc = None, error
+                if task.stack:
+                    gen = task.gen = task.stack.pop()
+                    continue
+                self._finish(task, None, error)
+                return
+            value = exc = None
+
+            kind = _kind_of(type(event))
+            if kind is None:
+                kind = _kind_slow(event)
+
+            if kind == _K_VALUE:
+                self._schedule(task, event._value, None)
+                return
+            elif kind == _K_IO:
+                if event._try_first:
+                    try:
+                        result = event._attempt()
+                    except (BlockingIOError, InterruptedError):
+                        result = _WOULD_BLOCK
+                    except Exception as error:
+                        exc = error
+                        continue
+                    if result is not _WOULD_BLOCK:
+                        # Done at once, but still a scheduling point: a task
+                        # that always has room to send cannot starve others.
+                        self._schedule(task, result, None)
+                        return
+                exc = self._wait_fd(task, event)
+                if exc is None:
+                    return
+            elif kind == _K_SLEEP:
+                self._timer_seq += 1
+                task.timer_seq = self._timer_seq
+                heapq.heappush(self._timers, (event.wakeup_time, self._timer_seq, task))
+                task.state = _S_SLEEP
+                return
+            elif kind == _K_CALL:
+                child = event if type(event) is _GeneratorType else event.spawned
+                exc = self._check_new(child, "call")
+                if exc is None:
+                    if task.stack is None:
+                        task.stack = []
+                    task.stack.append(gen)
+                    gen = task.gen = child
+            elif kind == _K_RETURN:
+                value = event.value
+                try:
+                    gen.close()
+                except BaseException as error:
+                    value, exc = None, error
+                if task.stack:
+                    gen = task.gen = task.stack.pop()
+                    continue
+                self._finish(task, value, exc)
+                return
+            elif kind == _K_SPAWN:
+                exc = self._check_new(event.spawned, "spawn")
+                if exc is None:
+                    self._add_task(event.spawned)
+            elif kind == _K_JOIN:
+                target = self._tasks.get(event.child)
+                if target is None:
+                    exc = _check_finished(event.child, "join")
+                elif target is task:
+                    exc = RuntimeError("a coroutine cannot join itself")
+                else:
+                    if target.joiners is None:
+                        target.joiners = []
+                    target.joiners.append(task)
+                    task.wait = target
+                    task.state = _S_JOIN
+                    return
+            elif kind == _K_KILL:
+                target = self._tasks.get(event.child)
+                if target is None:
+                    exc = _check_finished(event.child, "kill")
+                else:
+                    self._kill(target)
+                    if target is task:
+                        return
+            elif kind == _K_WAITABLE:
+                exc = self._wait_waitables(task, event)
+                if exc is None:
+                    return
+            elif kind == _K_EXCEPTION:
+                self._schedule(task, None, event._exc)
+                return
+            else:
+                exc = TypeError(
+                    "bluelet coroutines must yield events or generators, not %r" % (event,))
+
+    def _schedule(self, task, value, exc):
+        """Make a waiting task ready to resume with ``value`` or ``exc``."""
+        task.value = value
+        task.exc = exc
+        if task.state != _S_READY:
+            task.state = _S_READY
+            self._ready.append(task)
+
+    def _add_task(self, gen):
+        task = _Task(gen)
+        self._tasks[gen] = task
+        self._ready.append(task)
+        return task
+
+    def _check_new(self, gen, verb):
+        """The error to raise when ``gen`` cannot start as a new coroutine."""
+        if type(gen) is not _GeneratorType:
+            return ValueError("%s() needs a generator (a coroutine), not %r" % (verb, gen))
+        if gen in self._tasks or gen.gi_running:
+            return ValueError("%s(): %r is already running" % (verb, gen))
+        return None
+
+    # -- ending tasks -------------------------------------------------------
+
+    def _finish(self, task, result, exc):
+        """Record the end of ``task``, wake its joiners, route its error."""
+        task.state = _S_DONE
+        task.result = result
+        task.gen = task.stack = task.wait = None
+        del self._tasks[task.base]
+        if task.joiners:
+            for joiner in task.joiners:
+                joiner.wait = None
+                self._schedule(joiner, None, None)
+            task.joiners = None
+        if exc is not None:
+            if isinstance(exc, _QUIET):
+                log.debug("coroutine %r ended by %r", task.base, exc)
+            elif self._failure is None:
+                self._failure = exc
+            else:
+                log.error("another coroutine failed while bluelet was stopping",
+                          exc_info=exc)
+
+    def _kill(self, task):
+        """Stop ``task``: leave what it waits on, close its chain innermost first."""
+        self._cancel_wait(task)
+        error = None
+        gens = [task.gen]
+        if task.stack:
+            gens.extend(reversed(task.stack))
+        for gen in gens:
+            try:
+                gen.close()
+            except BaseException as exc:
+                if error is None:
+                    error = exc
+        self._finish(task, None, error)
+
+    def _cancel_wait(self, task):
+        """Take a waiting task out of whatever would wake it; others are left."""
+        state = task.state
+        if state == _S_SLEEP:
+            task.timer_seq = 0
+            self._stale_timers += 1
+        elif state == _S_IO:
+            self._unwait_fds(task)
+            self._fd_waiters -= 1
+        elif state == _S_JOIN:
+            task.wait.joiners.remove(task)
+        else:
+            return
+        task.wait = task.wait_fds = None
+        task.state = _S_RUNNING
+
+    def _interrupt(self, exc):
+        """KeyboardInterrupt while waiting: close the others, raise it in root."""
+        root = self._root
+        if root.state == _S_DONE:
+            self._failure = exc
+            return
+        self._cancel_wait(root)
+        for task in list(self._tasks.values()):
+            if task is not root:
+                self._kill(task)
+        self._schedule(root, None, exc)
+
+    def _shutdown(self):
+        """Close every coroutine still alive, then the poller."""
+        for task in list(self._tasks.values()):
+            self._kill(task)
+        self._ready.clear()
+        self._timers.clear()
+        for state in self._fds.values():
+            self._poller.forget(state)
+        self._fds.clear()
+        self._poller.close()
+
+    # -- descriptors --------------------------------------------------------
+
+    def _fd_state(self, fileobj, fd):
+        state = self._fds.get(fd)
+        if state is None:
+            state = self._fds[fd] = _FdState(fd, fileobj)
+        elif state.fileobj is not fileobj and not state.readers and not state.writers:
+            # A new object on a recycled fd: the kernel may have dropped the
+            # old registration when the old object was closed.
+            self._poller.forget(state)
+            state.fileobj = fileobj
+        return state
+
+    def _enqueue(self, task, state, mask):
+        (state.readers if mask == READ else state.writers).append(task)
+        wanted = state.interest | mask
+        if wanted != state.interest:
+            self._poller.set_interest(state, wanted)
+
+    def _wait_fd(self, task, event):
+        """Queue ``task`` for ``event``'s fd; an error to raise if that fails."""
+        task.wait = event
+        task.state = _S_IO
+        self._fd_waiters += 1
+        try:
+            state = self._fd_state(event._fileobj, event._fileno)
+            self._enqueue(task, state, event._mask)
+        except OSError as error:
+            self._cancel_wait(task)
+            if error.errno == errno.EPERM:
+                # Regular files cannot be polled: they are always ready.
+                return self._attempt_now(task, event)
+            return error
+        return None
+
+    def _attempt_now(self, task, event):
+        try:
+            value = event._attempt()
+        except Exception as error:
+            return error
+        self._schedule(task, value, None)
+        return None
+
+    def _wait_waitables(self, task, event):
+        """Queue ``task`` on every fd of a user WaitableEvent."""
+        try:
+            rlist, wlist, xlist = event.waitables()
+            pairs = [(obj, READ) for obj in rlist]
+            pairs += [(obj, WRITE) for obj in wlist]
+            pairs += [(obj, READ) for obj in xlist]
+        except Exception as error:
+            return error
+        if not pairs:
+            return ValueError("%r has no waitables, so it could never fire" % (event,))
+        task.wait = event
+        task.wait_fds = []
+        task.state = _S_IO
+        self._fd_waiters += 1
+        try:
+            for obj, mask in pairs:
+                state = self._fd_state(obj, _fileno(obj))
+                task.wait_fds.append((state, mask))
+                self._enqueue(task, state, mask)
+        except OSError as error:
+            self._cancel_wait(task)
+            return error
+        return None
+
+    def _unwait_fds(self, task):
+        """Take ``task`` out of every fd queue it is in."""
+        if task.wait_fds is None:
+            event = task.wait
+            pairs = [(self._fds.get(event._fileno), event._mask)]
+        else:
+            pairs = task.wait_fds
+        for state, mask in pairs:
+            if state is not None:
+                queue = state.readers if mask == READ else state.writers
+                try:
+                    queue.remove(task)
+                except ValueError:
+                    pass
+
+    def _wake_fd(self, fd, mask):
+        """The poller says ``fd`` is ready: serve one waiter per direction."""
+        state = self._fds.get(fd)
+        if state is None:
+            return
+        wanted = state.interest
+        if mask & (READ | _ERRORS):
+            if state.readers:
+                self._io_ready(state.readers.popleft(), state.readers)
+            else:
+                wanted &= ~READ
+        if mask & (WRITE | _ERRORS):
+            if state.writers:
+                self._io_ready(state.writers.popleft(), state.writers)
+            else:
+                wanted &= ~WRITE
+        # Interest is dropped only now, when nobody waited for the report:
+        # a task that waits again soon finds its fd still registered.
+        if wanted != state.interest and state is self._fds.get(fd):
+            self._poller.set_interest(state, wanted)
+
+    def _io_ready(self, task, queue):
+        """Complete ``task``'s wait now that one of its fds is ready."""
+        event = task.wait
+        if task.wait_fds is not None:
+            self._unwait_fds(task)
+            try:
+                value, exc = event.fire(), None
+            except Exception as error:
+                value, exc = None, error
+        else:
+            try:
+                value, exc = event._attempt(), None
+            except (BlockingIOError, InterruptedError):
+                value, exc = _WOULD_BLOCK, None
+            except Exception as error:
+                value, exc = None, error
+            if value is _WOULD_BLOCK:
+                # Not ready after all (or only partly done): first in line again.
+                queue.appendleft(task)
+                return
+        self._fd_waiters -= 1
+        task.wait = task.wait_fds = None
+        self._schedule(task, value, exc)
+
+    def _close_fd(self, fd):
+        """``fd`` is about to close: forget it, fail the tasks waiting on it."""
+        state = self._fds.pop(fd, None)
+        if state is None:
+            return
+        self._poller.forget(state)
+        waiters = list(state.readers) + list(state.writers)
+        state.readers.clear()
+        state.writers.clear()
+        for task in waiters:
+            if task.state == _S_IO:
+                self._cancel_wait(task)
+                self._schedule(task, None, SocketClosedError(
+                    "fd %d was closed while this coroutine waited on it" % fd))
+
+    # -- timers -------------------------------------------------------------
+
+    def _drop_stale_timers(self):
+        """Pop cancelled entries off the top; rebuild if they are the majority."""
+        timers = self._timers
+        while timers and timers[0][2].timer_seq != timers[0][1]:
+            heapq.heappop(timers)
+            self._stale_timers -= 1
+        if self._stale_timers > _STALE_TIMER_FLOOR and self._stale_timers * 2 > len(timers):
+            timers[:] = [entry for entry in timers if entry[2].timer_seq == entry[1]]
+            heapq.heapify(timers)
+            self._stale_timers = 0
+
+
+_KINDS = {cls: cls._kind for cls in (
+    ValueEvent, ReadEvent, WriteEvent, AcceptEvent, ReceiveEvent, SendEvent,
+    _FdEvent, SleepEvent, DelegationEvent, ReturnEvent, SpawnEvent, JoinEvent,
+    KillEvent, ExceptionEvent)}
+_KINDS[_GeneratorType] = _K_CALL
+_kind_of = _KINDS.get
+
+
+def _kind_slow(event):
+    """The kind of an object that is not one of the core's own classes."""
+    if isinstance(event, Event):
+        return event._kind
+    return None
+
+
+def _check_finished(gen, verb):
+    """The error for join/kill of a generator the loop does not run, if any."""
+    if gen.gi_frame is None:
+        return None
+    return ValueError("%s(): %r was never spawned" % (verb, gen))
+
+
+# ---------------------------------------------------------------------------
+# Module-level entry points
+# ---------------------------------------------------------------------------
+
+def run(root_coro):
+    """Run generator ``root_coro`` and everything it spawns to completion.
+
+    Returns the root's result. If a coroutine raises and nobody called it,
+    the other coroutines are closed and the exception propagates from here.
+    """
+    return Loop().run(root_coro)
+
+
+def notify_closing(fileobj):
+    """Tell the running loop ``fileobj`` (or fd) is about to be closed.
+
+    Coroutines waiting on it get SocketClosedError at their ``yield``. Call
+    it before closing; outside a running loop it does nothing.
+    """
+    loop = getattr(_local, "loop", None)
+    if loop is not None:
+        loop._close_fd(_fileno(fileobj))

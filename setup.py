@@ -1,0 +1,5 @@
+"""Build script: only what pyproject.toml cannot say."""
+
+from setuptools import setup
+
+setup()

@@ -1,0 +1,42 @@
+"""Run every test that takes the ``core`` fixture once per scheduler core.
+
+The fixture switches the whole ``bluelet`` package to one core (ids
+``cython`` and ``python``) for the duration of the test, so tests use the
+public API exactly as programs do. Define ``WaitableEvent`` subclasses inside
+the test, after the switch, so they derive from the active core's class.
+
+With ``BLUELET_REQUIRE_EXTENSIONS=1`` (CI) a missing compiled core fails the
+``cython`` runs instead of skipping them.
+"""
+
+import os
+
+import pytest
+
+from bluelet import _impl
+
+REQUIRE_EXTENSIONS = os.environ.get("BLUELET_REQUIRE_EXTENSIONS", "") not in ("", "0")
+
+
+def _available(name):
+    try:
+        _impl.load(name)
+    except ImportError:
+        return False
+    return True
+
+
+#: The compiled core joins the runs when it is built, or when CI insists on it
+#: (then a missing build fails loudly in ``_impl.use``).
+CORES = [name for name in ("cython", "python") if REQUIRE_EXTENSIONS or _available(name)]
+
+
+@pytest.fixture(params=CORES)
+def core(request):
+    """The name of the core under test; bluelet uses it until the test ends."""
+    name = request.param
+    previous = _impl.use(name)
+    try:
+        yield name
+    finally:
+        _impl.use(previous)

@@ -1,0 +1,1689 @@
+"""Scheduler behaviour: run/null/spawn/call/end/join/kill/sleep, exceptions,
+deadlock, user WaitableEvents, read/write on pipes, scale, KeyboardInterrupt.
+
+Every test takes the ``core`` fixture, so it runs once per scheduler core, and
+uses the public API (``bluelet.run``, ``bluelet.null``, ...) as programs do.
+Names are looked up on the ``bluelet`` module at call time, never imported
+with ``from``, because the fixture swaps them. ``WaitableEvent`` subclasses are
+defined inside the tests, after the swap.
+
+No timing assertions beyond generous lower bounds: ordering is observed with
+event lists, and every test is bounded (a module-wide timeout guards against a
+core that hangs).
+"""
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+import pytest
+
+import bluelet
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Boom(Exception):
+    """An exception no library code raises by itself."""
+
+
+def _pipe_files():
+    """An os.pipe() as unbuffered binary file objects (reader, writer)."""
+    r, w = os.pipe()
+    return os.fdopen(r, "rb", buffering=0), os.fdopen(w, "wb", buffering=0)
+
+
+# ---------------------------------------------------------------------------
+# The core fixture and the IMPLEMENTATION flag
+# ---------------------------------------------------------------------------
+
+
+def test_implementation_matches_core(core):
+    assert bluelet.IMPLEMENTATION == core
+    assert bluelet.IMPLEMENTATION in ("python", "cython")
+
+
+# ---------------------------------------------------------------------------
+# run() and the root's result
+# ---------------------------------------------------------------------------
+
+
+def test_run_returns_root_return_value(core):
+    def root():
+        yield bluelet.null()
+        return 42
+
+    assert bluelet.run(root()) == 42
+
+
+def test_run_returns_root_end_value(core):
+    after = []
+
+    def root():
+        yield bluelet.null()
+        yield bluelet.end("done")
+        after.append("ran past end")
+
+    assert bluelet.run(root()) == "done"
+    assert after == []
+
+
+def test_run_returns_none_without_return(core):
+    def root():
+        yield bluelet.null()
+
+    assert bluelet.run(root()) is None
+
+
+def test_run_waits_for_spawned_coroutines(core):
+    events = []
+
+    def child():
+        yield bluelet.sleep(0.02)
+        events.append("child done")
+
+    def root():
+        yield bluelet.spawn(child())
+        events.append("root done")
+        return "r"
+
+    assert bluelet.run(root()) == "r"
+    assert events == ["root done", "child done"]
+
+
+def test_run_can_be_called_again_after_a_failure(core):
+    def bad():
+        yield bluelet.null()
+        raise Boom()
+
+    with pytest.raises(Boom):
+        bluelet.run(bad())
+
+    def good():
+        yield bluelet.null()
+        return "fine"
+
+    assert bluelet.run(good()) == "fine"
+
+
+# ---------------------------------------------------------------------------
+# Classic programs of the original
+# ---------------------------------------------------------------------------
+
+
+def test_classic_delegation_program(core):
+    """The original's delegation demo: child ends with a value via end()."""
+    trace = []
+
+    def child():
+        trace.append("child started")
+        yield bluelet.null()
+        trace.append("child resumed")
+        yield bluelet.null()
+        trace.append("child ending")
+        yield bluelet.end(42)
+
+    def parent():
+        trace.append("parent started")
+        yield bluelet.null()
+        trace.append("parent resumed")
+        result = yield child()
+        trace.append("child returned %r" % (result,))
+        trace.append("parent ending")
+
+    bluelet.run(parent())
+    assert trace == [
+        "parent started",
+        "parent resumed",
+        "child started",
+        "child resumed",
+        "child ending",
+        "child returned 42",
+        "parent ending",
+    ]
+
+
+def test_classic_sleepy_program(core):
+    """The original's sleepy demo: spawned sleepers wake shortest first."""
+    woke = []
+
+    def sleeper(duration):
+        yield bluelet.sleep(duration)
+        woke.append(duration)
+
+    def sleepy():
+        for d in (0.0, 0.02, 0.06, 0.1):
+            yield bluelet.spawn(sleeper(d))
+
+    bluelet.run(sleepy())
+    assert woke == [0.0, 0.02, 0.06, 0.1]
+
+
+def test_call_chain_three_deep_mixed_return_styles(core):
+    """root -> a (bare generator) -> b (call, end) -> c (call, return)."""
+    trace = []
+
+    def c(x):
+        yield bluelet.null()
+        trace.append("c")
+        return x + 1
+
+    def b(x):
+        v = yield bluelet.call(c(x))
+        trace.append("b got %d" % v)
+        yield bluelet.end(v * 10)
+
+    def a(x):
+        v = yield b(x)  # bare generator: same as call
+        trace.append("a got %d" % v)
+        return v + 5
+
+    def root():
+        v = yield a(1)
+        trace.append("root got %d" % v)
+        return v
+
+    assert bluelet.run(root()) == 25
+    assert trace == ["c", "b got 2", "a got 20", "root got 25"]
+
+
+@pytest.mark.parametrize("style", ["return", "end"])
+@pytest.mark.parametrize("via", ["call", "bare"])
+def test_return_and_end_are_equivalent(core, style, via):
+    def child():
+        yield bluelet.null()
+        if style == "return":
+            return ("value", 7)
+        yield bluelet.end(("value", 7))
+
+    def root():
+        if via == "call":
+            v = yield bluelet.call(child())
+        else:
+            v = yield child()
+        return v
+
+    assert bluelet.run(root()) == ("value", 7)
+
+
+def test_call_child_without_result_gives_none(core):
+    def child():
+        yield bluelet.null()
+
+    def root():
+        v = yield bluelet.call(child())
+        w = yield child()
+        return (v, w)
+
+    assert bluelet.run(root()) == (None, None)
+
+
+def test_call_child_with_no_yields(core):
+    def child():
+        return "immediate"
+        yield  # pragma: no cover - makes this a generator
+
+    def root():
+        return (yield bluelet.call(child()))
+
+    assert bluelet.run(root()) == "immediate"
+
+
+def test_end_closes_the_generator_before_parent_resumes(core):
+    events = []
+
+    def child():
+        try:
+            yield bluelet.end(5)
+            events.append("after end")
+        finally:
+            events.append("child finally")
+
+    def root():
+        v = yield bluelet.call(child())
+        events.append("parent got %r" % (v,))
+
+    bluelet.run(root())
+    assert events == ["child finally", "parent got 5"]
+
+
+def test_call_child_starts_at_once(core):
+    trace = []
+
+    def other():
+        trace.append("other")
+        yield bluelet.null()
+
+    def child():
+        trace.append("child")
+        yield bluelet.null()
+
+    def root():
+        yield bluelet.spawn(other())
+        yield bluelet.call(child())
+        trace.append("root")
+
+    bluelet.run(root())
+    assert trace[0] == "child"
+    assert sorted(trace) == ["child", "other", "root"]
+
+
+def test_child_exception_raised_in_parent_at_yield(core):
+    events = []
+    err = Boom("from child")
+
+    def grandchild():
+        yield bluelet.null()
+        raise err
+
+    def child():
+        try:
+            yield grandchild()
+            events.append("child continued")
+        finally:
+            events.append("child finally")
+
+    def root():
+        try:
+            yield bluelet.call(child())
+        except Boom as e:
+            events.append(("caught", e))
+        yield bluelet.null()
+        return "survived"
+
+    assert bluelet.run(root()) == "survived"
+    assert events == ["child finally", ("caught", err)]
+
+
+def test_parent_can_handle_child_exception_and_call_again(core):
+    def flaky(n):
+        yield bluelet.null()
+        if n < 2:
+            raise ValueError(n)
+        return n
+
+    def root():
+        n = 0
+        while True:
+            try:
+                return (yield flaky(n))
+            except ValueError:
+                n += 1
+
+    assert bluelet.run(root()) == 2
+
+
+# ---------------------------------------------------------------------------
+# FIFO fairness
+# ---------------------------------------------------------------------------
+
+
+def test_null_round_robin_is_strict(core):
+    trace = []
+
+    def worker(name):
+        for i in range(4):
+            trace.append("%s%d" % (name, i))
+            yield bluelet.null()
+
+    def root():
+        yield bluelet.spawn(worker("a"))
+        yield bluelet.spawn(worker("b"))
+        yield bluelet.spawn(worker("c"))
+
+    bluelet.run(root())
+    assert trace == ["%s%d" % (n, i) for i in range(4) for n in "abc"]
+
+
+def test_root_takes_part_in_round_robin(core):
+    trace = []
+
+    def worker(name):
+        for i in range(3):
+            trace.append("%s%d" % (name, i))
+            yield bluelet.null()
+
+    def root():
+        for n in "abc":
+            yield bluelet.spawn(worker(n))
+        for i in range(3):
+            trace.append("r%d" % i)
+            yield bluelet.null()
+
+    bluelet.run(root())
+    assert trace == ["%s%d" % (n, i) for i in range(3) for n in "rabc"]
+
+
+def test_null_goes_behind_all_ready_coroutines(core):
+    trace = []
+
+    def once(name):
+        trace.append(name)
+        yield bluelet.null()
+        trace.append(name + "2")
+
+    def root():
+        for n in ("x", "y", "z"):
+            yield bluelet.spawn(once(n))
+        trace.append("root before null")
+        yield bluelet.null()
+        trace.append("root after null")
+
+    bluelet.run(root())
+    assert trace[:5] == ["root before null", "x", "y", "z", "root after null"]
+    assert trace[5:] == ["x2", "y2", "z2"]
+
+
+def test_spawned_children_run_in_spawn_order(core):
+    trace = []
+
+    def child(i):
+        trace.append(i)
+        yield bluelet.null()
+
+    def root():
+        for i in range(20):
+            yield bluelet.spawn(child(i))
+
+    bluelet.run(root())
+    assert trace == list(range(20))
+
+
+# ---------------------------------------------------------------------------
+# spawn
+# ---------------------------------------------------------------------------
+
+
+def test_spawn_parent_continues_before_child_runs(core):
+    trace = []
+
+    def child():
+        trace.append("child")
+        yield bluelet.null()
+
+    def root():
+        yield bluelet.spawn(child())
+        trace.append("parent after spawn")
+        yield bluelet.spawn(child())
+        trace.append("parent after second spawn")
+
+    bluelet.run(root())
+    assert trace == ["parent after spawn", "parent after second spawn", "child", "child"]
+
+
+def _not_generators():
+    def genfunc():
+        yield 1
+
+    async def acoro():
+        pass
+
+    return [42, "gen", [1, 2], None, genfunc, lambda: None, iter([1, 2]), acoro]
+
+
+@pytest.mark.parametrize("factory", ["spawn", "call", "join", "kill"])
+def test_non_generator_raises_valueerror_at_the_call(core, factory):
+    fn = getattr(bluelet, factory)
+    for obj in _not_generators():
+        with pytest.raises(ValueError):
+            fn(obj)
+    # An async-def coroutine object is not a generator either.
+    async def acoro():
+        pass
+
+    c = acoro()
+    try:
+        with pytest.raises(ValueError):
+            fn(c)
+    finally:
+        c.close()
+
+
+def test_spawn_non_generator_inside_coroutine_raises_at_call(core):
+    def root():
+        try:
+            ev = bluelet.spawn(123)
+        except ValueError:
+            return "caught at call"
+        yield ev  # pragma: no cover
+        return "not raised"
+
+    assert bluelet.run(root()) == "caught at call"
+
+
+def test_spawn_already_running_coroutine_raises_at_yield(core):
+    events = []
+
+    def child():
+        try:
+            yield bluelet.sleep(0.05)
+        finally:
+            events.append("child finally")
+
+    def root():
+        c = child()
+        yield bluelet.spawn(c)
+        yield bluelet.null()  # child now blocked in its sleep
+        ev = bluelet.spawn(c)  # no error at the call
+        try:
+            yield ev
+        except ValueError:
+            events.append("ValueError at yield")
+        yield bluelet.join(c)
+        events.append("joined")
+
+    bluelet.run(root())
+    assert events == ["ValueError at yield", "child finally", "joined"]
+
+
+def test_spawn_of_self_raises_at_yield(core):
+    me = []
+
+    def root():
+        try:
+            yield bluelet.spawn(me[0])
+        except ValueError:
+            return "ValueError"
+        return "no error"
+
+    g = root()
+    me.append(g)
+    assert bluelet.run(g) == "ValueError"
+
+
+# ---------------------------------------------------------------------------
+# Unhandled exceptions
+# ---------------------------------------------------------------------------
+
+
+def test_unhandled_exception_in_spawned_ends_run_after_cleanup(core):
+    events = []
+    err = Boom("spawned failed")
+
+    def sleeper():
+        try:
+            yield bluelet.sleep(10)
+        finally:
+            events.append("sleeper finally")
+
+    def inner():
+        try:
+            yield bluelet.sleep(10)
+        finally:
+            events.append("inner finally")
+
+    def failing():
+        yield bluelet.null()
+        events.append("raising")
+        raise err
+
+    def root():
+        try:
+            yield bluelet.spawn(sleeper())
+            yield bluelet.spawn(failing())
+            yield bluelet.call(inner())
+            events.append("root continued")
+        finally:
+            events.append("root finally")
+
+    t0 = time.monotonic()
+    with pytest.raises(Boom) as ei:
+        bluelet.run(root())
+    assert ei.value is err
+    assert events[0] == "raising"
+    assert sorted(events[1:]) == ["inner finally", "root finally", "sleeper finally"]
+    assert time.monotonic() - t0 < 5  # did not wait for the 10 s sleepers
+
+
+def test_unhandled_exception_in_root_ends_run_after_cleanup(core):
+    events = []
+    err = Boom("root failed")
+
+    def sleeper():
+        try:
+            yield bluelet.sleep(10)
+        finally:
+            events.append("sleeper finally")
+
+    def root():
+        yield bluelet.spawn(sleeper())
+        yield bluelet.null()
+        raise err
+
+    with pytest.raises(Boom) as ei:
+        bluelet.run(root())
+    assert ei.value is err
+    assert events == ["sleeper finally"]
+
+
+def test_exception_in_unjoined_child_while_root_joins_other(core):
+    err = Boom()
+
+    def forever():
+        yield bluelet.sleep(10)
+
+    def failing():
+        yield bluelet.sleep(0.01)
+        raise err
+
+    def root():
+        f = forever()
+        yield bluelet.spawn(f)
+        yield bluelet.spawn(failing())
+        yield bluelet.join(f)
+
+    with pytest.raises(Boom) as ei:
+        bluelet.run(root())
+    assert ei.value is err
+
+
+@pytest.mark.parametrize(
+    "exc_type", [ConnectionResetError, BrokenPipeError, ConnectionAbortedError]
+)
+def test_connection_errors_end_only_that_coroutine(core, exc_type, caplog):
+    caplog.set_level(logging.DEBUG, logger="bluelet")
+    events = []
+
+    def victim():
+        try:
+            yield bluelet.null()
+            raise exc_type("peer went away")
+        finally:
+            events.append("victim finally")
+
+    def root():
+        v = victim()
+        yield bluelet.spawn(v)
+        yield bluelet.join(v)
+        events.append("joined")
+        yield bluelet.sleep(0.01)
+        return "root ok"
+
+    assert bluelet.run(root()) == "root ok"
+    assert events == ["victim finally", "joined"]
+    assert any(
+        (r.name == "bluelet" or r.name.startswith("bluelet."))
+        and r.levelno == logging.DEBUG
+        for r in caplog.records
+    ), "expected a DEBUG record on logger 'bluelet'"
+
+
+def test_connection_error_in_delegate_is_raised_in_caller(core):
+    def child():
+        yield bluelet.null()
+        raise ConnectionResetError("reset")
+
+    def root():
+        try:
+            yield child()
+        except ConnectionResetError:
+            return "caught"
+        return "not raised"
+
+    assert bluelet.run(root()) == "caught"
+
+
+# ---------------------------------------------------------------------------
+# Yielding things that are not events
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value", [5, "not an event", [1, 2, 3], None, 3.5, {"a": 1}, object],
+    ids=["int", "str", "list", "None", "float", "dict", "type"],
+)
+def test_yielding_non_event_raises_typeerror_at_yield(core, value):
+    def root():
+        try:
+            yield value
+        except TypeError as e:
+            msg = str(e)
+        else:  # pragma: no cover
+            return "no error"
+        # The coroutine goes on normally after catching it.
+        yield bluelet.null()
+        v = yield bluelet.ValueEvent("after")
+        return (msg, v)
+
+    msg, v = bluelet.run(root())
+    assert repr(value) in msg
+    assert v == "after"
+
+
+def test_yielding_async_coroutine_object_raises_typeerror(core):
+    async def acoro():
+        pass
+
+    obj = acoro()
+    text = repr(obj)
+
+    def root():
+        try:
+            yield obj
+        except TypeError as e:
+            return str(e)
+        return "no error"
+
+    try:
+        msg = bluelet.run(root())
+    finally:
+        obj.close()
+    assert msg != "no error"
+    assert text in msg
+
+
+def test_yielding_non_event_uncaught_ends_run_with_typeerror(core):
+    events = []
+
+    def bad():
+        yield bluelet.null()
+        yield 12345
+
+    def sleeper():
+        try:
+            yield bluelet.sleep(10)
+        finally:
+            events.append("sleeper finally")
+
+    def root():
+        yield bluelet.spawn(sleeper())
+        yield bluelet.spawn(bad())
+
+    with pytest.raises(TypeError, match="12345"):
+        bluelet.run(root())
+    assert events == ["sleeper finally"]
+
+
+def test_yielding_non_event_in_delegate_reaches_caller(core):
+    def child():
+        yield "bogus"
+
+    def root():
+        try:
+            yield child()
+        except TypeError as e:
+            return str(e)
+
+    assert "'bogus'" in bluelet.run(root())
+
+
+# ---------------------------------------------------------------------------
+# join
+# ---------------------------------------------------------------------------
+
+
+def test_join_waits_for_child(core):
+    events = []
+
+    def child():
+        yield bluelet.sleep(0.02)
+        events.append("child done")
+
+    def root():
+        c = child()
+        yield bluelet.spawn(c)
+        v = yield bluelet.join(c)
+        events.append(("joined", v))
+
+    bluelet.run(root())
+    assert events == ["child done", ("joined", None)]
+
+
+def test_join_of_finished_coroutine_returns_at_once(core):
+    events = []
+
+    def quick():
+        yield bluelet.null()
+        events.append("quick done")
+
+    def slow():
+        yield bluelet.sleep(0.3)
+        events.append("slow done")
+
+    def root():
+        q = quick()
+        yield bluelet.spawn(slow())
+        yield bluelet.spawn(q)
+        yield bluelet.sleep(0.02)
+        assert "quick done" in events
+        v = yield bluelet.join(q)
+        events.append(("joined", v))
+        v = yield bluelet.join(q)  # again
+        events.append(("joined again", v))
+
+    bluelet.run(root())
+    assert events == [
+        "quick done",
+        ("joined", None),
+        ("joined again", None),
+        "slow done",
+    ]
+
+
+def test_join_of_coroutine_that_never_yielded(core):
+    def instant():
+        return 1
+        yield  # pragma: no cover
+
+    def root():
+        c = instant()
+        yield bluelet.spawn(c)
+        yield bluelet.join(c)
+        return "joined"
+
+    assert bluelet.run(root()) == "joined"
+
+
+def test_many_joiners_all_woken(core):
+    woken = []
+
+    def child():
+        yield bluelet.sleep(0.02)
+
+    def joiner(c, i):
+        yield bluelet.join(c)
+        woken.append(i)
+
+    def root():
+        c = child()
+        yield bluelet.spawn(c)
+        for i in range(5):
+            yield bluelet.spawn(joiner(c, i))
+        yield bluelet.join(c)
+        woken.append("root")
+
+    bluelet.run(root())
+    assert sorted(woken, key=str) == sorted([0, 1, 2, 3, 4, "root"], key=str)
+
+
+def test_join_of_never_spawned_raises_at_yield(core):
+    def never():
+        yield bluelet.null()
+
+    g = never()
+
+    def root():
+        ev = bluelet.join(g)  # no error at the call
+        try:
+            yield ev
+        except ValueError:
+            return "ValueError"
+        return "no error"
+
+    try:
+        assert bluelet.run(root()) == "ValueError"
+    finally:
+        g.close()
+
+
+# ---------------------------------------------------------------------------
+# kill
+# ---------------------------------------------------------------------------
+
+
+def test_kill_closes_call_chain_innermost_first_and_wakes_joiners(core):
+    events = []
+
+    def b():
+        try:
+            yield bluelet.sleep(10)
+            events.append("b woke")
+        finally:
+            events.append("b finally")
+
+    def a():
+        try:
+            yield bluelet.call(b())
+            events.append("a continued")
+        finally:
+            events.append("a finally")
+
+    def outer():
+        try:
+            yield bluelet.call(a())
+            events.append("outer continued")
+        finally:
+            events.append("outer finally")
+
+    def joiner(v):
+        v_ = yield bluelet.join(v)
+        events.append(("joiner woke", v_))
+
+    def root():
+        v = outer()
+        yield bluelet.spawn(v)
+        yield bluelet.spawn(joiner(v))
+        yield bluelet.sleep(0.02)  # victim is now blocked in b's sleep
+        r = yield bluelet.kill(v)
+        events.append(("killer resumed", r))
+        yield bluelet.join(v)
+        events.append("root joined")
+
+    t0 = time.monotonic()
+    bluelet.run(root())
+    assert time.monotonic() - t0 < 5
+    assert events[:4] == ["b finally", "a finally", "outer finally", ("killer resumed", None)]
+    assert sorted(events[4:], key=str) == sorted(
+        [("joiner woke", None), "root joined"], key=str
+    )
+
+
+def test_kill_of_ready_not_started_coroutine(core):
+    events = []
+
+    def victim():
+        events.append("victim ran")
+        yield bluelet.null()
+
+    def root():
+        v = victim()
+        yield bluelet.spawn(v)
+        yield bluelet.kill(v)
+        yield bluelet.sleep(0.01)
+        yield bluelet.join(v)
+        events.append("root done")
+
+    bluelet.run(root())
+    assert events == ["root done"]
+
+
+def test_kill_of_finished_coroutine_is_noop(core):
+    events = []
+
+    def child():
+        yield bluelet.null()
+        events.append("child done")
+
+    def root():
+        c = child()
+        yield bluelet.spawn(c)
+        yield bluelet.join(c)
+        r = yield bluelet.kill(c)
+        events.append(("killed", r))
+        yield bluelet.kill(c)
+        events.append("killed again")
+        return "ok"
+
+    assert bluelet.run(root()) == "ok"
+    assert events == ["child done", ("killed", None), "killed again"]
+
+
+def test_kill_of_never_spawned_raises_at_yield(core):
+    def never():
+        yield bluelet.null()
+
+    g = never()
+
+    def root():
+        ev = bluelet.kill(g)
+        try:
+            yield ev
+        except ValueError:
+            return "ValueError"
+        return "no error"
+
+    try:
+        assert bluelet.run(root()) == "ValueError"
+    finally:
+        g.close()
+
+
+def test_coroutine_killing_itself_ends_with_finally(core):
+    events = []
+    me = []
+
+    def victim():
+        try:
+            events.append("start")
+            yield bluelet.kill(me[0])
+            events.append("after self-kill")
+        finally:
+            events.append("finally")
+
+    def root():
+        v = victim()
+        me.append(v)
+        yield bluelet.spawn(v)
+        yield bluelet.join(v)
+        events.append("joined")
+        return "root ok"
+
+    assert bluelet.run(root()) == "root ok"
+    assert events == ["start", "finally", "joined"]
+
+
+def test_kill_sibling_blocked_in_join(core):
+    events = []
+
+    def forever():
+        try:
+            yield bluelet.sleep(10)
+        finally:
+            events.append("forever finally")
+
+    def waiter(f):
+        try:
+            yield bluelet.join(f)
+            events.append("waiter woke")
+        finally:
+            events.append("waiter finally")
+
+    def root():
+        f = forever()
+        w = waiter(f)
+        yield bluelet.spawn(f)
+        yield bluelet.spawn(w)
+        yield bluelet.null()
+        yield bluelet.kill(w)
+        yield bluelet.kill(f)
+        events.append("root done")
+
+    t0 = time.monotonic()
+    bluelet.run(root())
+    assert time.monotonic() - t0 < 5
+    assert events == ["waiter finally", "forever finally", "root done"]
+
+
+# ---------------------------------------------------------------------------
+# Deadlock
+# ---------------------------------------------------------------------------
+
+
+def test_deadlock_two_coroutines_joining_each_other(core):
+    events = []
+    h = {}
+
+    def a():
+        try:
+            yield bluelet.join(h["b"])
+        finally:
+            events.append("a finally")
+
+    def b():
+        try:
+            yield bluelet.join(h["a"])
+        finally:
+            events.append("b finally")
+
+    def root():
+        h["a"], h["b"] = a(), b()
+        yield bluelet.spawn(h["a"])
+        yield bluelet.spawn(h["b"])
+        try:
+            yield bluelet.join(h["a"])
+        finally:
+            events.append("root finally")
+
+    with pytest.raises(RuntimeError, match="(?i)deadlock"):
+        bluelet.run(root())
+    assert sorted(events) == ["a finally", "b finally", "root finally"]
+
+
+def test_deadlock_detected_after_root_finished(core):
+    events = []
+    h = {}
+
+    def a():
+        try:
+            yield bluelet.join(h["b"])
+        finally:
+            events.append("a finally")
+
+    def b():
+        try:
+            yield bluelet.join(h["a"])
+        finally:
+            events.append("b finally")
+
+    def root():
+        h["a"], h["b"] = a(), b()
+        yield bluelet.spawn(h["a"])
+        yield bluelet.spawn(h["b"])
+        return "root returned"
+
+    with pytest.raises(RuntimeError, match="(?i)deadlock"):
+        bluelet.run(root())
+    assert sorted(events) == ["a finally", "b finally"]
+
+
+def test_self_join_is_not_a_hang(core):
+    """A coroutine joining itself can never wake: deadlock or error, not hang."""
+    me = []
+
+    def root():
+        yield bluelet.join(me[0])
+
+    g = root()
+    me.append(g)
+    with pytest.raises((RuntimeError, ValueError)):
+        bluelet.run(g)
+
+
+# ---------------------------------------------------------------------------
+# User WaitableEvent subclasses
+# ---------------------------------------------------------------------------
+
+
+def test_waitable_event_fires_when_pipe_readable(core):
+    class PipeRead(bluelet.WaitableEvent):
+        def __init__(self, fd):
+            self.fd = fd
+
+        def waitables(self):
+            return (self.fd,), (), ()
+
+        def fire(self):
+            return ("fired", os.read(self.fd, 100))
+
+    r, w = os.pipe()
+    events = []
+    try:
+
+        def writer():
+            yield bluelet.sleep(0.03)
+            events.append("writing")
+            os.write(w, b"ping")
+
+        def root():
+            yield bluelet.spawn(writer())
+            v = yield PipeRead(r)
+            events.append(v)
+            return v
+
+        assert bluelet.run(root()) == ("fired", b"ping")
+        assert events == ["writing", ("fired", b"ping")]
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_waitable_event_with_file_objects_and_write_direction(core):
+    class Readable(bluelet.WaitableEvent):
+        def __init__(self, f):
+            self.f = f
+
+        def waitables(self):
+            return [self.f], [], []
+
+        def fire(self):
+            return self.f.read(100)
+
+    class Writable(bluelet.WaitableEvent):
+        def __init__(self, f, data):
+            self.f, self.data = f, data
+
+        def waitables(self):
+            return (), (self.f,), ()
+
+        def fire(self):
+            return self.f.write(self.data)
+
+    rf, wf = _pipe_files()
+    try:
+
+        def reader():
+            return (yield Readable(rf))
+
+        def root():
+            n = yield Writable(wf, b"hello")
+            data = yield reader()
+            return n, data
+
+        assert bluelet.run(root()) == (5, b"hello")
+    finally:
+        rf.close()
+        wf.close()
+
+
+def test_waitable_event_fire_exception_raised_at_yield(core):
+    err = Boom("fire failed")
+
+    class Failing(bluelet.WaitableEvent):
+        def __init__(self, fd):
+            self.fd = fd
+
+        def waitables(self):
+            return (self.fd,), (), ()
+
+        def fire(self):
+            os.read(self.fd, 100)
+            raise err
+
+    r, w = os.pipe()
+    try:
+        os.write(w, b"x")
+
+        def root():
+            try:
+                yield Failing(r)
+            except Boom as e:
+                return ("caught", e)
+            return "no error"
+
+        result = bluelet.run(root())
+        assert result == ("caught", err)
+        assert result[1] is err
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_waitable_event_unhandled_fire_exception_ends_run(core):
+    err = Boom()
+
+    class Failing(bluelet.WaitableEvent):
+        def __init__(self, fd):
+            self.fd = fd
+
+        def waitables(self):
+            return (self.fd,), (), ()
+
+        def fire(self):
+            raise err
+
+    r, w = os.pipe()
+    try:
+        os.write(w, b"x")
+
+        def root():
+            yield Failing(r)
+
+        with pytest.raises(Boom) as ei:
+            bluelet.run(root())
+        assert ei.value is err
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_waitable_event_with_no_waitables_raises_valueerror(core):
+    class Empty(bluelet.WaitableEvent):
+        def waitables(self):
+            return (), (), ()
+
+        def fire(self):  # pragma: no cover
+            return "fired"
+
+    class Default(bluelet.WaitableEvent):
+        pass
+
+    def root():
+        out = []
+        for ev in (Empty(), Default()):
+            try:
+                v = yield ev
+            except ValueError:
+                out.append("ValueError")
+            else:  # pragma: no cover
+                out.append(("value", v))
+        return out
+
+    assert bluelet.run(root()) == ["ValueError", "ValueError"]
+
+
+def test_many_waitable_events_on_pipes(core):
+    class PipeRead(bluelet.WaitableEvent):
+        def __init__(self, fd):
+            self.fd = fd
+
+        def waitables(self):
+            return (self.fd,), (), ()
+
+        def fire(self):
+            return os.read(self.fd, 100)
+
+    pipes = [os.pipe() for _ in range(20)]
+    got = []
+    try:
+
+        def reader(i, r):
+            data = yield PipeRead(r)
+            got.append((i, data))
+
+        def root():
+            for i, (r, _) in enumerate(pipes):
+                yield bluelet.spawn(reader(i, r))
+            yield bluelet.sleep(0.01)
+            for i, (_, w) in reversed(list(enumerate(pipes))):
+                os.write(w, b"%d" % i)
+                yield bluelet.sleep(0.001)
+
+        bluelet.run(root())
+        assert sorted(got) == [(i, b"%d" % i) for i in range(20)]
+    finally:
+        for r, w in pipes:
+            os.close(r)
+            os.close(w)
+
+
+# ---------------------------------------------------------------------------
+# ValueEvent / ExceptionEvent / event classes
+# ---------------------------------------------------------------------------
+
+
+def test_value_event(core):
+    trace = []
+
+    def other():
+        trace.append("other")
+        yield bluelet.null()
+
+    def root():
+        yield bluelet.spawn(other())
+        v = yield bluelet.ValueEvent({"k": 1})
+        trace.append(("root", v))
+        return v
+
+    assert bluelet.run(root()) == {"k": 1}
+    # The ValueEvent took a trip through the ready queue.
+    assert trace == ["other", ("root", {"k": 1})]
+
+
+def test_exception_event(core):
+    try:
+        raise Boom("stored")
+    except Boom:
+        exc_info = sys.exc_info()
+
+    def root():
+        try:
+            yield bluelet.ExceptionEvent(exc_info)
+        except Boom as e:
+            return e
+        return None
+
+    assert bluelet.run(root()) is exc_info[1]
+
+
+def test_exception_event_uncaught_ends_run(core):
+    try:
+        raise Boom("stored")
+    except Boom:
+        exc_info = sys.exc_info()
+
+    def root():
+        yield bluelet.ExceptionEvent(exc_info)
+
+    with pytest.raises(Boom) as ei:
+        bluelet.run(root())
+    assert ei.value is exc_info[1]
+
+
+def test_factories_return_public_event_classes(core):
+    def g():
+        yield bluelet.null()
+
+    gen = g()
+    try:
+        assert isinstance(bluelet.null(), bluelet.Event)
+        assert isinstance(bluelet.sleep(0.1), bluelet.SleepEvent)
+        assert isinstance(bluelet.spawn(gen), bluelet.SpawnEvent)
+        assert isinstance(bluelet.join(gen), bluelet.JoinEvent)
+        assert isinstance(bluelet.kill(gen), bluelet.KillEvent)
+        assert isinstance(bluelet.call(gen), bluelet.DelegationEvent)
+        assert isinstance(bluelet.end(1), bluelet.ReturnEvent)
+        for cls in (
+            bluelet.WaitableEvent, bluelet.ValueEvent, bluelet.ExceptionEvent,
+            bluelet.SpawnEvent, bluelet.JoinEvent, bluelet.KillEvent,
+            bluelet.DelegationEvent, bluelet.ReturnEvent, bluelet.SleepEvent,
+            bluelet.ReadEvent, bluelet.WriteEvent,
+        ):
+            assert issubclass(cls, bluelet.Event), cls
+    finally:
+        gen.close()
+
+
+# ---------------------------------------------------------------------------
+# sleep
+# ---------------------------------------------------------------------------
+
+
+def test_sleep_lasts_at_least_its_duration(core):
+    def root():
+        t0 = time.monotonic()
+        yield bluelet.sleep(0.05)
+        return time.monotonic() - t0
+
+    assert bluelet.run(root()) >= 0.05 * 0.98
+
+
+def test_sleep_returns_none_and_accepts_int_and_negative(core):
+    def root():
+        a = yield bluelet.sleep(0)
+        b = yield bluelet.sleep(-1)
+        c = yield bluelet.sleep(-0.5)
+        return a, b, c
+
+    t0 = time.monotonic()
+    assert bluelet.run(root()) == (None, None, None)
+    assert time.monotonic() - t0 < 2
+
+
+def test_sleep_rejects_non_number_and_nan(core):
+    def root():
+        out = []
+        for bad, exc in (("x", TypeError), (float("nan"), ValueError)):
+            try:
+                yield bluelet.sleep(bad)  # raised at the call or at the yield
+            except exc:
+                out.append(exc.__name__)
+        return out
+
+    assert bluelet.run(root()) == ["TypeError", "ValueError"]
+
+
+def test_sleepers_wake_in_deadline_order(core):
+    woke = []
+
+    def sleeper(d):
+        yield bluelet.sleep(d)
+        woke.append(d)
+
+    durations = [0.05, 0.01, 0.04, 0.02, 0.03]
+
+    def root():
+        for d in durations:
+            yield bluelet.spawn(sleeper(d))
+
+    bluelet.run(root())
+    assert woke == sorted(durations)
+
+
+def test_ready_coroutines_run_while_others_sleep(core):
+    trace = []
+
+    def sleeper():
+        yield bluelet.sleep(0.1)
+        trace.append("sleeper")
+
+    def busy():
+        for _ in range(50):
+            yield bluelet.null()
+        trace.append("busy")
+
+    def root():
+        yield bluelet.spawn(sleeper())
+        yield bluelet.spawn(busy())
+
+    bluelet.run(root())
+    assert trace == ["busy", "sleeper"]
+
+
+# ---------------------------------------------------------------------------
+# read / write / wait_readable / wait_writable / notify_closing on pipes
+# ---------------------------------------------------------------------------
+
+
+def test_read_write_pipe(core):
+    rf, wf = _pipe_files()
+    try:
+
+        def writer():
+            yield bluelet.sleep(0.02)
+            yield bluelet.write(wf, b"abc")
+
+        def root():
+            yield bluelet.spawn(writer())
+            data = yield bluelet.read(rf, 100)
+            return data
+
+        assert bluelet.run(root()) == b"abc"
+    finally:
+        rf.close()
+        wf.close()
+
+
+def test_read_to_eof_with_bufsize_none(core):
+    rf, wf = _pipe_files()
+    chunks = [b"hello", b" ", b"world", b"x" * 3000]
+    try:
+
+        def writer():
+            for c in chunks:
+                yield bluelet.sleep(0.005)
+                yield bluelet.write(wf, c)
+            wf.close()
+
+        def root():
+            yield bluelet.spawn(writer())
+            data = yield bluelet.read(rf)
+            return data
+
+        assert bluelet.run(root()) == b"".join(chunks)
+    finally:
+        rf.close()
+        wf.close()
+
+
+def test_read_at_eof_returns_empty(core):
+    rf, wf = _pipe_files()
+    wf.close()
+    try:
+
+        def root():
+            a = yield bluelet.read(rf, 10)
+            b = yield bluelet.read(rf)
+            return a, b
+
+        assert bluelet.run(root()) == (b"", b"")
+    finally:
+        rf.close()
+
+
+def test_wait_readable_and_writable(core):
+    rf, wf = _pipe_files()
+    try:
+
+        def writer():
+            yield bluelet.sleep(0.02)
+            v = yield bluelet.wait_writable(wf)
+            wf.write(b"z")
+            return v
+
+        def root():
+            yield bluelet.spawn(writer())
+            v = yield bluelet.wait_readable(rf)
+            return v, rf.read(10)
+
+        assert bluelet.run(root()) == (None, b"z")
+    finally:
+        rf.close()
+        wf.close()
+
+
+def test_notify_closing_wakes_waiter_with_socket_closed_error(core):
+    rf, wf = _pipe_files()
+    events = []
+    try:
+
+        def waiter():
+            try:
+                yield bluelet.wait_readable(rf)
+                events.append("woke normally")
+            except bluelet.SocketClosedError:
+                events.append("SocketClosedError")
+
+        def root():
+            w = waiter()
+            yield bluelet.spawn(w)
+            yield bluelet.sleep(0.02)
+            bluelet.notify_closing(rf)
+            yield bluelet.join(w)
+            events.append("joined")
+
+        t0 = time.monotonic()
+        bluelet.run(root())
+        assert time.monotonic() - t0 < 5
+        assert events == ["SocketClosedError", "joined"]
+    finally:
+        rf.close()
+        wf.close()
+
+
+# ---------------------------------------------------------------------------
+# Scale
+# ---------------------------------------------------------------------------
+
+
+def test_ten_thousand_sleepers_and_one_busy_coroutine(core):
+    n = 10_000
+    woke = []
+    busy_done = []
+
+    def sleeper(i):
+        yield bluelet.sleep(0.2 + (i % 101) / 1000.0)
+        woke.append(i)
+
+    def busy():
+        for _ in range(1000):
+            yield bluelet.null()
+        busy_done.append(len(woke))
+
+    def root():
+        for i in range(n):
+            yield bluelet.spawn(sleeper(i))
+        yield bluelet.spawn(busy())
+
+    bluelet.run(root())
+    assert busy_done == [0]  # busy finished before any sleeper woke
+    assert len(woke) == n
+    assert sorted(woke) == list(range(n))
+
+
+def test_thousand_spawned_coroutines_joined(core):
+    done = []
+
+    def worker(i):
+        yield bluelet.null()
+        done.append(i)
+        return i
+
+    def root():
+        gens = [worker(i) for i in range(1000)]
+        for g in gens:
+            yield bluelet.spawn(g)
+        results = []
+        for g in gens:
+            results.append((yield bluelet.join(g)))
+        return len(done), results
+
+    count, results = bluelet.run(root())
+    assert count == 1000
+    assert results == [None] * 1000
+    assert sorted(done) == list(range(1000))
+
+
+# ---------------------------------------------------------------------------
+# KeyboardInterrupt while the scheduler waits
+# ---------------------------------------------------------------------------
+
+
+def _interrupt_soon(delay=0.2):
+    timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+@pytest.mark.parametrize("wait", ["sleep", "pipe"])
+def test_keyboard_interrupt_thrown_into_root(core, wait):
+    events = []
+    rf, wf = _pipe_files()
+
+    def child():
+        try:
+            yield bluelet.sleep(10)
+        finally:
+            events.append("child finally")
+
+    def root():
+        yield bluelet.spawn(child())
+        try:
+            if wait == "sleep":
+                yield bluelet.sleep(5)
+            else:
+                yield bluelet.read(rf, 10)
+        except KeyboardInterrupt:
+            events.append("root caught")
+            return "stopped"
+        return "not interrupted"
+
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    timer = _interrupt_soon()
+    t0 = time.monotonic()
+    try:
+        result = bluelet.run(root())
+    finally:
+        timer.cancel()
+        timer.join()
+        signal.signal(signal.SIGINT, old)
+        rf.close()
+        wf.close()
+    assert result == "stopped"
+    assert sorted(events) == ["child finally", "root caught"]
+    assert time.monotonic() - t0 < 4
+
+
+def test_keyboard_interrupt_goes_to_innermost_of_root_call_chain(core):
+    events = []
+
+    def inner():
+        try:
+            yield bluelet.sleep(5)
+        except KeyboardInterrupt:
+            events.append("inner caught")
+            return "inner stopped"
+        finally:
+            events.append("inner finally")
+
+    def middle():
+        try:
+            v = yield bluelet.call(inner())
+            events.append(("middle got", v))
+            return v
+        finally:
+            events.append("middle finally")
+
+    def root():
+        v = yield middle()
+        return v
+
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    timer = _interrupt_soon()
+    try:
+        result = bluelet.run(root())
+    finally:
+        timer.cancel()
+        timer.join()
+        signal.signal(signal.SIGINT, old)
+    assert result == "inner stopped"
+    assert events == [
+        "inner caught",
+        "inner finally",
+        ("middle got", "inner stopped"),
+        "middle finally",
+    ]
+
+
+def test_keyboard_interrupt_uncaught_propagates_out_of_run(core):
+    events = []
+
+    def root():
+        try:
+            yield bluelet.sleep(5)
+        finally:
+            events.append("root finally")
+
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    timer = _interrupt_soon()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            bluelet.run(root())
+    finally:
+        timer.cancel()
+        timer.join()
+        signal.signal(signal.SIGINT, old)
+    assert events == ["root finally"]
