@@ -194,10 +194,16 @@ def shape_b(bl, n, k, max_seconds=None):
     raise RuntimeError("shape (b): run() returned before the busy coroutine finished")
 
 
-def warm_up(bl):
-    """A small run of each shape, so the first timed round is not the first."""
-    shape_a(bl, 50, 20)
-    shape_b(bl, 10, 200)
+def warm_up(bl, runs=5):
+    """Small runs of each shape, so the first timed round is not the first.
+
+    Several run() calls, not one long one: the first few run() calls of a
+    process can be slower than the rest (CPython specializes code as it
+    sees it run), and the timed rounds should all see the steady state.
+    """
+    for _ in range(runs):
+        shape_a(bl, 50, 20)
+        shape_b(bl, 10, 200)
 
 
 def measure(bl, spec):

@@ -2,7 +2,7 @@
 
 Run from the repository root (no arguments needed)::
 
-    python bench/switch.py              # full run, about a minute
+    python bench/switch.py              # full run: seconds (plus the venv, first time)
     python bench/switch.py --quick      # smoke run, a few seconds
     python bench/switch.py --json out.json
 
@@ -196,37 +196,44 @@ def old_ready(py):
     return out.get("bluelet_version") == "0.2.0"
 
 
+def _python_runs(py):
+    try:
+        return subprocess.run([py, "-I", "-c", "pass"], timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 def ensure_old_venv(venv):
-    """Create the side venv with bluelet 0.2.0 if needed; return its python."""
+    """Create the side venv with bluelet 0.2.0 if needed; return its python.
+
+    Raises RuntimeError with a one-line reason (details go to stderr).
+    """
     py = venv_python(venv)
     if old_ready(py):
         return py
+    say("setting up %s with %s (first use; needs PyPI) ..." % (venv, OLD_REQUIREMENT))
     steps = []
-    if not os.path.exists(py):
-        steps.append([sys.executable, "-m", "venv", venv])
+    if not _python_runs(py):
+        # Missing, or a broken venv (e.g. its base interpreter moved): (re)create.
+        steps.append([sys.executable, "-m", "venv", "--clear", venv])
     steps.append([py, "-m", "pip", "install", "--disable-pip-version-check", "--quiet",
                   "--no-input", OLD_REQUIREMENT])
-    say("setting up %s with %s (first use; needs PyPI) ..." % (os.path.relpath(venv), OLD_REQUIREMENT))
-    for attempt in (1, 2):
+    for cmd in steps:
+        what = "python -m venv" if cmd[0] == sys.executable else "pip install " + OLD_REQUIREMENT
         try:
-            for cmd in steps:
-                subprocess.run(cmd, check=True, timeout=600, env=clean_env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               universal_newlines=True)
-        except subprocess.CalledProcessError as exc:
-            err = "%s failed:\n%s" % (" ".join(exc.cmd), (exc.output or "").strip()[-3000:])
+            proc = subprocess.run(cmd, timeout=600, env=clean_env(), stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, universal_newlines=True)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            err = str(exc)
-        else:
-            if old_ready(py):
-                return py
-            err = "the venv's python does not import bluelet 0.2.0 after installing it"
-        if attempt == 1 and os.path.exists(os.path.join(venv, "pyvenv.cfg")):
-            # A broken venv of ours (e.g. its interpreter moved): rebuild it once.
-            say("  %s; recreating the venv" % err.splitlines()[0])
-            steps = [[sys.executable, "-m", "venv", "--clear", venv], steps[-1]]
-            continue
-        raise RuntimeError(err)
+            raise RuntimeError("%s: %s" % (what, exc))
+        if proc.returncode != 0:
+            out = proc.stdout.strip()
+            if out:
+                say(out[-3000:])
+            last = out.splitlines()[-1] if out else "exit status %d" % proc.returncode
+            raise RuntimeError("%s failed: %s" % (what, last))
+    if not old_ready(py):
+        raise RuntimeError("the venv's python does not import bluelet 0.2.0 after installing it")
+    return py
 
 
 # -- output -----------------------------------------------------------------
@@ -352,8 +359,9 @@ def main(argv=None):
         platform.python_version(), platform.python_implementation(), platform.system(),
         platform.machine(), os.cpu_count() or 0, "; --quick" if args.quick else ""))
     print("(a) {:,} coroutines all busy, K={:,} yields each ({:,} switches). "
-          "(b) one busy coroutine, N others asleep; K={:,} (floor, ours), {} (0.2.0)."
-          .format(args.busy, args.k_a, args.busy * args.k_a, args.k_b, k_old))
+          "(b) one busy coroutine, N others asleep; K={:,}{}."
+          .format(args.busy, args.k_a, args.busy * args.k_a, args.k_b,
+                  " (floor, ours), %s (0.2.0)" % k_old if OLD in results else ""))
     print()
     print(build_table(args, results))
     print()

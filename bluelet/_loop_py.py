@@ -16,8 +16,10 @@ How a coroutine runs
 
 Invariants
     - FIFO: tasks run in the order they became ready; a task is appended to
-      the ready queue only when it changes state to ready, so it is never
-      queued twice. Killed tasks stay queued but are skipped.
+      the ready list only when it changes state to ready, so it is never
+      queued twice. Killed tasks stay queued but are skipped. Each pass runs
+      the list as it stood (swapped for an empty one), so tasks made ready
+      meanwhile run on the next pass, after I/O has been polled.
     - Cost per event is O(1): no pass over all tasks; descriptors stay
       registered with the poller between waits (interest is dropped lazily,
       when the poller reports an fd nobody waits for).
@@ -39,6 +41,7 @@ import collections
 import errno
 import heapq
 import logging
+import numbers
 import math
 import select
 import selectors
@@ -97,6 +100,9 @@ _QUIET = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 # Heap entries of cancelled sleepers are left in place; rebuild when they are
 # the majority, so a program that keeps cancelling timers stays bounded.
 _STALE_TIMER_FLOOR = 64
+
+# Poll at least this often (seconds): pollers overflow on sleep(inf).
+_MAX_TIMEOUT = 86400.0
 
 _monotonic = time.monotonic
 _GeneratorType = types.GeneratorType
@@ -227,6 +233,8 @@ class SleepEvent(WaitableEvent):
     _kind = _K_SLEEP
 
     def __init__(self, duration):
+        if not isinstance(duration, (int, float)) and not isinstance(duration, numbers.Real):
+            raise TypeError("sleep() needs a number of seconds, not %r" % (duration,))
         seconds = float(duration)
         if math.isnan(seconds):
             raise ValueError("sleep duration is NaN")
@@ -534,7 +542,7 @@ class _EpollPoller:
                 pass
 
     def poll(self, timeout):
-        return self._epoll.poll(-1 if timeout is None else timeout)
+        return self._epoll.poll(timeout)
 
     def close(self):
         self._epoll.close()
@@ -568,7 +576,7 @@ class _SelectorsPoller:
 
     def poll(self, timeout):
         ready = []
-        for key, events in self._selector.select(timeout):
+        for key, events in self._selector.select(None if timeout < 0 else timeout):
             ready.append((key.fd, (READ if events & selectors.EVENT_READ else 0) |
                           (WRITE if events & selectors.EVENT_WRITE else 0)))
         return ready
@@ -592,7 +600,8 @@ class Loop:
     """One run of the scheduler: ``Loop().run(root)`` is ``run(root)``."""
 
     def __init__(self):
-        self._ready = collections.deque()
+        self._ready = []            # tasks to resume on the next pass, FIFO
+        self._batch = []            # the pass being run (kept to reuse it)
         self._tasks = {}            # base generator -> live _Task
         self._timers = []           # heap of (deadline, seq, task)
         self._timer_seq = 0
@@ -626,55 +635,41 @@ class Loop:
         return self._root.result
 
     def _main(self):
-        ready = self._ready
-        popleft = ready.popleft
-        step = self._step
-        timers = self._timers
         while self._tasks:
             # ---- phase 1: run every task that is ready now, and no more:
             # tasks made ready meanwhile wait for the next pass, after I/O.
-            n = len(ready)
-            while n:
-                n -= 1
-                task = popleft()
+            batch = self._ready
+            self._ready = self._batch
+            for task in batch:
                 if task.state == _S_READY:
-                    step(task)
+                    self._step(task)
                     if self._failure is not None:
                         return
+            batch.clear()
+            self._batch = batch
             if not self._tasks:
                 return
 
             # ---- phase 2: poll I/O, blocking only if nothing is ready.
-            if ready:
-                timeout = 0
-            elif len(timers) > self._stale_timers:
-                self._drop_stale_timers()
-                timeout = max(timers[0][0] - _monotonic(), 0.0)
+            if self._ready:
+                timeout = 0.0
+            elif self._has_timers():
+                timeout = min(max(self._next_deadline() - _monotonic(), 0.0), _MAX_TIMEOUT)
             elif self._fd_waiters:
-                timeout = None
+                timeout = -1.0
             else:
                 self._failure = RuntimeError(
                     "deadlock: %d coroutine(s) wait for each other and nothing can "
                     "wake them: %r" % (len(self._tasks), list(self._tasks.values())))
                 return
             try:
-                events = self._poller.poll(timeout)
+                self._poll(timeout)
             except KeyboardInterrupt as exc:
                 self._interrupt(exc)
                 continue
-            for fd, mask in events:
-                self._wake_fd(fd, mask)
 
             # ---- phase 3: expire sleepers, earliest deadline first.
-            if timers:
-                now = _monotonic()
-                while timers and timers[0][0] <= now:
-                    _, seq, task = heapq.heappop(timers)
-                    if task.timer_seq == seq:
-                        task.timer_seq = 0
-                        self._schedule(task, None, None)
-                    else:
-                        self._stale_timers -= 1
+            self._expire_timers(_monotonic())
 
     # -- resuming a task ----------------------------------------------------
 
@@ -707,6 +702,9 @@ class Loop:
                 return
             value = exc = None
 
+            if event is _NULL:
+                self._schedule(task, None, None)
+                return
             kind = _kind_of(type(event))
             if kind is None:
                 kind = _kind_slow(event)
@@ -732,9 +730,7 @@ class Loop:
                 if exc is None:
                     return
             elif kind == _K_SLEEP:
-                self._timer_seq += 1
-                task.timer_seq = self._timer_seq
-                heapq.heappush(self._timers, (event.wakeup_time, self._timer_seq, task))
+                self._add_timer(task, event.wakeup_time)
                 task.state = _S_SLEEP
                 return
             elif kind == _K_CALL:
@@ -810,7 +806,7 @@ class Loop:
         """The error to raise when ``gen`` cannot start as a new coroutine."""
         if type(gen) is not _GeneratorType:
             return ValueError("%s() needs a generator (a coroutine), not %r" % (verb, gen))
-        if gen in self._tasks or gen.gi_running:
+        if gen in self._tasks or _driven(gen):
             return ValueError("%s(): %r is already running" % (verb, gen))
         return None
 
@@ -896,9 +892,11 @@ class Loop:
         state = self._fds.get(fd)
         if state is None:
             state = self._fds[fd] = _FdState(fd, fileobj)
-        elif state.fileobj is not fileobj and not state.readers and not state.writers:
+        elif ((state.fileobj is not fileobj or type(fileobj) is int)
+              and not state.readers and not state.writers):
             # A new object on a recycled fd: the kernel may have dropped the
-            # old registration when the old object was closed.
+            # old registration when the old object was closed. A bare int
+            # cannot tell us it was recycled, so it is registered afresh.
             self._poller.forget(state)
             state.fileobj = fileobj
         return state
@@ -973,6 +971,11 @@ class Loop:
                 except ValueError:
                     pass
 
+    def _poll(self, timeout):
+        """Wait up to ``timeout`` seconds (-1: no limit) and serve ready fds."""
+        for fd, mask in self._poller.poll(timeout):
+            self._wake_fd(fd, mask)
+
     def _wake_fd(self, fd, mask):
         """The poller says ``fd`` is ready: serve one waiter per direction."""
         state = self._fds.get(fd)
@@ -1035,16 +1038,38 @@ class Loop:
 
     # -- timers -------------------------------------------------------------
 
-    def _drop_stale_timers(self):
-        """Pop cancelled entries off the top; rebuild if they are the majority."""
+    def _add_timer(self, task, deadline):
+        self._timer_seq += 1
+        task.timer_seq = self._timer_seq
+        heapq.heappush(self._timers, (deadline, self._timer_seq, task))
+
+    def _has_timers(self):
+        """Whether a live sleeper exists (cancelled entries do not count)."""
+        return len(self._timers) > self._stale_timers
+
+    def _next_deadline(self):
+        """The earliest live deadline; cancelled entries on top are dropped,
+        and all of them are once they are the majority."""
         timers = self._timers
-        while timers and timers[0][2].timer_seq != timers[0][1]:
+        while timers[0][2].timer_seq != timers[0][1]:
             heapq.heappop(timers)
             self._stale_timers -= 1
         if self._stale_timers > _STALE_TIMER_FLOOR and self._stale_timers * 2 > len(timers):
             timers[:] = [entry for entry in timers if entry[2].timer_seq == entry[1]]
             heapq.heapify(timers)
             self._stale_timers = 0
+        return timers[0][0]
+
+    def _expire_timers(self, now):
+        """Wake every sleeper whose deadline is not after ``now``."""
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, seq, task = heapq.heappop(timers)
+            if task.timer_seq == seq:
+                task.timer_seq = 0
+                self._schedule(task, None, None)
+            else:
+                self._stale_timers -= 1
 
 
 _KINDS = {cls: cls._kind for cls in (
@@ -1060,6 +1085,16 @@ def _kind_slow(event):
     if isinstance(event, Event):
         return event._kind
     return None
+
+
+if hasattr(_GeneratorType, "gi_suspended"):
+    def _driven(gen):
+        """Whether ``gen`` has started and not finished: somebody drives it."""
+        return gen.gi_suspended or gen.gi_running
+else:  # Python < 3.11: a generator that has not started is at instruction -1
+    def _driven(gen):
+        """Whether ``gen`` has started and not finished: somebody drives it."""
+        return gen.gi_running or (gen.gi_frame is not None and gen.gi_frame.f_lasti != -1)
 
 
 def _check_finished(gen, verb):

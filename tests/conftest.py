@@ -13,6 +13,7 @@ import os
 
 import pytest
 
+import bluelet
 from bluelet import _impl
 
 REQUIRE_EXTENSIONS = os.environ.get("BLUELET_REQUIRE_EXTENSIONS", "") not in ("", "0")
@@ -40,3 +41,9 @@ def core(request):
         yield name
     finally:
         _impl.use(previous)
+
+
+def pytest_report_header(config):
+    """Say which bluelet is under test: CI must test the installed build."""
+    return "bluelet %s from %s; cores under test: %s; default core: %s" % (
+        bluelet.__version__, os.path.dirname(bluelet.__file__), ", ".join(CORES), _impl.IMPLEMENTATION)

@@ -479,6 +479,35 @@ def test_spawn_already_running_coroutine_raises_at_yield(core):
     assert events == ["ValueError at yield", "child finally", "joined"]
 
 
+def test_spawn_of_generator_running_in_a_call_chain_raises(core):
+    """A generator another coroutine is delegating to (call) is running."""
+    trace = []
+    h = {}
+
+    def c():
+        trace.append("c start")
+        yield bluelet.sleep(0.05)
+        trace.append("c end")
+        return "c result"
+
+    def other():
+        yield bluelet.null()  # by now root has called c, which sleeps
+        try:
+            yield bluelet.spawn(h["c"])
+            trace.append("spawn accepted")
+        except ValueError:
+            trace.append("ValueError")
+
+    def root():
+        h["c"] = c()
+        yield bluelet.spawn(other())
+        v = yield h["c"]
+        trace.append(("root got", v))
+
+    bluelet.run(root())
+    assert trace == ["c start", "ValueError", "c end", ("root got", "c result")]
+
+
 def test_spawn_of_self_raises_at_yield(core):
     me = []
 
@@ -515,26 +544,48 @@ def test_unhandled_exception_in_spawned_ends_run_after_cleanup(core):
         finally:
             events.append("inner finally")
 
+    def reader(rf):
+        try:
+            yield bluelet.read(rf, 10)
+        finally:
+            events.append("reader finally")
+
+    def joiner(g):
+        try:
+            yield bluelet.join(g)
+        finally:
+            events.append("joiner finally")
+
     def failing():
         yield bluelet.null()
         events.append("raising")
         raise err
 
-    def root():
+    def root(rf):
         try:
-            yield bluelet.spawn(sleeper())
+            s = sleeper()
+            yield bluelet.spawn(s)
+            yield bluelet.spawn(joiner(s))
+            yield bluelet.spawn(reader(rf))
             yield bluelet.spawn(failing())
             yield bluelet.call(inner())
             events.append("root continued")
         finally:
             events.append("root finally")
 
+    rf, wf = _pipe_files()
     t0 = time.monotonic()
-    with pytest.raises(Boom) as ei:
-        bluelet.run(root())
+    try:
+        with pytest.raises(Boom) as ei:
+            bluelet.run(root(rf))
+    finally:
+        rf.close()
+        wf.close()
     assert ei.value is err
     assert events[0] == "raising"
-    assert sorted(events[1:]) == ["inner finally", "root finally", "sleeper finally"]
+    assert sorted(events[1:]) == [
+        "inner finally", "joiner finally", "reader finally", "root finally", "sleeper finally",
+    ]
     assert time.monotonic() - t0 < 5  # did not wait for the 10 s sleepers
 
 
@@ -955,6 +1006,35 @@ def test_coroutine_killing_itself_ends_with_finally(core):
     assert events == ["start", "finally", "joined"]
 
 
+def test_kill_own_task_from_inside_a_delegate(core):
+    events = []
+    me = []
+
+    def inner():
+        try:
+            yield bluelet.kill(me[0])
+            events.append("inner continued")
+        finally:
+            events.append("inner finally")
+
+    def victim():
+        try:
+            yield bluelet.call(inner())
+            events.append("victim continued")
+        finally:
+            events.append("victim finally")
+
+    def root():
+        v = victim()
+        me.append(v)
+        yield bluelet.spawn(v)
+        yield bluelet.join(v)
+        events.append("joined")
+
+    bluelet.run(root())
+    assert events == ["inner finally", "victim finally", "joined"]
+
+
 def test_kill_sibling_blocked_in_join(core):
     events = []
 
@@ -1049,6 +1129,33 @@ def test_deadlock_detected_after_root_finished(core):
     assert sorted(events) == ["a finally", "b finally"]
 
 
+def test_deadlock_detected_promptly_after_a_sleeper_was_killed(core):
+    h = {}
+
+    def sleeper():
+        yield bluelet.sleep(10)
+
+    def a():
+        yield bluelet.join(h["b"])
+
+    def b():
+        yield bluelet.join(h["a"])
+
+    def root():
+        s = sleeper()
+        yield bluelet.spawn(s)
+        yield bluelet.null()
+        yield bluelet.kill(s)  # its 10 s deadline must not keep the loop waiting
+        h["a"], h["b"] = a(), b()
+        yield bluelet.spawn(h["a"])
+        yield bluelet.spawn(h["b"])
+
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="(?i)deadlock"):
+        bluelet.run(root())
+    assert time.monotonic() - t0 < 5
+
+
 def test_self_join_is_not_a_hang(core):
     """A coroutine joining itself can never wake: deadlock or error, not hang."""
     me = []
@@ -1136,6 +1243,36 @@ def test_waitable_event_with_file_objects_and_write_direction(core):
     finally:
         rf.close()
         wf.close()
+
+
+def test_waitable_event_fires_once_when_one_of_several_is_ready(core):
+    fired = []
+
+    class AnyOf(bluelet.WaitableEvent):
+        def __init__(self, fds):
+            self.fds = fds
+
+        def waitables(self):
+            return list(self.fds), (), ()
+
+        def fire(self):
+            fired.append("fire")
+            return "one is ready"
+
+    (r1, w1), (r2, w2) = os.pipe(), os.pipe()
+    try:
+        os.write(w2, b"x")  # only the second pipe is readable
+
+        def root():
+            v = yield AnyOf([r1, r2])
+            yield bluelet.sleep(0.02)  # a second fire() would show up here
+            return v
+
+        assert bluelet.run(root()) == "one is ready"
+        assert fired == ["fire"]
+    finally:
+        for fd in (r1, w1, r2, w2):
+            os.close(fd)
 
 
 def test_waitable_event_fire_exception_raised_at_yield(core):
@@ -1259,6 +1396,62 @@ def test_many_waitable_events_on_pipes(core):
             os.close(w)
 
 
+def _watchdog(seconds, what):
+    """A coroutine that fails the run if it is not killed within ``seconds``:
+    turns a lost wake-up into a prompt test failure instead of a hang."""
+    yield bluelet.sleep(seconds)
+    raise AssertionError("watchdog: %s still waiting after %s s" % (what, seconds))
+
+
+@pytest.mark.parametrize("how", ["waitable-event", "wait_readable"])
+def test_int_fd_number_reused_within_one_run(core, how):
+    """Waiting on raw int fds: a pipe is closed and the next one gets the same
+    fd number; waiting on the new one must still work (0.2.0 programs do this)."""
+
+    class PipeRead(bluelet.WaitableEvent):
+        def __init__(self, fd):
+            self.fd = fd
+
+        def waitables(self):
+            return (self.fd,), (), ()
+
+        def fire(self):
+            return os.read(self.fd, 100)
+
+    fds_seen = []
+
+    def writer(w):
+        yield bluelet.sleep(0.01)
+        os.write(w, b"data")
+
+    def once():
+        r, w = os.pipe()
+        fds_seen.append(r)
+        try:
+            yield bluelet.spawn(writer(w))
+            if how == "waitable-event":
+                data = yield PipeRead(r)
+            else:
+                yield bluelet.wait_readable(r)
+                data = os.read(r, 100)
+            return data
+        finally:
+            os.close(r)
+            os.close(w)
+
+    def root():
+        wd = _watchdog(1.5, "reader of a reused fd")
+        yield bluelet.spawn(wd)
+        got = []
+        for _ in range(3):
+            got.append((yield once()))
+        yield bluelet.kill(wd)
+        return got
+
+    assert bluelet.run(root()) == [b"data"] * 3
+    assert len(set(fds_seen)) < len(fds_seen)  # the scenario really reused a number
+
+
 # ---------------------------------------------------------------------------
 # ValueEvent / ExceptionEvent / event classes
 # ---------------------------------------------------------------------------
@@ -1362,17 +1555,60 @@ def test_sleep_returns_none_and_accepts_int_and_negative(core):
     assert time.monotonic() - t0 < 2
 
 
-def test_sleep_rejects_non_number_and_nan(core):
+@pytest.mark.parametrize("bad", ["x", "0.01", None, [0.01]], ids=["str", "numeric-str", "None", "list"])
+def test_sleep_rejects_non_number_with_typeerror(core, bad):
     def root():
-        out = []
-        for bad, exc in (("x", TypeError), (float("nan"), ValueError)):
-            try:
-                yield bluelet.sleep(bad)  # raised at the call or at the yield
-            except exc:
-                out.append(exc.__name__)
-        return out
+        try:
+            yield bluelet.sleep(bad)  # raised at the call or at the yield
+        except TypeError:
+            return "TypeError"
+        except Exception as e:  # pragma: no cover - reported by the assert
+            return "%s: %s" % (type(e).__name__, e)
+        return "accepted"
 
-    assert bluelet.run(root()) == ["TypeError", "ValueError"]
+    assert bluelet.run(root()) == "TypeError"
+
+
+def test_sleep_rejects_nan_with_valueerror(core):
+    def root():
+        try:
+            yield bluelet.sleep(float("nan"))  # raised at the call or at the yield
+        except ValueError:
+            return "ValueError"
+        return "accepted"
+
+    assert bluelet.run(root()) == "ValueError"
+
+
+@pytest.mark.parametrize("duration", [float("inf"), 1e10], ids=["inf", "1e10"])
+def test_very_long_sleep_does_not_break_other_waits(core, duration):
+    """A coroutine sleeping "forever" is the nearest deadline while another
+    waits on a pipe: the program goes on and the sleeper can be killed."""
+    events = []
+    rf, wf = _pipe_files()
+    try:
+
+        def forever():
+            try:
+                yield bluelet.sleep(duration)
+                events.append("woke")
+            finally:
+                events.append("forever finally")
+
+        def root():
+            f = forever()
+            yield bluelet.spawn(f)
+            yield bluelet.null()  # f is now asleep
+            wf.write(b"x")
+            data = yield bluelet.read(rf, 10)
+            yield bluelet.kill(f)
+            return data
+
+        assert bluelet.run(root()) == b"x"
+        assert events == ["forever finally"]
+    finally:
+        rf.close()
+        wf.close()
 
 
 def test_sleepers_wake_in_deadline_order(core):

@@ -1,0 +1,1365 @@
+# cython: language_level=3, binding=True, boundscheck=False, wraparound=False, cdivision=True
+"""The scheduler core, compiled twin of ``_loop_py.py``.
+
+What the core owns, how a coroutine runs and the invariants are described
+in ``_loop_py.py``'s header; this file implements the same design with the
+same names, in the same order, with the same comments. Docstrings live on
+the pure twin and are copied onto these functions at import.
+
+What differs, and why
+    - Events are ``cdef class``es carrying their kind in a C field, so the
+      dispatch in ``_step`` is a switch on an int, with ``null()`` a
+      pointer compare against a shared singleton.
+    - Generators are resumed with ``PyIter_Send`` (a C call that returns the
+      generator's result without raising StopIteration).
+    - Sleepers live in a binary heap of C structs; the clock is read with
+      ``clock_gettime(CLOCK_MONOTONIC)``, the clock of ``time.monotonic``.
+    - On Linux the poller calls epoll directly, with the GIL released while
+      it waits; elsewhere it is the same ``selectors`` poller as the twin.
+
+Twin rule
+    ``_loop_py.py`` has the same names, in the same order, with the same
+    comments. Change both in one commit.
+"""
+
+cimport cython
+from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF, Py_XDECREF
+from libc.stdlib cimport malloc, realloc, free
+from libc.math cimport isnan, ceil
+from libc.errno cimport errno, EINTR
+
+import collections
+import errno as errno_module
+import logging
+import numbers
+import selectors
+import threading
+import time
+import types
+
+from ._errors import SocketClosedError
+
+__all__ = [
+    "Event", "WaitableEvent", "ValueEvent", "ExceptionEvent", "SpawnEvent",
+    "JoinEvent", "KillEvent", "DelegationEvent", "ReturnEvent", "SleepEvent",
+    "ReadEvent", "WriteEvent", "AcceptEvent", "ReceiveEvent", "SendEvent",
+    "Loop", "run", "null", "sleep", "spawn", "call", "end", "join", "kill",
+    "read", "write", "wait_readable", "wait_writable", "notify_closing",
+]
+
+log = logging.getLogger("bluelet")
+
+cdef extern from *:
+    """
+    #if defined(__linux__)
+    #include <sys/epoll.h>
+    #define BLUELET_HAVE_EPOLL 1
+    #else
+    #include <errno.h>
+    #include <stdint.h>
+    #define BLUELET_HAVE_EPOLL 0
+    typedef union epoll_data { int fd; } epoll_data_t;
+    struct epoll_event { uint32_t events; epoll_data_t data; };
+    #define EPOLL_CLOEXEC 0
+    #define EPOLL_CTL_ADD 1
+    #define EPOLL_CTL_DEL 2
+    #define EPOLL_CTL_MOD 3
+    static int epoll_create1(int flags) { errno = ENOSYS; return -1; }
+    static int epoll_ctl(int e, int op, int fd, struct epoll_event *ev) { errno = ENOSYS; return -1; }
+    static int epoll_wait(int e, struct epoll_event *evs, int n, int t) { errno = ENOSYS; return -1; }
+    #endif
+
+    #include <time.h>
+    /* CLOCK_MONOTONIC is what time.monotonic() reads on Linux and the BSDs;
+       -1.0 tells the caller to ask Python instead (Windows, macOS). */
+    static double bluelet_monotonic(void) {
+    #if defined(__linux__) || defined(__FreeBSD__) || defined(__OpenBSD__) || defined(__NetBSD__)
+        struct timespec ts;
+        if (clock_gettime(CLOCK_MONOTONIC, &ts) == 0)
+            return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    #endif
+        return -1.0;
+    }
+
+    /* PyIter_Send: 1 and a yielded value, 0 and a returned value, or -1 with
+       an exception set. Python 3.9 lacks it; its private equivalent serves. */
+    static int bluelet_send(PyObject *gen, PyObject *arg, PyObject **result) {
+    #if PY_VERSION_HEX >= 0x030A0000
+        PySendResult r = PyIter_Send(gen, arg, result);
+        return r == PYGEN_NEXT ? 1 : (r == PYGEN_RETURN ? 0 : -1);
+    #else
+        *result = _PyGen_Send((PyGenObject *)gen, arg);
+        if (*result != NULL)
+            return 1;
+        if (_PyGen_FetchStopIterationValue(result) == 0)
+            return 0;
+        *result = NULL;
+        return -1;
+    #endif
+    }
+    """
+    int BLUELET_HAVE_EPOLL
+    ctypedef union epoll_data_t:
+        int fd
+    struct epoll_event:
+        unsigned int events
+        epoll_data_t data
+    int EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLL_CTL_MOD
+    int epoll_create1(int flags)
+    int epoll_ctl(int epfd, int op, int fd, epoll_event *event)
+    int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout) nogil
+    double bluelet_monotonic()
+    int bluelet_send(object gen, object arg, PyObject **result) except -1
+    bint PyGen_CheckExact(object obj)
+    int close(int fd)
+
+# ---------------------------------------------------------------------------
+# Constants
+# ---------------------------------------------------------------------------
+
+# Event kinds: the core dispatches on these instead of isinstance chains.
+cdef enum:
+    _K_NONE = 0        # plain Event subclass: not something the core can wait for
+    _K_VALUE = 1
+    _K_IO = 2
+    _K_SLEEP = 3
+    _K_CALL = 4
+    _K_RETURN = 5
+    _K_SPAWN = 6
+    _K_JOIN = 7
+    _K_KILL = 8
+    _K_WAITABLE = 9
+    _K_EXCEPTION = 10
+
+# Task states.
+cdef enum:
+    _S_READY = 0
+    _S_RUNNING = 1
+    _S_IO = 2
+    _S_SLEEP = 3
+    _S_JOIN = 4
+    _S_DONE = 5
+
+# Readiness bits, the epoll values so the Linux poller needs no translation.
+READ = 0x001      # EPOLLIN
+WRITE = 0x004     # EPOLLOUT
+cdef enum:
+    _READ = 0x001
+    _WRITE = 0x004
+    _ERRORS = 0x018   # EPOLLERR | EPOLLHUP: wake both directions, the I/O reports it
+
+# A sendall or write that made progress but must wait for more room.
+cdef object _WOULD_BLOCK = object()
+
+# Errors that end only the coroutine they escape from, as in 0.2.0.
+cdef tuple _QUIET = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+
+# Heap entries of cancelled sleepers are left in place; rebuild when they are
+# the majority, so a program that keeps cancelling timers stays bounded.
+cdef Py_ssize_t _STALE_TIMER_FLOOR = 64
+
+# Poll at least this often (seconds): pollers overflow on sleep(inf).
+cdef double _MAX_TIMEOUT = 86400.0
+
+_python_monotonic = time.monotonic
+_GeneratorType = types.GeneratorType
+
+
+cdef inline double _monotonic() except? -1.0:
+    cdef double now = bluelet_monotonic()
+    if now < 0:
+        now = _python_monotonic()
+    return now
+
+
+# ---------------------------------------------------------------------------
+# Events
+# ---------------------------------------------------------------------------
+
+cdef class Event:
+    """Twin of ``bluelet._loop_py.Event``."""
+
+    cdef int _kind
+
+    def __cinit__(self):
+        self._kind = _K_NONE
+
+
+cdef class WaitableEvent(Event):
+    """Twin of ``bluelet._loop_py.WaitableEvent``."""
+
+    def __cinit__(self):
+        self._kind = _K_WAITABLE
+
+    def waitables(self):
+        return (), (), ()
+
+    def fire(self):
+        return None
+
+
+@cython.final
+cdef class ValueEvent(Event):
+    """Twin of ``bluelet._loop_py.ValueEvent``."""
+
+    cdef object _value
+
+    def __cinit__(self):
+        self._kind = _K_VALUE
+
+    def __init__(self, value):
+        self._value = value
+
+    @property
+    def value(self):
+        return self._value
+
+
+cdef class ExceptionEvent(Event):
+    """Twin of ``bluelet._loop_py.ExceptionEvent``."""
+
+    cdef public object exc_info
+    cdef object _exc
+
+    def __cinit__(self):
+        self._kind = _K_EXCEPTION
+
+    def __init__(self, exc_info):
+        self.exc_info = exc_info
+        if isinstance(exc_info, BaseException):
+            self._exc = exc_info
+        else:
+            self._exc = exc_info[1].with_traceback(exc_info[2])
+
+
+cdef class SpawnEvent(Event):
+    """Twin of ``bluelet._loop_py.SpawnEvent``."""
+
+    cdef public object spawned
+
+    def __cinit__(self):
+        self._kind = _K_SPAWN
+
+    def __init__(self, coro):
+        self.spawned = coro
+
+
+cdef class JoinEvent(Event):
+    """Twin of ``bluelet._loop_py.JoinEvent``."""
+
+    cdef public object child
+
+    def __cinit__(self):
+        self._kind = _K_JOIN
+
+    def __init__(self, child):
+        self.child = child
+
+
+cdef class KillEvent(Event):
+    """Twin of ``bluelet._loop_py.KillEvent``."""
+
+    cdef public object child
+
+    def __cinit__(self):
+        self._kind = _K_KILL
+
+    def __init__(self, child):
+        self.child = child
+
+
+cdef class DelegationEvent(Event):
+    """Twin of ``bluelet._loop_py.DelegationEvent``."""
+
+    cdef public object spawned
+
+    def __cinit__(self):
+        self._kind = _K_CALL
+
+    def __init__(self, coro):
+        self.spawned = coro
+
+
+cdef class ReturnEvent(Event):
+    """Twin of ``bluelet._loop_py.ReturnEvent``."""
+
+    cdef public object value
+
+    def __cinit__(self):
+        self._kind = _K_RETURN
+
+    def __init__(self, value):
+        self.value = value
+
+
+cdef class SleepEvent(WaitableEvent):
+    """Twin of ``bluelet._loop_py.SleepEvent``."""
+
+    cdef public double wakeup_time
+
+    def __cinit__(self):
+        self._kind = _K_SLEEP
+
+    def __init__(self, duration):
+        cdef double seconds
+        if not isinstance(duration, (int, float)) and not isinstance(duration, numbers.Real):
+            raise TypeError("sleep() needs a number of seconds, not %r" % (duration,))
+        seconds = float(duration)
+        if isnan(seconds):
+            raise ValueError("sleep duration is NaN")
+        self.wakeup_time = _monotonic() + max(seconds, 0.0)
+
+    def time_left(self):
+        return max(self.wakeup_time - _monotonic(), 0.0)
+
+
+cdef class _FdEvent(WaitableEvent):
+    """Twin of ``bluelet._loop_py._FdEvent``."""
+
+    cdef object _fileobj
+    cdef int _fileno
+    cdef int _mask
+    cdef bint _try_first
+
+    def __cinit__(self):
+        self._kind = _K_IO
+
+    cdef int _watch(self, fileobj, int mask) except -1:
+        self._fileobj = fileobj
+        self._fileno = _fileno(fileobj)
+        self._mask = mask
+        return 0
+
+    cdef object _attempt(self):
+        return None
+
+
+cdef class ReadEvent(_FdEvent):
+    """Twin of ``bluelet._loop_py.ReadEvent``."""
+
+    cdef public object fd
+    cdef public object bufsize
+
+    def __init__(self, fd, bufsize):
+        self.fd = fd
+        self.bufsize = bufsize
+        self._watch(fd, _READ)
+
+    cdef object _attempt(self):
+        data = self.fd.read(self.bufsize)
+        # Raw files in non-blocking mode return None instead of raising.
+        return _WOULD_BLOCK if data is None else data
+
+
+cdef class WriteEvent(_FdEvent):
+    """Twin of ``bluelet._loop_py.WriteEvent``."""
+
+    cdef public object fd
+    cdef public object data
+    cdef object _view
+    cdef Py_ssize_t _sent
+
+    def __init__(self, fd, data):
+        self.fd = fd
+        self.data = data
+        self._view = _byte_view(data)
+        self._sent = 0
+        self._watch(fd, _WRITE)
+
+    cdef object _attempt(self):
+        view = self._view
+        while self._sent < len(view):
+            written = self.fd.write(view[self._sent:])
+            if written is None:
+                return _WOULD_BLOCK
+            self._sent += written
+        return None
+
+
+cdef class AcceptEvent(_FdEvent):
+    """Twin of ``bluelet._loop_py.AcceptEvent``."""
+
+    cdef public object listener
+
+    def __init__(self, listener):
+        self.listener = listener
+        self._try_first = True
+        self._watch(listener.sock, _READ)
+
+    cdef object _attempt(self):
+        sock, addr = self.listener.sock.accept()
+        return self.listener._accepted(sock, addr)
+
+
+cdef class ReceiveEvent(_FdEvent):
+    """Twin of ``bluelet._loop_py.ReceiveEvent``."""
+
+    cdef public object conn
+    cdef public object bufsize
+
+    def __init__(self, conn, bufsize):
+        self.conn = conn
+        self.bufsize = bufsize
+        self._watch(conn.sock, _READ)
+
+    cdef object _attempt(self):
+        return self.conn.sock.recv(self.bufsize)
+
+
+cdef class SendEvent(_FdEvent):
+    """Twin of ``bluelet._loop_py.SendEvent``."""
+
+    cdef public object conn
+    cdef public object data
+    cdef public bint sendall
+    cdef object _view
+    cdef Py_ssize_t _sent
+
+    def __init__(self, conn, data, sendall=False):
+        self.conn = conn
+        self.data = data
+        self.sendall = sendall
+        self._view = _byte_view(data)
+        self._sent = 0
+        # Socket buffers usually have room: trying first saves a poll.
+        self._try_first = True
+        self._watch(conn.sock, _WRITE)
+
+    cdef object _attempt(self):
+        sock = self.conn.sock
+        if not self.sendall:
+            return sock.send(self._view)
+        view = self._view
+        while self._sent < len(view):
+            self._sent += sock.send(view[self._sent:])
+        return None
+
+
+cdef inline int _fileno(fileobj) except? -1:
+    return fileobj if isinstance(fileobj, int) else fileobj.fileno()
+
+
+cdef object _byte_view(data):
+    # Validates at the call (str raises TypeError here, not at the yield)
+    # and counts bytes, not items, for multi-byte buffers.
+    view = memoryview(data)
+    return view if view.itemsize == 1 and view.ndim == 1 else view.cast("B")
+
+
+# ---------------------------------------------------------------------------
+# Event constructors (the public verbs)
+# ---------------------------------------------------------------------------
+
+cdef ValueEvent _NULL = ValueEvent(None)
+
+
+cdef int _require_generator(obj, verb) except -1:
+    if not PyGen_CheckExact(obj):
+        raise ValueError("%s() needs a generator (a coroutine), not %r" % (verb, obj))
+    return 0
+
+
+def null():
+    return _NULL
+
+
+def sleep(seconds):
+    return SleepEvent(seconds)
+
+
+def spawn(coro):
+    _require_generator(coro, "spawn")
+    return SpawnEvent(coro)
+
+
+def call(coro):
+    _require_generator(coro, "call")
+    return DelegationEvent(coro)
+
+
+def end(value=None):
+    return ReturnEvent(value)
+
+
+def join(coro):
+    _require_generator(coro, "join")
+    return JoinEvent(coro)
+
+
+def kill(coro):
+    _require_generator(coro, "kill")
+    return KillEvent(coro)
+
+
+def _read_all(fd):
+    chunks = []
+    while True:
+        data = yield ReadEvent(fd, 65536)
+        if not data:
+            break
+        chunks.append(data)
+    return data[:0].join(chunks)
+
+
+def read(fd, bufsize=None):
+    if bufsize is None:
+        return DelegationEvent(_read_all(fd))
+    return ReadEvent(fd, bufsize)
+
+
+def write(fd, data):
+    return WriteEvent(fd, data)
+
+
+def wait_readable(fileobj):
+    cdef _FdEvent event = _FdEvent()
+    event._watch(fileobj, _READ)
+    return event
+
+
+def wait_writable(fileobj):
+    cdef _FdEvent event = _FdEvent()
+    event._watch(fileobj, _WRITE)
+    return event
+
+
+# ---------------------------------------------------------------------------
+# Records
+# ---------------------------------------------------------------------------
+
+@cython.final
+cdef class _Task:
+    """Twin of ``bluelet._loop_py._Task``."""
+
+    cdef object base         # the spawned generator: the key for join/kill
+    cdef object gen          # the innermost generator: the one resumed
+    cdef list stack          # delegating parents, outermost first
+    cdef int state
+    cdef object value        # what the next resume sends ...
+    cdef object exc          # ... or throws
+    cdef object result
+    cdef list joiners
+    cdef object wait         # the event (I/O) or task (join) waited on
+    cdef list wait_fds       # [(state, mask)] of a WaitableEvent's fds
+    cdef unsigned long long timer_seq   # heap entry that may wake it; 0: none
+
+    def __cinit__(self, gen):
+        self.base = gen
+        self.gen = gen
+        self.state = _S_READY
+
+    def __repr__(self):
+        return "<bluelet task %s>" % (getattr(self.base, "__qualname__", self.base),)
+
+
+@cython.final
+cdef class _FdState:
+    """Twin of ``bluelet._loop_py._FdState``."""
+
+    cdef int fd
+    cdef object fileobj
+    cdef int interest
+    cdef object readers
+    cdef object writers
+
+    def __cinit__(self, int fd, fileobj):
+        self.fd = fd
+        self.fileobj = fileobj
+        self.interest = 0
+        self.readers = collections.deque()
+        self.writers = collections.deque()
+
+
+# ---------------------------------------------------------------------------
+# Pollers: set_interest(state, mask), forget(state), poll(timeout), close()
+# ---------------------------------------------------------------------------
+
+cdef enum:
+    _MAX_EVENTS = 1024
+
+
+@cython.final
+cdef class _EpollPoller:
+    """Twin of ``bluelet._loop_py._EpollPoller``, calling epoll from C."""
+
+    cdef int _epfd
+    cdef epoll_event _events[_MAX_EVENTS]
+
+    def __cinit__(self):
+        self._epfd = epoll_create1(EPOLL_CLOEXEC)
+        if self._epfd < 0:
+            raise OSError(errno, "epoll_create1 failed")
+
+    def __dealloc__(self):
+        if self._epfd >= 0:
+            close(self._epfd)
+
+    cdef int _ctl(self, int op, int fd, int mask) except -1:
+        cdef epoll_event event
+        event.events = mask
+        event.data.fd = fd
+        if epoll_ctl(self._epfd, op, fd, &event) < 0:
+            raise OSError(errno, "epoll_ctl(fd %d)" % fd)
+        return 0
+
+    cpdef int set_interest(self, _FdState state, int mask) except -1:
+        if mask == 0:
+            self.forget(state)
+            return 0
+        if state.interest == 0:
+            try:
+                self._ctl(EPOLL_CTL_ADD, state.fd, mask)
+            except FileExistsError:
+                # Registered through another object for the same fd.
+                self._ctl(EPOLL_CTL_MOD, state.fd, mask)
+        else:
+            try:
+                self._ctl(EPOLL_CTL_MOD, state.fd, mask)
+            except FileNotFoundError:
+                # The fd was closed and reused without notify_closing.
+                self._ctl(EPOLL_CTL_ADD, state.fd, mask)
+        state.interest = mask
+        return 0
+
+    cpdef int forget(self, _FdState state) except -1:
+        cdef epoll_event event
+        if state.interest:
+            state.interest = 0
+            epoll_ctl(self._epfd, EPOLL_CTL_DEL, state.fd, &event)
+        return 0
+
+    cdef int poll(self, double timeout) except -1:
+        """Wait; the ready events are left in ``_events``; return their count."""
+        cdef int n
+        cdef int ms = -1 if timeout < 0 else <int>ceil(timeout * 1000.0)
+        with nogil:
+            n = epoll_wait(self._epfd, self._events, _MAX_EVENTS, ms)
+        if n < 0:
+            if errno != EINTR:
+                raise OSError(errno, "epoll_wait failed")
+            # A signal: run its Python handler (KeyboardInterrupt comes out
+            # here); the loop recomputes its timeout and polls again.
+            PyErr_CheckSignals()
+            return 0
+        return n
+
+    cpdef int close(self) except -1:
+        if self._epfd >= 0:
+            close(self._epfd)
+            self._epfd = -1
+        return 0
+
+
+cdef extern from "Python.h":
+    int PyErr_CheckSignals() except -1
+
+
+class _SelectorsPoller:
+    """Twin of ``bluelet._loop_py._SelectorsPoller``."""
+
+    def __init__(self):
+        self._selector = selectors.DefaultSelector()
+
+    def set_interest(self, _FdState state, int mask):
+        if mask == 0:
+            self.forget(state)
+            return
+        events = (selectors.EVENT_READ if mask & _READ else 0) | \
+                 (selectors.EVENT_WRITE if mask & _WRITE else 0)
+        if state.interest == 0:
+            self._selector.register(state.fd, events)
+        else:
+            self._selector.modify(state.fd, events)
+        state.interest = mask
+
+    def forget(self, _FdState state):
+        if state.interest:
+            state.interest = 0
+            try:
+                self._selector.unregister(state.fd)
+            except (KeyError, ValueError, OSError):
+                pass
+
+    def poll(self, timeout):
+        ready = []
+        for key, events in self._selector.select(None if timeout < 0 else timeout):
+            ready.append((key.fd, (_READ if events & selectors.EVENT_READ else 0) |
+                          (_WRITE if events & selectors.EVENT_WRITE else 0)))
+        return ready
+
+    def close(self):
+        self._selector.close()
+
+
+# ---------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------
+
+_local = threading.local()
+
+# One sleeper in the C heap: ordered by deadline, then by sequence number,
+# which is also how a cancelled entry is recognised (the task moved on).
+cdef struct _Timer:
+    double deadline
+    unsigned long long seq
+    PyObject *task
+
+
+cdef inline bint _timer_before(_Timer *a, _Timer *b) noexcept:
+    return a.deadline < b.deadline or (a.deadline == b.deadline and a.seq < b.seq)
+
+
+cdef inline bint _timer_live(_Timer *timer) noexcept:
+    return (<_Task>timer.task).timer_seq == timer.seq
+
+
+@cython.final
+cdef class Loop:
+    """Twin of ``bluelet._loop_py.Loop``."""
+
+    cdef list _ready            # tasks to resume on the next pass, FIFO
+    cdef list _batch            # the pass being run (kept to reuse it)
+    cdef dict _tasks            # base generator -> live _Task
+    cdef _Timer *_timers        # heap of (deadline, seq, task)
+    cdef Py_ssize_t _timer_count
+    cdef Py_ssize_t _timer_capacity
+    cdef unsigned long long _timer_seq
+    cdef Py_ssize_t _stale_timers
+    cdef dict _fds              # fd -> _FdState
+    cdef Py_ssize_t _fd_waiters  # tasks waiting in some _FdState queue
+    cdef object _poller
+    cdef _EpollPoller _epoll    # the poller again, typed, when it is epoll
+    cdef _Task _root
+    cdef object _failure
+
+    def __cinit__(self):
+        self._ready = []
+        self._batch = []
+        self._tasks = {}
+        self._timers = NULL
+        self._timer_count = 0
+        self._timer_capacity = 0
+        self._timer_seq = 0
+        self._stale_timers = 0
+        self._fds = {}
+        self._fd_waiters = 0
+
+    def __dealloc__(self):
+        self._clear_timers()
+        free(self._timers)
+
+    # -- entry point --------------------------------------------------------
+
+    def run(self, root):
+        _require_generator(root, "run")
+        if self._root is not None:
+            raise RuntimeError("a Loop runs only once")
+        if getattr(_local, "loop", None) is not None:
+            raise RuntimeError("bluelet.run() called from inside a running loop")
+        self._poller = _new_poller()
+        if isinstance(self._poller, _EpollPoller):
+            self._epoll = self._poller
+        self._root = self._add_task(root)
+        _local.loop = self
+        try:
+            self._main()
+        finally:
+            _local.loop = None
+            self._shutdown()
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
+        return self._root.result
+
+    cdef int _main(self) except -1:
+        cdef list batch
+        cdef _Task task
+        cdef Py_ssize_t i
+        cdef double timeout
+        while self._tasks:
+            # ---- phase 1: run every task that is ready now, and no more:
+            # tasks made ready meanwhile wait for the next pass, after I/O.
+            batch = self._ready
+            self._ready = self._batch
+            for i in range(len(batch)):
+                task = <_Task>batch[i]
+                if task.state == _S_READY:
+                    self._step(task)
+                    if self._failure is not None:
+                        return 0
+            del batch[:]
+            self._batch = batch
+            if not self._tasks:
+                return 0
+
+            # ---- phase 2: poll I/O, blocking only if nothing is ready.
+            if self._ready:
+                timeout = 0.0
+            elif self._has_timers():
+                timeout = min(max(self._next_deadline() - _monotonic(), 0.0), _MAX_TIMEOUT)
+            elif self._fd_waiters:
+                timeout = -1.0
+            else:
+                self._failure = RuntimeError(
+                    "deadlock: %d coroutine(s) wait for each other and nothing can "
+                    "wake them: %r" % (len(self._tasks), list(self._tasks.values())))
+                return 0
+            try:
+                self._poll(timeout)
+            except KeyboardInterrupt as exc:
+                self._interrupt(exc)
+                continue
+
+            # ---- phase 3: expire sleepers, earliest deadline first.
+            self._expire_timers(_monotonic())
+        return 0
+
+    # -- resuming a task ----------------------------------------------------
+
+    cdef int _step(self, _Task task) except -1:
+        cdef object gen, value, exc, event, result, child
+        cdef _Task target
+        cdef PyObject *sent = NULL
+        cdef int status, kind
+        task.state = _S_RUNNING
+        gen = task.gen
+        value = task.value
+        exc = task.exc
+        task.value = task.exc = None
+        while True:
+            try:
+                if exc is None:
+                    status = bluelet_send(gen, value, &sent)
+                    event = <object>sent
+                    Py_XDECREF(sent)
+                else:
+                    status = 1
+                    event = gen.throw(exc)
+            except StopIteration as stop:
+                status = 0
+                event = stop.value
+            except BaseException as error:
+                value, exc = None, error
+                if task.stack:
+                    gen = task.gen = task.stack.pop()
+                    continue
+                self._finish(task, None, error)
+                return 0
+            if status == 0:
+                value, exc = event, None
+                if task.stack:
+                    gen = task.gen = task.stack.pop()
+                    continue
+                self._finish(task, value, None)
+                return 0
+            value = exc = None
+
+            if event is _NULL:
+                self._schedule(task, None, None)
+                return 0
+            if isinstance(event, Event):
+                kind = (<Event>event)._kind
+            elif PyGen_CheckExact(event):
+                kind = _K_CALL
+            else:
+                kind = -1
+
+            if kind == _K_VALUE:
+                self._schedule(task, (<ValueEvent>event)._value, None)
+                return 0
+            elif kind == _K_IO:
+                if (<_FdEvent>event)._try_first:
+                    try:
+                        result = (<_FdEvent>event)._attempt()
+                    except (BlockingIOError, InterruptedError):
+                        result = _WOULD_BLOCK
+                    except Exception as error:
+                        exc = error
+                        continue
+                    if result is not _WOULD_BLOCK:
+                        # Done at once, but still a scheduling point: a task
+                        # that always has room to send cannot starve others.
+                        self._schedule(task, result, None)
+                        return 0
+                exc = self._wait_fd(task, <_FdEvent>event)
+                if exc is None:
+                    return 0
+            elif kind == _K_SLEEP:
+                self._add_timer(task, (<SleepEvent>event).wakeup_time)
+                task.state = _S_SLEEP
+                return 0
+            elif kind == _K_CALL:
+                child = event if PyGen_CheckExact(event) else (<DelegationEvent>event).spawned
+                exc = self._check_new(child, "call")
+                if exc is None:
+                    if task.stack is None:
+                        task.stack = []
+                    task.stack.append(gen)
+                    gen = task.gen = child
+            elif kind == _K_RETURN:
+                value = (<ReturnEvent>event).value
+                try:
+                    gen.close()
+                except BaseException as error:
+                    value, exc = None, error
+                if task.stack:
+                    gen = task.gen = task.stack.pop()
+                    continue
+                self._finish(task, value, exc)
+                return 0
+            elif kind == _K_SPAWN:
+                exc = self._check_new((<SpawnEvent>event).spawned, "spawn")
+                if exc is None:
+                    self._add_task((<SpawnEvent>event).spawned)
+            elif kind == _K_JOIN:
+                target = self._tasks.get((<JoinEvent>event).child)
+                if target is None:
+                    exc = _check_finished((<JoinEvent>event).child, "join")
+                elif target is task:
+                    exc = RuntimeError("a coroutine cannot join itself")
+                else:
+                    if target.joiners is None:
+                        target.joiners = []
+                    target.joiners.append(task)
+                    task.wait = target
+                    task.state = _S_JOIN
+                    return 0
+            elif kind == _K_KILL:
+                target = self._tasks.get((<KillEvent>event).child)
+                if target is None:
+                    exc = _check_finished((<KillEvent>event).child, "kill")
+                else:
+                    self._kill(target)
+                    if target is task:
+                        return 0
+            elif kind == _K_WAITABLE:
+                exc = self._wait_waitables(task, event)
+                if exc is None:
+                    return 0
+            elif kind == _K_EXCEPTION:
+                self._schedule(task, None, (<ExceptionEvent>event)._exc)
+                return 0
+            else:
+                exc = TypeError(
+                    "bluelet coroutines must yield events or generators, not %r" % (event,))
+
+    cdef inline int _schedule(self, _Task task, value, exc) except -1:
+        task.value = value
+        task.exc = exc
+        if task.state != _S_READY:
+            task.state = _S_READY
+            self._ready.append(task)
+        return 0
+
+    cdef _Task _add_task(self, gen):
+        cdef _Task task = _Task(gen)
+        self._tasks[gen] = task
+        self._ready.append(task)
+        return task
+
+    cdef object _check_new(self, gen, verb):
+        if not PyGen_CheckExact(gen):
+            return ValueError("%s() needs a generator (a coroutine), not %r" % (verb, gen))
+        if gen in self._tasks or _driven(gen):
+            return ValueError("%s(): %r is already running" % (verb, gen))
+        return None
+
+    # -- ending tasks -------------------------------------------------------
+
+    cdef int _finish(self, _Task task, result, exc) except -1:
+        cdef _Task joiner
+        task.state = _S_DONE
+        task.result = result
+        task.gen = task.stack = task.wait = None
+        del self._tasks[task.base]
+        if task.joiners:
+            for joiner in task.joiners:
+                joiner.wait = None
+                self._schedule(joiner, None, None)
+            task.joiners = None
+        if exc is not None:
+            if isinstance(exc, _QUIET):
+                log.debug("coroutine %r ended by %r", task.base, exc)
+            elif self._failure is None:
+                self._failure = exc
+            else:
+                log.error("another coroutine failed while bluelet was stopping",
+                          exc_info=exc)
+        return 0
+
+    cdef int _kill(self, _Task task) except -1:
+        self._cancel_wait(task)
+        error = None
+        gens = [task.gen]
+        if task.stack:
+            gens.extend(reversed(task.stack))
+        for gen in gens:
+            try:
+                gen.close()
+            except BaseException as exc:
+                if error is None:
+                    error = exc
+        self._finish(task, None, error)
+        return 0
+
+    cdef int _cancel_wait(self, _Task task) except -1:
+        cdef int state = task.state
+        if state == _S_SLEEP:
+            task.timer_seq = 0
+            self._stale_timers += 1
+        elif state == _S_IO:
+            self._unwait_fds(task)
+            self._fd_waiters -= 1
+        elif state == _S_JOIN:
+            (<_Task>task.wait).joiners.remove(task)
+        else:
+            return 0
+        task.wait = task.wait_fds = None
+        task.state = _S_RUNNING
+        return 0
+
+    cdef int _interrupt(self, exc) except -1:
+        cdef _Task root = self._root
+        cdef _Task task
+        if root.state == _S_DONE:
+            self._failure = exc
+            return 0
+        self._cancel_wait(root)
+        for task in list(self._tasks.values()):
+            if task is not root:
+                self._kill(task)
+        self._schedule(root, None, exc)
+        return 0
+
+    cdef int _shutdown(self) except -1:
+        cdef _Task task
+        cdef _FdState state
+        for task in list(self._tasks.values()):
+            self._kill(task)
+        del self._ready[:]
+        self._clear_timers()
+        for state in self._fds.values():
+            self._poller.forget(state)
+        self._fds.clear()
+        self._poller.close()
+        return 0
+
+    # -- descriptors --------------------------------------------------------
+
+    cdef _FdState _fd_state(self, fileobj, int fd):
+        cdef _FdState state = self._fds.get(fd)
+        if state is None:
+            state = _FdState(fd, fileobj)
+            self._fds[fd] = state
+        elif ((state.fileobj is not fileobj or type(fileobj) is int)
+              and not state.readers and not state.writers):
+            # A new object on a recycled fd: the kernel may have dropped the
+            # old registration when the old object was closed. A bare int
+            # cannot tell us it was recycled, so it is registered afresh.
+            self._poller.forget(state)
+            state.fileobj = fileobj
+        return state
+
+    cdef int _enqueue(self, _Task task, _FdState state, int mask) except -1:
+        cdef int wanted
+        (state.readers if mask == _READ else state.writers).append(task)
+        wanted = state.interest | mask
+        if wanted != state.interest:
+            if self._epoll is not None:
+                self._epoll.set_interest(state, wanted)
+            else:
+                self._poller.set_interest(state, wanted)
+        return 0
+
+    cdef object _wait_fd(self, _Task task, _FdEvent event):
+        cdef _FdState state
+        task.wait = event
+        task.state = _S_IO
+        self._fd_waiters += 1
+        try:
+            state = self._fd_state(event._fileobj, event._fileno)
+            self._enqueue(task, state, event._mask)
+        except OSError as error:
+            self._cancel_wait(task)
+            if error.errno == errno_module.EPERM:
+                # Regular files cannot be polled: they are always ready.
+                return self._attempt_now(task, event)
+            return error
+        return None
+
+    cdef object _attempt_now(self, _Task task, _FdEvent event):
+        try:
+            value = event._attempt()
+        except Exception as error:
+            return error
+        self._schedule(task, value, None)
+        return None
+
+    cdef object _wait_waitables(self, _Task task, event):
+        cdef _FdState state
+        try:
+            rlist, wlist, xlist = event.waitables()
+            pairs = [(obj, _READ) for obj in rlist]
+            pairs += [(obj, _WRITE) for obj in wlist]
+            pairs += [(obj, _READ) for obj in xlist]
+        except Exception as error:
+            return error
+        if not pairs:
+            return ValueError("%r has no waitables, so it could never fire" % (event,))
+        task.wait = event
+        task.wait_fds = []
+        task.state = _S_IO
+        self._fd_waiters += 1
+        try:
+            for obj, mask in pairs:
+                state = self._fd_state(obj, _fileno(obj))
+                task.wait_fds.append((state, mask))
+                self._enqueue(task, state, mask)
+        except OSError as error:
+            self._cancel_wait(task)
+            return error
+        return None
+
+    cdef int _unwait_fds(self, _Task task) except -1:
+        cdef _FdState state
+        if task.wait_fds is None:
+            event = <_FdEvent>task.wait
+            pairs = [(self._fds.get(event._fileno), event._mask)]
+        else:
+            pairs = task.wait_fds
+        for state, mask in pairs:
+            if state is not None:
+                queue = state.readers if mask == _READ else state.writers
+                try:
+                    queue.remove(task)
+                except ValueError:
+                    pass
+        return 0
+
+    cdef int _poll(self, double timeout) except -1:
+        cdef int i, n
+        cdef _EpollPoller epoll = self._epoll
+        if epoll is not None:
+            # Straight from the C array: no tuple per ready fd.
+            n = epoll.poll(timeout)
+            for i in range(n):
+                self._wake_fd(epoll._events[i].data.fd, epoll._events[i].events)
+            return 0
+        for fd, mask in self._poller.poll(timeout):
+            self._wake_fd(fd, mask)
+        return 0
+
+    cdef int _wake_fd(self, int fd, int mask) except -1:
+        cdef _FdState state = self._fds.get(fd)
+        cdef int wanted
+        if state is None:
+            return 0
+        wanted = state.interest
+        if mask & (_READ | _ERRORS):
+            if state.readers:
+                self._io_ready(state.readers.popleft(), state.readers)
+            else:
+                wanted &= ~_READ
+        if mask & (_WRITE | _ERRORS):
+            if state.writers:
+                self._io_ready(state.writers.popleft(), state.writers)
+            else:
+                wanted &= ~_WRITE
+        # Interest is dropped only now, when nobody waited for the report:
+        # a task that waits again soon finds its fd still registered.
+        if wanted != state.interest and state is self._fds.get(fd):
+            if self._epoll is not None:
+                self._epoll.set_interest(state, wanted)
+            else:
+                self._poller.set_interest(state, wanted)
+        return 0
+
+    cdef int _io_ready(self, _Task task, queue) except -1:
+        event = task.wait
+        if task.wait_fds is not None:
+            self._unwait_fds(task)
+            try:
+                value, exc = event.fire(), None
+            except Exception as error:
+                value, exc = None, error
+        else:
+            try:
+                value, exc = (<_FdEvent>event)._attempt(), None
+            except (BlockingIOError, InterruptedError):
+                value, exc = _WOULD_BLOCK, None
+            except Exception as error:
+                value, exc = None, error
+            if value is _WOULD_BLOCK:
+                # Not ready after all (or only partly done): first in line again.
+                queue.appendleft(task)
+                return 0
+        self._fd_waiters -= 1
+        task.wait = task.wait_fds = None
+        self._schedule(task, value, exc)
+        return 0
+
+    cdef int _close_fd(self, int fd) except -1:
+        cdef _FdState state = self._fds.pop(fd, None)
+        cdef _Task task
+        if state is None:
+            return 0
+        self._poller.forget(state)
+        waiters = list(state.readers) + list(state.writers)
+        state.readers.clear()
+        state.writers.clear()
+        for task in waiters:
+            if task.state == _S_IO:
+                self._cancel_wait(task)
+                self._schedule(task, None, SocketClosedError(
+                    "fd %d was closed while this coroutine waited on it" % fd))
+        return 0
+
+    # -- timers -------------------------------------------------------------
+
+    cdef int _add_timer(self, _Task task, double deadline) except -1:
+        cdef Py_ssize_t i, parent
+        cdef _Timer entry
+        cdef _Timer *grown
+        if self._timer_count == self._timer_capacity:
+            self._timer_capacity = max(64, self._timer_capacity * 2)
+            grown = <_Timer *>realloc(self._timers, self._timer_capacity * sizeof(_Timer))
+            if grown == NULL:
+                raise MemoryError()
+            self._timers = grown
+        self._timer_seq += 1
+        task.timer_seq = self._timer_seq
+        entry.deadline = deadline
+        entry.seq = self._timer_seq
+        entry.task = <PyObject *>task
+        Py_INCREF(task)
+        # Sift up.
+        i = self._timer_count
+        self._timer_count += 1
+        while i > 0:
+            parent = (i - 1) >> 1
+            if not _timer_before(&entry, &self._timers[parent]):
+                break
+            self._timers[i] = self._timers[parent]
+            i = parent
+        self._timers[i] = entry
+        return 0
+
+    cdef bint _has_timers(self):
+        return self._timer_count > self._stale_timers
+
+    cdef double _next_deadline(self) except? -1.0:
+        cdef Py_ssize_t i, kept
+        while not _timer_live(&self._timers[0]):
+            Py_DECREF(<object>self._pop_timer())
+            self._stale_timers -= 1
+        if self._stale_timers > _STALE_TIMER_FLOOR and self._stale_timers * 2 > self._timer_count:
+            kept = 0
+            for i in range(self._timer_count):
+                if _timer_live(&self._timers[i]):
+                    self._timers[kept] = self._timers[i]
+                    kept += 1
+                else:
+                    Py_DECREF(<object>self._timers[i].task)
+            self._timer_count = kept
+            self._heapify()
+            self._stale_timers = 0
+        return self._timers[0].deadline
+
+    cdef int _expire_timers(self, double now) except -1:
+        cdef _Task task
+        cdef unsigned long long seq
+        while self._timer_count and self._timers[0].deadline <= now:
+            seq = self._timers[0].seq
+            task = <_Task>self._pop_timer()
+            Py_DECREF(task)   # the heap's reference, now owned by ``task``
+            if task.timer_seq == seq:
+                task.timer_seq = 0
+                self._schedule(task, None, None)
+            else:
+                self._stale_timers -= 1
+        return 0
+
+    cdef PyObject *_pop_timer(self) noexcept:
+        """Remove the top entry; its task reference passes to the caller."""
+        cdef PyObject *task = self._timers[0].task
+        self._timer_count -= 1
+        if self._timer_count:
+            self._timers[0] = self._timers[self._timer_count]
+            self._sift_down(0)
+        return task
+
+    cdef void _sift_down(self, Py_ssize_t i) noexcept:
+        cdef Py_ssize_t child
+        cdef _Timer entry = self._timers[i]
+        cdef Py_ssize_t n = self._timer_count
+        while True:
+            child = 2 * i + 1
+            if child >= n:
+                break
+            if child + 1 < n and _timer_before(&self._timers[child + 1], &self._timers[child]):
+                child += 1
+            if not _timer_before(&self._timers[child], &entry):
+                break
+            self._timers[i] = self._timers[child]
+            i = child
+        self._timers[i] = entry
+
+    cdef void _heapify(self) noexcept:
+        cdef Py_ssize_t i = self._timer_count // 2
+        while i > 0:
+            i -= 1
+            self._sift_down(i)
+
+    cdef void _clear_timers(self) noexcept:
+        cdef Py_ssize_t i
+        for i in range(self._timer_count):
+            Py_XDECREF(self._timers[i].task)
+        self._timer_count = 0
+        self._stale_timers = 0
+
+
+if hasattr(_GeneratorType, "gi_suspended"):
+    def _driven(gen):
+        """Whether ``gen`` has started and not finished: somebody drives it."""
+        return gen.gi_suspended or gen.gi_running
+else:  # Python < 3.11: a generator that has not started is at instruction -1
+    def _driven(gen):
+        """Whether ``gen`` has started and not finished: somebody drives it."""
+        return gen.gi_running or (gen.gi_frame is not None and gen.gi_frame.f_lasti != -1)
+
+
+cdef object _check_finished(gen, verb):
+    if gen.gi_frame is None:
+        return None
+    return ValueError("%s(): %r was never spawned" % (verb, gen))
+
+
+def _new_poller():
+    return _EpollPoller() if BLUELET_HAVE_EPOLL else _SelectorsPoller()
+
+
+# ---------------------------------------------------------------------------
+# Module-level entry points
+# ---------------------------------------------------------------------------
+
+def run(root_coro):
+    return Loop().run(root_coro)
+
+
+def notify_closing(fileobj):
+    loop = getattr(_local, "loop", None)
+    if loop is not None:
+        (<Loop>loop)._close_fd(_fileno(fileobj))
+
+
+def _copy_docstrings():
+    """Give the public functions and methods the pure twin's docstrings."""
+    from . import _loop_py
+    for name in ("null", "sleep", "spawn", "call", "end", "join", "kill", "read",
+                 "write", "wait_readable", "wait_writable", "run", "notify_closing"):
+        globals()[name].__doc__ = getattr(_loop_py, name).__doc__
+    Loop.run.__doc__ = _loop_py.Loop.run.__doc__
+
+
+_copy_docstrings()
+del _copy_docstrings
