@@ -72,6 +72,8 @@ def use(name):
     for mod_name, module in list(sys.modules.items()):
         if module is None or not (mod_name == "bluelet" or mod_name.startswith("bluelet.")):
             continue
+        if mod_name in ("bluelet._loop", "bluelet._loop_py"):
+            continue  # the cores themselves keep their own objects
         namespace = vars(module)
         for key, value in list(namespace.items()):
             if id(value) in swaps and key in CORE_NAMES:

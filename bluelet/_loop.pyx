@@ -296,6 +296,7 @@ cdef class SleepEvent(WaitableEvent):
     """Twin of ``bluelet._loop_py.SleepEvent``."""
 
     cdef public double wakeup_time
+    cdef public double duration
 
     def __cinit__(self):
         self._kind = _K_SLEEP
@@ -307,7 +308,8 @@ cdef class SleepEvent(WaitableEvent):
         seconds = float(duration)
         if isnan(seconds):
             raise ValueError("sleep duration is NaN")
-        self.wakeup_time = _monotonic() + max(seconds, 0.0)
+        self.duration = max(seconds, 0.0)
+        self.wakeup_time = _monotonic() + self.duration
 
     def time_left(self):
         return max(self.wakeup_time - _monotonic(), 0.0)
@@ -339,16 +341,27 @@ cdef class ReadEvent(_FdEvent):
 
     cdef public object fd
     cdef public object bufsize
+    cdef list _chunks
 
     def __init__(self, fd, bufsize):
         self.fd = fd
         self.bufsize = bufsize
+        self._chunks = []
         self._watch(fd, _READ)
 
     cdef object _attempt(self):
-        data = self.fd.read(self.bufsize)
-        # Raw files in non-blocking mode return None instead of raising.
-        return _WOULD_BLOCK if data is None else data
+        if self.bufsize is not None:
+            data = self.fd.read(self.bufsize)
+            # Raw files in non-blocking mode return None instead of raising.
+            return _WOULD_BLOCK if data is None else data
+        # One read per readiness report: ``fd`` may be in blocking mode.
+        data = self.fd.read(65536)
+        if data:
+            self._chunks.append(data)
+            return _WOULD_BLOCK
+        if data is None:
+            return _WOULD_BLOCK
+        return data[:0].join(self._chunks)
 
 
 cdef class WriteEvent(_FdEvent):
@@ -491,19 +504,7 @@ def kill(coro):
     return KillEvent(coro)
 
 
-def _read_all(fd):
-    chunks = []
-    while True:
-        data = yield ReadEvent(fd, 65536)
-        if not data:
-            break
-        chunks.append(data)
-    return data[:0].join(chunks)
-
-
 def read(fd, bufsize=None):
-    if bufsize is None:
-        return DelegationEvent(_read_all(fd))
     return ReadEvent(fd, bufsize)
 
 
@@ -731,8 +732,12 @@ cdef class Loop:
     cdef _EpollPoller _epoll    # the poller again, typed, when it is epoll
     cdef _Task _root
     cdef object _failure
+    cdef bint _virtual_time
+    cdef double _clock          # the time under virtual_time
 
-    def __cinit__(self):
+    def __cinit__(self, virtual_time=False):
+        self._virtual_time = virtual_time
+        self._clock = _monotonic()
         self._ready = []
         self._batch = []
         self._tasks = {}
@@ -796,7 +801,11 @@ cdef class Loop:
             if self._ready:
                 timeout = 0.0
             elif self._has_timers():
-                timeout = min(max(self._next_deadline() - _monotonic(), 0.0), _MAX_TIMEOUT)
+                timeout = min(max(self._next_deadline() - self._now(), 0.0), _MAX_TIMEOUT)
+                if self._virtual_time:
+                    # Nothing can happen before the next deadline: go there.
+                    self._clock += timeout
+                    timeout = 0.0
             elif self._fd_waiters:
                 timeout = -1.0
             else:
@@ -811,8 +820,11 @@ cdef class Loop:
                 continue
 
             # ---- phase 3: expire sleepers, earliest deadline first.
-            self._expire_timers(_monotonic())
+            self._expire_timers(self._now())
         return 0
+
+    cdef inline double _now(self) except? -1.0:
+        return self._clock if self._virtual_time else _monotonic()
 
     # -- resuming a task ----------------------------------------------------
 
@@ -885,7 +897,10 @@ cdef class Loop:
                 if exc is None:
                     return 0
             elif kind == _K_SLEEP:
-                self._add_timer(task, (<SleepEvent>event).wakeup_time)
+                if self._virtual_time:
+                    self._add_timer(task, self._clock + (<SleepEvent>event).duration)
+                else:
+                    self._add_timer(task, (<SleepEvent>event).wakeup_time)
                 task.state = _S_SLEEP
                 return 0
             elif kind == _K_CALL:
@@ -1139,6 +1154,9 @@ cdef class Loop:
     cdef int _poll(self, double timeout) except -1:
         cdef int i, n
         cdef _EpollPoller epoll = self._epoll
+        if timeout == 0.0 and not self._fd_waiters:
+            # Busy coroutines and nobody on an fd: a syscall would find nothing.
+            return 0
         if epoll is not None:
             # Straight from the C array: no tuple per ready fd.
             n = epoll.poll(timeout)

@@ -229,7 +229,7 @@ class ReturnEvent(Event):
 class SleepEvent(WaitableEvent):
     """Resume after at least ``duration`` seconds (monotonic clock)."""
 
-    __slots__ = ("wakeup_time",)
+    __slots__ = ("wakeup_time", "duration")
     _kind = _K_SLEEP
 
     def __init__(self, duration):
@@ -238,7 +238,8 @@ class SleepEvent(WaitableEvent):
         seconds = float(duration)
         if math.isnan(seconds):
             raise ValueError("sleep duration is NaN")
-        self.wakeup_time = _monotonic() + max(seconds, 0.0)
+        self.duration = max(seconds, 0.0)
+        self.wakeup_time = _monotonic() + self.duration
 
     def time_left(self):
         """Seconds until the deadline, never negative."""
@@ -268,19 +269,32 @@ class _FdEvent(WaitableEvent):
 
 
 class ReadEvent(_FdEvent):
-    """Read up to ``bufsize`` from file-like ``fd`` once it is readable."""
+    """Read up to ``bufsize`` from file-like ``fd`` once it is readable.
 
-    __slots__ = ("fd", "bufsize")
+    With ``bufsize`` None, read until end of file.
+    """
+
+    __slots__ = ("fd", "bufsize", "_chunks")
 
     def __init__(self, fd, bufsize):
         self.fd = fd
         self.bufsize = bufsize
+        self._chunks = []
         self._watch(fd, READ)
 
     def _attempt(self):
-        data = self.fd.read(self.bufsize)
-        # Raw files in non-blocking mode return None instead of raising.
-        return _WOULD_BLOCK if data is None else data
+        if self.bufsize is not None:
+            data = self.fd.read(self.bufsize)
+            # Raw files in non-blocking mode return None instead of raising.
+            return _WOULD_BLOCK if data is None else data
+        # One read per readiness report: ``fd`` may be in blocking mode.
+        data = self.fd.read(65536)
+        if data:
+            self._chunks.append(data)
+            return _WOULD_BLOCK
+        if data is None:
+            return _WOULD_BLOCK
+        return data[:0].join(self._chunks)
 
 
 class WriteEvent(_FdEvent):
@@ -428,20 +442,8 @@ def kill(coro):
     return KillEvent(coro)
 
 
-def _read_all(fd):
-    chunks = []
-    while True:
-        data = yield ReadEvent(fd, 65536)
-        if not data:
-            break
-        chunks.append(data)
-    return data[:0].join(chunks)
-
-
 def read(fd, bufsize=None):
     """Event: read up to ``bufsize`` from a file-like object (None: to EOF)."""
-    if bufsize is None:
-        return DelegationEvent(_read_all(fd))
     return ReadEvent(fd, bufsize)
 
 
@@ -597,9 +599,17 @@ _local = threading.local()
 
 
 class Loop:
-    """One run of the scheduler: ``Loop().run(root)`` is ``run(root)``."""
+    """One run of the scheduler: ``Loop().run(root)`` is ``run(root)``.
 
-    def __init__(self):
+    With ``virtual_time=True`` sleeps take no real time: whenever no
+    coroutine is ready, the clock jumps to the next deadline (I/O is still
+    polled, without waiting). Sleep-heavy tests then run at once and in an
+    order that cannot depend on the machine's speed.
+    """
+
+    def __init__(self, virtual_time=False):
+        self._virtual_time = virtual_time
+        self._clock = _monotonic()  # the time under virtual_time
         self._ready = []            # tasks to resume on the next pass, FIFO
         self._batch = []            # the pass being run (kept to reuse it)
         self._tasks = {}            # base generator -> live _Task
@@ -654,7 +664,11 @@ class Loop:
             if self._ready:
                 timeout = 0.0
             elif self._has_timers():
-                timeout = min(max(self._next_deadline() - _monotonic(), 0.0), _MAX_TIMEOUT)
+                timeout = min(max(self._next_deadline() - self._now(), 0.0), _MAX_TIMEOUT)
+                if self._virtual_time:
+                    # Nothing can happen before the next deadline: go there.
+                    self._clock += timeout
+                    timeout = 0.0
             elif self._fd_waiters:
                 timeout = -1.0
             else:
@@ -669,7 +683,10 @@ class Loop:
                 continue
 
             # ---- phase 3: expire sleepers, earliest deadline first.
-            self._expire_timers(_monotonic())
+            self._expire_timers(self._now())
+
+    def _now(self):
+        return self._clock if self._virtual_time else _monotonic()
 
     # -- resuming a task ----------------------------------------------------
 
@@ -730,7 +747,10 @@ class Loop:
                 if exc is None:
                     return
             elif kind == _K_SLEEP:
-                self._add_timer(task, event.wakeup_time)
+                if self._virtual_time:
+                    self._add_timer(task, self._clock + event.duration)
+                else:
+                    self._add_timer(task, event.wakeup_time)
                 task.state = _S_SLEEP
                 return
             elif kind == _K_CALL:
@@ -973,6 +993,9 @@ class Loop:
 
     def _poll(self, timeout):
         """Wait up to ``timeout`` seconds (-1: no limit) and serve ready fds."""
+        if timeout == 0.0 and not self._fd_waiters:
+            # Busy coroutines and nobody on an fd: a syscall would find nothing.
+            return
         for fd, mask in self._poller.poll(timeout):
             self._wake_fd(fd, mask)
 

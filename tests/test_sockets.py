@@ -221,11 +221,46 @@ def test_echo_with_listener_directly(core):
     assert_refused(HOST, port)
 
 
+def test_connection_wraps_a_plain_socket(core):
+    # Programs may build Connection(sock, addr) themselves, as in 0.2.0.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as plain_listener:
+        plain_listener.bind((HOST, 0))
+        plain_listener.listen(1)
+        where = plain_listener.getsockname()
+        client_sock = socket.create_connection(where, timeout=5)
+        server_sock, addr = plain_listener.accept()
+    client = bluelet.Connection(client_sock, where)
+    server = bluelet.Connection(server_sock, addr)
+    assert client.sock is client_sock and server.addr == addr
+    out = []
+
+    def root():
+        try:
+            s = echo_one(server)
+            yield bluelet.spawn(s)
+            yield client.sendall(b"wrapped\n")
+            out.append((yield client.readline()))
+        finally:
+            client.close()
+        yield bluelet.join(s)
+
+    def echo_one(conn):
+        try:
+            line = yield conn.readline()
+            yield conn.sendall(line)
+            out.append((yield conn.recv(10)))  # EOF once the client closes
+        finally:
+            conn.close()
+
+    bluelet.run(root())
+    assert out == [b"wrapped\n", b""]
+
+
 # ---------------------------------------------------------------------------
 # readline
 # ---------------------------------------------------------------------------
 
-def _line_pair(chunks, reader, close_client=True):
+def _line_pair(chunks, reader):
     """Run a client that sends ``chunks`` (pausing between them) and then
     closes, against ``reader(conn)``, a coroutine that returns its result."""
     listener = bluelet.Listener(HOST, 0)
