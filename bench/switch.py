@@ -100,9 +100,9 @@ def parse_args(argv):
     p.add_argument("--venv", default=DEFAULT_VENV,
                    help="side venv for bluelet 0.2.0 (default bench/.venv-bluelet020)")
     p.add_argument("--no-old", action="store_true", help="leave bluelet 0.2.0 out")
-    p.add_argument("--installed", action="store_true",
-                   help="measure the bluelet that `import bluelet` finds outside "
-                        "the repository (default: this repository's tree)")
+    p.add_argument("--tree", action="store_true",
+                   help="measure this repository's source tree (built in place) "
+                        "instead of the installed bluelet")
     args = p.parse_args(argv)
     if args.rounds is None:
         args.rounds = 1 if args.quick else 5
@@ -123,9 +123,9 @@ def old_k(args, n):
 
 # -- our cores, in process ----------------------------------------------------
 
-def import_ours(installed):
+def import_ours(tree):
     """Return (bluelet module, [core names]) or (None, reason)."""
-    if not installed:
+    if tree:
         sys.path.insert(0, REPO)
     try:
         import bluelet
@@ -291,7 +291,7 @@ def main(argv=None):
     old_spec = dict(ours_spec, b=[{"n": n, "k": old_k(args, n)} for n in args.sizes])
 
     notes = []
-    bluelet, cores = import_ours(args.installed)
+    bluelet, cores = import_ours(args.tree)
     if bluelet is None:
         notes.append(cores)
         say(cores)

@@ -7,6 +7,7 @@ non-blocking from the moment bluelet owns them.
 
 import errno
 import socket
+from typing import Any, Callable, Generator
 
 from ._errors import SocketClosedError
 from ._impl import (
@@ -21,6 +22,8 @@ from ._impl import (
 )
 
 __all__ = ["Listener", "Connection", "connect", "server"]
+
+_Coroutine = Generator[Any, Any, Any]
 
 _IN_PROGRESS = (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, errno.EALREADY)
 
@@ -48,7 +51,7 @@ class Listener:
     bursts of connections are queued, not refused.
     """
 
-    def __init__(self, host, port, backlog=socket.SOMAXCONN):
+    def __init__(self, host: str, port: int, backlog: int = socket.SOMAXCONN) -> None:
         family, address = _bind_address(host, port)
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -64,16 +67,16 @@ class Listener:
         self.port = sock.getsockname()[1]
         self.sock = sock
 
-    def accept(self):
+    def accept(self) -> AcceptEvent:
         """Event: wait for a connection; the value is a Connection."""
         if self._closed:
             raise SocketClosedError("accept() on a closed Listener")
         return AcceptEvent(self)
 
-    def _accepted(self, sock, addr):
+    def _accepted(self, sock: socket.socket, addr: Any) -> "Connection":
         return Connection(sock, addr)
 
-    def close(self):
+    def close(self) -> None:
         """Close the listening socket now (not an event)."""
         if not self._closed:
             self._closed = True
@@ -87,7 +90,7 @@ class Connection:
     next ``recv`` or ``readline``.
     """
 
-    def __init__(self, sock, addr):
+    def __init__(self, sock: socket.socket, addr: Any) -> None:
         sock.setblocking(False)
         if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
             # Request/response protocols must not wait for Nagle's timer.
@@ -97,7 +100,7 @@ class Connection:
         self._buf = bytearray()
         self._closed = False
 
-    def close(self):
+    def close(self) -> None:
         """Close the connection now (not an event)."""
         if not self._closed:
             self._closed = True
@@ -107,7 +110,7 @@ class Connection:
         if self._closed:
             raise SocketClosedError("%s() on a closed Connection" % verb)
 
-    def recv(self, size):
+    def recv(self, size: int) -> Any:
         """Event: up to ``size`` bytes; b'' at end of stream."""
         self._check_open("recv")
         if size < 0:
@@ -119,17 +122,17 @@ class Connection:
             return ValueEvent(out)
         return ReceiveEvent(self, size)
 
-    def send(self, data):
+    def send(self, data: Any) -> SendEvent:
         """Event: send some of ``data``; the value is the number of bytes sent."""
         self._check_open("send")
         return SendEvent(self, data)
 
-    def sendall(self, data):
+    def sendall(self, data: Any) -> SendEvent:
         """Event: send all of ``data``, waiting for room as needed."""
         self._check_open("sendall")
         return SendEvent(self, data, True)
 
-    def readline(self, terminator=b"\n", bufsize=1024):
+    def readline(self, terminator: bytes = b"\n", bufsize: int = 1024) -> DelegationEvent:
         """Event: one line, terminator included; at EOF, whatever is left."""
         self._check_open("readline")
         if not terminator:
@@ -182,7 +185,7 @@ def _connect(host, port):
     raise error
 
 
-def connect(host, port):
+def connect(host: str, port: int) -> DelegationEvent:
     """Event: connect to ``(host, port)``; the value is a Connection.
 
     The TCP handshake does not block other coroutines; a refused or failed
@@ -198,7 +201,7 @@ def _serve_one(handler, conn):
         conn.close()
 
 
-def server(host, port, handler):
+def server(host: str, port: int, handler: Callable[["Connection"], _Coroutine]) -> _Coroutine:
     """Coroutine: listen on ``(host, port)`` and spawn ``handler(conn)`` per client.
 
     Each connection is closed when its handler ends. KeyboardInterrupt stops
