@@ -211,11 +211,12 @@ def load_bluelet(spec, old):
         except Exception:
             ver = None
         return BlueletKernels(bluelet, old=True), {"version": ver, "file": where}
-    sys.path.insert(0, spec["repo"])
+    if spec.get("tree"):
+        sys.path.insert(0, spec["tree"])
     import bluelet
     where = os.path.realpath(bluelet.__file__)
-    if not where.startswith(os.path.realpath(spec["repo"]) + os.sep):
-        raise RuntimeError("imported bluelet from %s, not from %s" % (where, spec["repo"]))
+    if spec.get("tree") and not where.startswith(os.path.realpath(spec["tree"]) + os.sep):
+        raise RuntimeError("imported bluelet from %s, not from %s" % (where, spec["tree"]))
     want = spec.get("core")
     if want and bluelet.IMPLEMENTATION != want:
         raise Missing("bluelet core %r asked for, %r loaded" % (want, bluelet.IMPLEMENTATION))

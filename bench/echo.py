@@ -327,7 +327,7 @@ def build_loadgen():
     return LOADGEN_BIN
 
 
-TREE = [REPO]  # where the servers import bluelet from (--tree)
+TREE = [None]  # where the servers import bluelet from (--tree); None: installed
 
 
 def server_env(kind):
@@ -335,7 +335,8 @@ def server_env(kind):
     env.pop("BLUELET_PURE_PYTHON", None)
     if kind == "bluelet-python":
         env["BLUELET_PURE_PYTHON"] = "1"
-    env["PYTHONPATH"] = TREE[0] + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if TREE[0]:
+        env["PYTHONPATH"] = TREE[0] + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -549,9 +550,9 @@ def parse_args(argv):
     p.add_argument("--idle", type=int, default=10000, help="idle connections for idle scaling (10000)")
     p.add_argument("--servers", help="comma-separated subset of: " + ", ".join(k for k, _ in SERVERS))
     p.add_argument("--no-idle", action="store_true", help="skip the idle-scaling test")
-    p.add_argument("--tree", default=REPO,
-                   help="directory holding the bluelet package the servers import (default: this "
-                        "repository); for A/B experiments")
+    p.add_argument("--tree",
+                   help="directory holding the bluelet package the servers import, for A/B "
+                        "experiments (default: the installed bluelet)")
     p.add_argument("--no-reference", action="store_true", help="skip the C epoll reference row")
     p.add_argument("--max-other", type=float, default=0.25,
                    help="measure a cell again when other processes kept more than this many CPUs "
@@ -586,7 +587,7 @@ def main(argv=None):
         return 0
 
     started = time.perf_counter()
-    TREE[0] = os.path.abspath(args.tree)
+    TREE[0] = os.path.abspath(args.tree) if args.tree else None
     atexit.register(_kill_children)
     signal.signal(signal.SIGTERM, _on_signal)
     import resource
@@ -806,7 +807,7 @@ def main(argv=None):
     print("\n".join("| " + " | ".join(r) + " |" for r in rows))
     print()
     paths = sorted({i.get("path") for i in info.values() if i and i.get("path")})
-    if paths and paths != [os.path.join(REPO, "bluelet")]:
+    if paths:
         print("bluelet imported from: %s" % ", ".join(paths))
         print()
     if REFERENCE in kinds:

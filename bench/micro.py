@@ -12,7 +12,7 @@ to the interpreter (gevent, uvloop, the chosen bluelet core) leaks into the
 others:
 
 * floor -- a bare round robin of ``generator.send`` over a deque (switch only);
-* bluelet (cython), bluelet (python) -- this repository's cores; the pure one
+* bluelet (cython), bluelet (python) -- the installed bluelet's cores (--tree: a source tree instead); the pure one
   with ``BLUELET_PURE_PYTHON=1``, the compiled one with
   ``BLUELET_REQUIRE_EXTENSIONS=1`` (its row is left out if it is not built);
 * bluelet 0.2.0 -- the PyPI release in the side venv
@@ -116,6 +116,8 @@ def parse_args(argv):
     p.add_argument("--only", metavar="KEYS",
                    help="comma-separated subset of: " + ", ".join(k for k, _ in IMPLS))
     p.add_argument("--no-old", action="store_true", help="leave bluelet 0.2.0 out")
+    p.add_argument("--tree", help="directory holding the bluelet package to measure, for A/B "
+                                  "experiments (default: the installed bluelet)")
     p.add_argument("--venv", default=switchbench.DEFAULT_VENV,
                    help="side venv for bluelet 0.2.0 (default bench/.venv-bluelet020)")
     p.add_argument("--switch-n", type=int, default=1000, help="switch: coroutines (1000)")
@@ -159,7 +161,7 @@ def parse_args(argv):
 
 
 def spec_for(args, key):
-    spec = {"warm_up": True, "repo": REPO,
+    spec = {"warm_up": True, "tree": args.tree and os.path.abspath(args.tree),
             "switch": {"n": args.switch_n, "k": args.old_switch_k if key == "old" else args.switch_k}}
     if key == "floor":
         return spec
