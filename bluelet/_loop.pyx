@@ -34,10 +34,12 @@ import logging
 import numbers
 import selectors
 import threading
+import os
 import time
 import types
+import weakref
 
-from ._errors import SocketClosedError
+from ._errors import Cancelled, SocketClosedError, Timeout
 
 __all__ = [
     "Event", "WaitableEvent", "ValueEvent", "ExceptionEvent", "SpawnEvent",
@@ -45,6 +47,7 @@ __all__ = [
     "ReadEvent", "WriteEvent", "AcceptEvent", "ReceiveEvent", "SendEvent",
     "Loop", "run", "null", "sleep", "spawn", "call", "end", "join", "kill",
     "read", "write", "wait_readable", "wait_writable", "notify_closing",
+    "timeout", "WaitQueue", "Completion", "current",
 ]
 
 log = logging.getLogger("bluelet")
@@ -130,15 +133,27 @@ cdef enum:
     _K_KILL = 8
     _K_WAITABLE = 9
     _K_EXCEPTION = 10
+    _K_TIMEOUT = 11
+    _K_PARK = 12
+    _K_EXTERNAL = 13
 
-# Task states.
+
+# Kinds that are scheduling points: inside an expired timeout they raise it.
+cdef inline bint _is_scheduling_point(int kind) noexcept:
+    return (kind == _K_VALUE or kind == _K_IO or kind == _K_SLEEP or kind == _K_JOIN
+            or kind == _K_WAITABLE or kind == _K_PARK or kind == _K_EXTERNAL)
+
+
+# Task states; from _S_IO up, the task waits for something.
 cdef enum:
     _S_READY = 0
     _S_RUNNING = 1
-    _S_IO = 2
-    _S_SLEEP = 3
-    _S_JOIN = 4
-    _S_DONE = 5
+    _S_DONE = 2
+    _S_IO = 3
+    _S_SLEEP = 4
+    _S_JOIN = 5
+    _S_PARK = 6
+    _S_EXTERNAL = 7
 
 # Readiness bits, the epoll values so the Linux poller needs no translation.
 READ = 0x001      # EPOLLIN
@@ -292,6 +307,81 @@ cdef class ReturnEvent(Event):
         self.value = value
 
 
+cdef class _TimeoutEvent(Event):
+    """Twin of ``bluelet._loop_py._TimeoutEvent``."""
+
+    cdef public double seconds
+    cdef public object body
+
+    def __cinit__(self):
+        self._kind = _K_TIMEOUT
+
+    def __init__(self, seconds, body):
+        self.seconds = seconds
+        self.body = body
+
+
+cdef class WaitQueue(Event):
+    """Twin of ``bluelet._loop_py.WaitQueue``."""
+
+    cdef object _waiters
+
+    def __cinit__(self):
+        self._kind = _K_PARK
+        self._waiters = collections.deque()
+
+    def __len__(self):
+        return len(self._waiters)
+
+    def wait(self):
+        return self
+
+    def wake(self, value=None, exc=None):
+        if not self._waiters:
+            return False
+        (<Loop>_running_loop())._unpark(self._waiters.popleft(), value, exc)
+        return True
+
+    def wake_all(self, value=None, exc=None):
+        count = len(self._waiters)
+        while self._waiters:
+            self.wake(value, exc)
+        return count
+
+
+cdef class Completion(Event):
+    """Twin of ``bluelet._loop_py.Completion``."""
+
+    cdef Loop _loop
+    cdef _Task _task
+    cdef bint _done          # delivered and seen by the loop thread
+    cdef bint _delivered     # delivered by some thread
+    cdef object _value
+    cdef object _exc
+
+    def __cinit__(self):
+        self._kind = _K_EXTERNAL
+
+    def __init__(self):
+        self._loop = _running_loop()
+        self._loop._expect_external()
+
+    def set_result(self, value):
+        self._deliver(value, None)
+
+    def set_exception(self, exc):
+        self._deliver(None, exc)
+
+    cdef int _deliver(self, value, exc) except -1:
+        if self._delivered:
+            raise RuntimeError("Completion delivered twice")
+        self._delivered = True
+        self._value = value
+        self._exc = exc
+        self._loop._post(self)
+        return 0
+
+
 cdef class SleepEvent(WaitableEvent):
     """Twin of ``bluelet._loop_py.SleepEvent``."""
 
@@ -302,13 +392,7 @@ cdef class SleepEvent(WaitableEvent):
         self._kind = _K_SLEEP
 
     def __init__(self, duration):
-        cdef double seconds
-        if not isinstance(duration, (int, float)) and not isinstance(duration, numbers.Real):
-            raise TypeError("sleep() needs a number of seconds, not %r" % (duration,))
-        seconds = float(duration)
-        if isnan(seconds):
-            raise ValueError("sleep duration is NaN")
-        self.duration = max(seconds, 0.0)
+        self.duration = _seconds(duration)
         self.wakeup_time = _monotonic() + self.duration
 
     def time_left(self):
@@ -448,6 +532,16 @@ cdef class SendEvent(_FdEvent):
         return None
 
 
+cdef double _seconds(duration) except? -1.0:
+    cdef double seconds
+    if not isinstance(duration, (int, float)) and not isinstance(duration, numbers.Real):
+        raise TypeError("a duration must be a number of seconds, not %r" % (duration,))
+    seconds = float(duration)
+    if isnan(seconds):
+        raise ValueError("a duration cannot be NaN")
+    return max(seconds, 0.0)
+
+
 cdef inline int _fileno(fileobj) except? -1:
     return fileobj if isinstance(fileobj, int) else fileobj.fileno()
 
@@ -524,12 +618,36 @@ def wait_writable(fileobj):
     return event
 
 
+def timeout(seconds, body):
+    if not isinstance(body, Event) and not PyGen_CheckExact(body):
+        raise TypeError("timeout() needs an event or a generator, not %r" % (body,))
+    return _TimeoutEvent(_seconds(seconds), body)
+
+
+def _single(event):
+    # Lets an event be the body of a timeout like any sub-coroutine.
+    return (yield event)
+
+
+def current():
+    loop = getattr(_local, "loop", None)
+    if loop is None or (<Loop>loop)._current is None:
+        return None
+    return (<Loop>loop)._current.base
+
+
 # ---------------------------------------------------------------------------
 # Records
 # ---------------------------------------------------------------------------
 
+cdef class _Timed:
+    """Twin of ``bluelet._loop_py._Timed``."""
+
+    cdef unsigned long long timer_seq   # heap entry that may wake it; 0: none
+
+
 @cython.final
-cdef class _Task:
+cdef class _Task(_Timed):
     """Twin of ``bluelet._loop_py._Task``."""
 
     cdef object base         # the spawned generator: the key for join/kill
@@ -540,9 +658,10 @@ cdef class _Task:
     cdef object exc          # ... or throws
     cdef object result
     cdef list joiners
-    cdef object wait         # the event (I/O) or task (join) waited on
+    cdef object wait         # the event, queue or task waited on
     cdef list wait_fds       # [(state, mask)] of a WaitableEvent's fds
-    cdef unsigned long long timer_seq   # heap entry that may wake it; 0: none
+    cdef list scopes         # active timeouts, outermost first
+    cdef bint expired        # whether one of them has run out
 
     def __cinit__(self, gen):
         self.base = gen
@@ -551,6 +670,21 @@ cdef class _Task:
 
     def __repr__(self):
         return "<bluelet task %s>" % (getattr(self.base, "__qualname__", self.base),)
+
+
+@cython.final
+cdef class _Scope(_Timed):
+    """Twin of ``bluelet._loop_py._Scope``."""
+
+    cdef _Task task
+    cdef Py_ssize_t depth    # the chain depth that yielded timeout()
+    cdef double seconds
+    cdef bint expired
+
+    def __cinit__(self, _Task task, Py_ssize_t depth, double seconds):
+        self.task = task
+        self.depth = depth
+        self.seconds = seconds
 
 
 @cython.final
@@ -703,7 +837,7 @@ _local = threading.local()
 cdef struct _Timer:
     double deadline
     unsigned long long seq
-    PyObject *task
+    PyObject *target         # a _Timed: sleeping _Task or _Scope
 
 
 cdef inline bint _timer_before(_Timer *a, _Timer *b) noexcept:
@@ -711,7 +845,7 @@ cdef inline bint _timer_before(_Timer *a, _Timer *b) noexcept:
 
 
 cdef inline bint _timer_live(_Timer *timer) noexcept:
-    return (<_Task>timer.task).timer_seq == timer.seq
+    return (<_Timed>timer.target).timer_seq == timer.seq
 
 
 @cython.final
@@ -731,7 +865,13 @@ cdef class Loop:
     cdef object _poller
     cdef _EpollPoller _epoll    # the poller again, typed, when it is epoll
     cdef _Task _root
+    cdef _Task _current         # the task being stepped
     cdef object _failure
+    cdef object _results        # finished gen -> result (weak keys)
+    cdef object _inbox          # Completions delivered by threads
+    cdef Py_ssize_t _external   # Completions not yet delivered
+    cdef int _waker_fd          # read end of the pipe threads write to
+    cdef int _waker_write
     cdef bint _virtual_time
     cdef double _clock          # the time under virtual_time
 
@@ -748,6 +888,10 @@ cdef class Loop:
         self._stale_timers = 0
         self._fds = {}
         self._fd_waiters = 0
+        self._results = weakref.WeakKeyDictionary()
+        self._inbox = collections.deque()
+        self._external = 0
+        self._waker_fd = self._waker_write = -1
 
     def __dealloc__(self):
         self._clear_timers()
@@ -806,7 +950,7 @@ cdef class Loop:
                     # Nothing can happen before the next deadline: go there.
                     self._clock += timeout
                     timeout = 0.0
-            elif self._fd_waiters:
+            elif self._fd_waiters or self._external:
                 timeout = -1.0
             else:
                 self._failure = RuntimeError(
@@ -834,11 +978,14 @@ cdef class Loop:
         cdef PyObject *sent = NULL
         cdef int status, kind
         task.state = _S_RUNNING
+        self._current = task
         gen = task.gen
         value = task.value
         exc = task.exc
         task.value = task.exc = None
         while True:
+            if task.scopes is not None:
+                self._leave_scopes(task)
             try:
                 if exc is None:
                     status = bluelet_send(gen, value, &sent)
@@ -866,7 +1013,7 @@ cdef class Loop:
                 return 0
             value = exc = None
 
-            if event is _NULL:
+            if event is _NULL and not task.expired:
                 self._schedule(task, None, None)
                 return 0
             if isinstance(event, Event):
@@ -875,6 +1022,9 @@ cdef class Loop:
                 kind = _K_CALL
             else:
                 kind = -1
+            if task.expired and _is_scheduling_point(kind):
+                exc = self._timeout_error(task)
+                continue
 
             if kind == _K_VALUE:
                 self._schedule(task, (<ValueEvent>event)._value, None)
@@ -930,6 +1080,8 @@ cdef class Loop:
                 target = self._tasks.get((<JoinEvent>event).child)
                 if target is None:
                     exc = _check_finished((<JoinEvent>event).child, "join")
+                    if exc is None:
+                        value = self._results.get((<JoinEvent>event).child)
                 elif target is task:
                     exc = RuntimeError("a coroutine cannot join itself")
                 else:
@@ -954,6 +1106,34 @@ cdef class Loop:
             elif kind == _K_EXCEPTION:
                 self._schedule(task, None, (<ExceptionEvent>event)._exc)
                 return 0
+            elif kind == _K_TIMEOUT:
+                body = (<_TimeoutEvent>event).body
+                if PyGen_CheckExact(body):
+                    exc = self._check_new(body, "timeout")
+                else:
+                    body = _single(body)
+                if exc is None:
+                    self._enter_scope(task, (<_TimeoutEvent>event).seconds)
+                    if task.stack is None:
+                        task.stack = []
+                    task.stack.append(gen)
+                    gen = task.gen = body
+            elif kind == _K_PARK:
+                (<WaitQueue>event)._waiters.append(task)
+                task.wait = event
+                task.state = _S_PARK
+                return 0
+            elif kind == _K_EXTERNAL:
+                if (<Completion>event)._loop is not self:
+                    exc = RuntimeError("a Completion belongs to the loop that created it")
+                elif (<Completion>event)._done:
+                    self._schedule(task, (<Completion>event)._value, (<Completion>event)._exc)
+                    return 0
+                else:
+                    (<Completion>event)._task = task
+                    task.wait = event
+                    task.state = _S_EXTERNAL
+                    return 0
             else:
                 exc = TypeError(
                     "bluelet coroutines must yield events or generators, not %r" % (event,))
@@ -983,15 +1163,23 @@ cdef class Loop:
 
     cdef int _finish(self, _Task task, result, exc) except -1:
         cdef _Task joiner
+        cdef _Scope scope
         task.state = _S_DONE
         task.result = result
+        if task.scopes is not None:
+            for scope in task.scopes:
+                self._drop_timer(scope)
+            task.scopes = None
         task.gen = task.stack = task.wait = None
         del self._tasks[task.base]
+        if result is not None:
+            self._results[task.base] = result
         if task.joiners:
             for joiner in task.joiners:
                 joiner.wait = None
-                self._schedule(joiner, None, None)
+                self._schedule(joiner, result, exc)
             task.joiners = None
+            return 0
         if exc is not None:
             if isinstance(exc, _QUIET):
                 log.debug("coroutine %r ended by %r", task.base, exc)
@@ -1004,17 +1192,21 @@ cdef class Loop:
 
     cdef int _kill(self, _Task task) except -1:
         self._cancel_wait(task)
-        error = None
         gens = [task.gen]
         if task.stack:
             gens.extend(reversed(task.stack))
+        exc = Cancelled()
+        swallowed = None
         for gen in gens:
-            try:
-                gen.close()
-            except BaseException as exc:
-                if error is None:
-                    error = exc
-        self._finish(task, None, error)
+            exc = _cancel_one(gen, exc)
+            if exc is None:
+                if swallowed is None:
+                    swallowed = RuntimeError(
+                        "%r carried on while being cancelled; it was closed" % (gen,))
+                exc = Cancelled()
+        if swallowed is None and not isinstance(exc, Cancelled):
+            swallowed = exc
+        self._finish(task, None, swallowed)
         return 0
 
     cdef int _cancel_wait(self, _Task task) except -1:
@@ -1027,6 +1219,10 @@ cdef class Loop:
             self._fd_waiters -= 1
         elif state == _S_JOIN:
             (<_Task>task.wait).joiners.remove(task)
+        elif state == _S_PARK:
+            (<WaitQueue>task.wait)._waiters.remove(task)
+        elif state == _S_EXTERNAL:
+            (<Completion>task.wait)._task = None
         else:
             return 0
         task.wait = task.wait_fds = None
@@ -1055,6 +1251,10 @@ cdef class Loop:
         self._clear_timers()
         for state in self._fds.values():
             self._poller.forget(state)
+        if self._waker_fd >= 0:
+            os.close(self._waker_fd)
+            os.close(self._waker_write)
+            self._waker_fd = self._waker_write = -1
         self._fds.clear()
         self._poller.close()
         return 0
@@ -1154,7 +1354,7 @@ cdef class Loop:
     cdef int _poll(self, double timeout) except -1:
         cdef int i, n
         cdef _EpollPoller epoll = self._epoll
-        if timeout == 0.0 and not self._fd_waiters:
+        if timeout == 0.0 and not self._fd_waiters and not self._external:
             # Busy coroutines and nobody on an fd: a syscall would find nothing.
             return 0
         if epoll is not None:
@@ -1168,8 +1368,12 @@ cdef class Loop:
         return 0
 
     cdef int _wake_fd(self, int fd, int mask) except -1:
-        cdef _FdState state = self._fds.get(fd)
+        cdef _FdState state
         cdef int wanted
+        if fd == self._waker_fd:
+            self._drain_inbox()
+            return 0
+        state = self._fds.get(fd)
         if state is None:
             return 0
         wanted = state.interest
@@ -1234,7 +1438,7 @@ cdef class Loop:
 
     # -- timers -------------------------------------------------------------
 
-    cdef int _add_timer(self, _Task task, double deadline) except -1:
+    cdef int _add_timer(self, _Timed target, double deadline) except -1:
         cdef Py_ssize_t i, parent
         cdef _Timer entry
         cdef _Timer *grown
@@ -1245,11 +1449,11 @@ cdef class Loop:
                 raise MemoryError()
             self._timers = grown
         self._timer_seq += 1
-        task.timer_seq = self._timer_seq
+        target.timer_seq = self._timer_seq
         entry.deadline = deadline
         entry.seq = self._timer_seq
-        entry.task = <PyObject *>task
-        Py_INCREF(task)
+        entry.target = <PyObject *>target
+        Py_INCREF(target)
         # Sift up.
         i = self._timer_count
         self._timer_count += 1
@@ -1260,6 +1464,12 @@ cdef class Loop:
             self._timers[i] = self._timers[parent]
             i = parent
         self._timers[i] = entry
+        return 0
+
+    cdef inline int _drop_timer(self, _Timed target) except -1:
+        if target.timer_seq:
+            target.timer_seq = 0
+            self._stale_timers += 1
         return 0
 
     cdef bint _has_timers(self):
@@ -1277,29 +1487,32 @@ cdef class Loop:
                     self._timers[kept] = self._timers[i]
                     kept += 1
                 else:
-                    Py_DECREF(<object>self._timers[i].task)
+                    Py_DECREF(<object>self._timers[i].target)
             self._timer_count = kept
             self._heapify()
             self._stale_timers = 0
         return self._timers[0].deadline
 
     cdef int _expire_timers(self, double now) except -1:
-        cdef _Task task
+        cdef _Timed target
         cdef unsigned long long seq
         while self._timer_count and self._timers[0].deadline <= now:
             seq = self._timers[0].seq
-            task = <_Task>self._pop_timer()
-            Py_DECREF(task)   # the heap's reference, now owned by ``task``
-            if task.timer_seq == seq:
-                task.timer_seq = 0
-                self._schedule(task, None, None)
+            target = <_Timed>self._pop_timer()
+            Py_DECREF(target)   # the heap's reference, now owned by ``target``
+            if target.timer_seq == seq:
+                target.timer_seq = 0
+                if type(target) is _Task:
+                    self._schedule(<_Task>target, None, None)
+                else:
+                    self._expire_scope(<_Scope>target)
             else:
                 self._stale_timers -= 1
         return 0
 
     cdef PyObject *_pop_timer(self) noexcept:
-        """Remove the top entry; its task reference passes to the caller."""
-        cdef PyObject *task = self._timers[0].task
+        """Remove the top entry; its target reference passes to the caller."""
+        cdef PyObject *task = self._timers[0].target
         self._timer_count -= 1
         if self._timer_count:
             self._timers[0] = self._timers[self._timer_count]
@@ -1331,9 +1544,94 @@ cdef class Loop:
     cdef void _clear_timers(self) noexcept:
         cdef Py_ssize_t i
         for i in range(self._timer_count):
-            Py_XDECREF(self._timers[i].task)
+            Py_XDECREF(self._timers[i].target)
         self._timer_count = 0
         self._stale_timers = 0
+
+    # -- timeouts -----------------------------------------------------------
+
+    cdef int _enter_scope(self, _Task task, double seconds) except -1:
+        cdef _Scope scope = _Scope(task, len(task.stack) if task.stack else 0, seconds)
+        if task.scopes is None:
+            task.scopes = []
+        task.scopes.append(scope)
+        self._add_timer(scope, self._now() + seconds)
+        return 0
+
+    cdef int _leave_scopes(self, _Task task) except -1:
+        cdef Py_ssize_t depth = len(task.stack) if task.stack else 0
+        cdef list scopes = task.scopes
+        cdef _Scope scope
+        while scopes and (<_Scope>scopes[-1]).depth >= depth:
+            self._drop_timer(scopes.pop())
+        if scopes:
+            task.expired = False
+            for scope in scopes:
+                if scope.expired:
+                    task.expired = True
+        else:
+            task.scopes = None
+            task.expired = False
+        return 0
+
+    cdef int _expire_scope(self, _Scope scope) except -1:
+        cdef _Task task = scope.task
+        scope.expired = True
+        task.expired = True
+        if task.state >= _S_IO:
+            self._cancel_wait(task)
+            self._schedule(task, None, self._timeout_error(task))
+        return 0
+
+    cdef object _timeout_error(self, _Task task):
+        cdef _Scope scope
+        for scope in reversed(task.scopes):
+            if scope.expired:
+                return Timeout("timed out after %g s" % scope.seconds)
+        raise AssertionError("no expired timeout")
+
+    # -- parked tasks and threads -------------------------------------------
+
+    cdef int _unpark(self, _Task task, value, exc) except -1:
+        task.wait = None
+        self._schedule(task, value, exc)
+        return 0
+
+    cdef int _expect_external(self) except -1:
+        if self._waker_fd < 0:
+            self._waker_fd, self._waker_write = os.pipe()
+            os.set_blocking(self._waker_fd, False)
+            os.set_blocking(self._waker_write, False)
+            self._poller.set_interest(_FdState(self._waker_fd, None), _READ)
+        self._external += 1
+        return 0
+
+    cdef int _post(self, Completion completion) except -1:
+        self._inbox.append(completion)
+        try:
+            os.write(self._waker_write, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full (a wake-up is pending) or being closed
+        return 0
+
+    cdef int _drain_inbox(self) except -1:
+        cdef Completion completion
+        cdef _Task task
+        try:
+            while os.read(self._waker_fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while self._inbox:
+            completion = self._inbox.popleft()
+            self._external -= 1
+            completion._done = True
+            task = completion._task
+            if task is not None:
+                completion._task = None
+                task.wait = None
+                self._schedule(task, completion._value, completion._exc)
+        return 0
 
 
 if hasattr(_GeneratorType, "gi_suspended"):
@@ -1344,6 +1642,31 @@ else:  # Python < 3.11: a generator that has not started is at instruction -1
     def _driven(gen):
         """Whether ``gen`` has started and not finished: somebody drives it."""
         return gen.gi_running or (gen.gi_frame is not None and gen.gi_frame.f_lasti != -1)
+
+
+cdef object _cancel_one(gen, exc):
+    for _ in range(100):
+        try:
+            gen.throw(exc)
+        except StopIteration:
+            return None
+        except BaseException as raised:
+            return raised
+        # It yielded (a clean-up step in a finally block): that step cannot
+        # run during a kill, so Cancelled is raised at it too.
+        exc = Cancelled()
+    try:
+        gen.close()
+    except BaseException:
+        pass
+    return None
+
+
+cdef object _running_loop():
+    loop = getattr(_local, "loop", None)
+    if loop is None:
+        raise RuntimeError("this needs a running bluelet loop (call it inside a coroutine)")
+    return loop
 
 
 cdef object _check_finished(gen, verb):
@@ -1374,7 +1697,8 @@ def _copy_docstrings():
     """Give the public functions and methods the pure twin's docstrings."""
     from . import _loop_py
     for name in ("null", "sleep", "spawn", "call", "end", "join", "kill", "read",
-                 "write", "wait_readable", "wait_writable", "run", "notify_closing"):
+                 "write", "wait_readable", "wait_writable", "run", "notify_closing",
+                 "timeout", "current"):
         globals()[name].__doc__ = getattr(_loop_py, name).__doc__
     Loop.run.__doc__ = _loop_py.Loop.run.__doc__
 
