@@ -24,7 +24,7 @@ CORE_NAMES = (
     "ReadEvent", "WriteEvent", "AcceptEvent", "ReceiveEvent", "SendEvent",
     "Loop", "run", "null", "sleep", "spawn", "call", "end", "join", "kill",
     "read", "write", "wait_readable", "wait_writable", "notify_closing",
-    "timeout", "WaitQueue", "Completion", "current",
+    "timeout", "WaitQueue", "Completion", "current", "tasks", "wakeup_fd",
 )
 
 

@@ -40,6 +40,7 @@ import types
 import weakref
 
 from ._errors import Cancelled, SocketClosedError, Timeout
+from ._records import TaskInfo
 
 __all__ = [
     "Event", "WaitableEvent", "ValueEvent", "ExceptionEvent", "SpawnEvent",
@@ -47,7 +48,7 @@ __all__ = [
     "ReadEvent", "WriteEvent", "AcceptEvent", "ReceiveEvent", "SendEvent",
     "Loop", "run", "null", "sleep", "spawn", "call", "end", "join", "kill",
     "read", "write", "wait_readable", "wait_writable", "notify_closing",
-    "timeout", "WaitQueue", "Completion", "current",
+    "timeout", "WaitQueue", "Completion", "current", "tasks", "wakeup_fd",
 ]
 
 log = logging.getLogger("bluelet")
@@ -325,10 +326,14 @@ cdef class WaitQueue(Event):
     """Twin of ``bluelet._loop_py.WaitQueue``."""
 
     cdef object _waiters
+    cdef bint _external
 
     def __cinit__(self):
         self._kind = _K_PARK
         self._waiters = collections.deque()
+
+    def __init__(self, external=False):
+        self._external = external
 
     def __len__(self):
         return len(self._waiters)
@@ -874,9 +879,11 @@ cdef class Loop:
     cdef int _waker_write
     cdef bint _virtual_time
     cdef double _clock          # the time under virtual_time
+    cdef object _slow_step      # seconds; a longer step is logged
 
-    def __cinit__(self, virtual_time=False):
+    def __cinit__(self, virtual_time=False, slow_step=None):
         self._virtual_time = virtual_time
+        self._slow_step = slow_step
         self._clock = _monotonic()
         self._ready = []
         self._batch = []
@@ -933,7 +940,10 @@ cdef class Loop:
             for i in range(len(batch)):
                 task = <_Task>batch[i]
                 if task.state == _S_READY:
-                    self._step(task)
+                    if self._slow_step is None:
+                        self._step(task)
+                    else:
+                        self._timed_step(task)
                     if self._failure is not None:
                         return 0
             del batch[:]
@@ -1048,9 +1058,10 @@ cdef class Loop:
                     return 0
             elif kind == _K_SLEEP:
                 if self._virtual_time:
-                    self._add_timer(task, self._clock + (<SleepEvent>event).duration)
+                    task.wait = self._clock + (<SleepEvent>event).duration
                 else:
-                    self._add_timer(task, (<SleepEvent>event).wakeup_time)
+                    task.wait = (<SleepEvent>event).wakeup_time
+                self._add_timer(task, task.wait)
                 task.state = _S_SLEEP
                 return 0
             elif kind == _K_CALL:
@@ -1119,6 +1130,8 @@ cdef class Loop:
                     task.stack.append(gen)
                     gen = task.gen = body
             elif kind == _K_PARK:
+                if (<WaitQueue>event)._external:
+                    self._expect_external()
                 (<WaitQueue>event)._waiters.append(task)
                 task.wait = event
                 task.state = _S_PARK
@@ -1137,6 +1150,15 @@ cdef class Loop:
             else:
                 exc = TypeError(
                     "bluelet coroutines must yield events or generators, not %r" % (event,))
+
+    cdef int _timed_step(self, _Task task) except -1:
+        start = time.perf_counter()
+        self._step(task)
+        elapsed = time.perf_counter() - start
+        if elapsed > self._slow_step:
+            log.warning("coroutine %r ran %.3f s without yielding (slow_step=%g)",
+                        task.base, elapsed, self._slow_step)
+        return 0
 
     cdef inline int _schedule(self, _Task task, value, exc) except -1:
         task.value = value
@@ -1221,6 +1243,8 @@ cdef class Loop:
             (<_Task>task.wait).joiners.remove(task)
         elif state == _S_PARK:
             (<WaitQueue>task.wait)._waiters.remove(task)
+            if (<WaitQueue>task.wait)._external:
+                self._external -= 1
         elif state == _S_EXTERNAL:
             (<Completion>task.wait)._task = None
         else:
@@ -1562,7 +1586,7 @@ cdef class Loop:
         cdef Py_ssize_t depth = len(task.stack) if task.stack else 0
         cdef list scopes = task.scopes
         cdef _Scope scope
-        while scopes and (<_Scope>scopes[-1]).depth >= depth:
+        while scopes and (<_Scope>scopes[len(scopes) - 1]).depth >= depth:
             self._drop_timer(scopes.pop())
         if scopes:
             task.expired = False
@@ -1593,18 +1617,28 @@ cdef class Loop:
     # -- parked tasks and threads -------------------------------------------
 
     cdef int _unpark(self, _Task task, value, exc) except -1:
+        if (<WaitQueue>task.wait)._external:
+            self._external -= 1
         task.wait = None
         self._schedule(task, value, exc)
         return 0
 
     cdef int _expect_external(self) except -1:
+        self._wakeup_fd()
+        self._external += 1
+        return 0
+
+    cdef int _wakeup_fd(self) except -1:
         if self._waker_fd < 0:
             self._waker_fd, self._waker_write = os.pipe()
             os.set_blocking(self._waker_fd, False)
             os.set_blocking(self._waker_write, False)
             self._poller.set_interest(_FdState(self._waker_fd, None), _READ)
-        self._external += 1
-        return 0
+        return self._waker_write
+
+    def _tasks_info(self):
+        cdef _Task task
+        return [_task_info(task) for task in self._tasks.values()]
 
     cdef int _post(self, Completion completion) except -1:
         self._inbox.append(completion)
@@ -1669,6 +1703,30 @@ cdef object _running_loop():
     return loop
 
 
+cdef object _task_info(_Task task):
+    cdef int state = task.state
+    chain = list(task.stack or ()) + [task.gen]
+    if state == _S_READY:
+        return TaskInfo(task.base, "ready", "ready to run", chain)
+    if state == _S_RUNNING:
+        return TaskInfo(task.base, "running", "running now", chain)
+    if state == _S_IO:
+        if task.wait_fds is not None:
+            return TaskInfo(task.base, "io", "waiting for %r (fds %s)" % (
+                task.wait, ", ".join(str((<_FdState>pair[0]).fd) for pair in task.wait_fds)), chain)
+        return TaskInfo(task.base, "io", "waiting for fd %d to be %s" % (
+            (<_FdEvent>task.wait)._fileno,
+            "readable" if (<_FdEvent>task.wait)._mask == _READ else "writable"), chain)
+    if state == _S_SLEEP:
+        return TaskInfo(task.base, "sleeping", "sleeping until %.3f (%.3f s from now)" % (
+            task.wait, task.wait - _monotonic()), chain)
+    if state == _S_JOIN:
+        return TaskInfo(task.base, "joining", "joining %r" % ((<_Task>task.wait).base,), chain)
+    if state == _S_PARK:
+        return TaskInfo(task.base, "parked", "parked in %r" % (task.wait,), chain)
+    return TaskInfo(task.base, "thread", "waiting for a result from another thread", chain)
+
+
 cdef object _check_finished(gen, verb):
     if gen.gi_frame is None:
         return None
@@ -1683,8 +1741,8 @@ def _new_poller():
 # Module-level entry points
 # ---------------------------------------------------------------------------
 
-def run(root_coro):
-    return Loop().run(root_coro)
+def run(root_coro, *, virtual_time=False, slow_step=None):
+    return Loop(virtual_time, slow_step).run(root_coro)
 
 
 def notify_closing(fileobj):
@@ -1693,12 +1751,20 @@ def notify_closing(fileobj):
         (<Loop>loop)._close_fd(_fileno(fileobj))
 
 
+def tasks():
+    return (<Loop>_running_loop())._tasks_info()
+
+
+def wakeup_fd():
+    return (<Loop>_running_loop())._wakeup_fd()
+
+
 def _copy_docstrings():
     """Give the public functions and methods the pure twin's docstrings."""
     from . import _loop_py
     for name in ("null", "sleep", "spawn", "call", "end", "join", "kill", "read",
                  "write", "wait_readable", "wait_writable", "run", "notify_closing",
-                 "timeout", "current"):
+                 "timeout", "current", "tasks", "wakeup_fd"):
         globals()[name].__doc__ = getattr(_loop_py, name).__doc__
     Loop.run.__doc__ = _loop_py.Loop.run.__doc__
 

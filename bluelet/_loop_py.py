@@ -52,6 +52,7 @@ import types
 import weakref
 
 from ._errors import Cancelled, SocketClosedError, Timeout
+from ._records import TaskInfo
 
 __all__ = [
     "Event", "WaitableEvent", "ValueEvent", "ExceptionEvent", "SpawnEvent",
@@ -59,7 +60,7 @@ __all__ = [
     "ReadEvent", "WriteEvent", "AcceptEvent", "ReceiveEvent", "SendEvent",
     "Loop", "run", "null", "sleep", "spawn", "call", "end", "join", "kill",
     "read", "write", "wait_readable", "wait_writable", "notify_closing",
-    "timeout", "WaitQueue", "Completion", "current",
+    "timeout", "WaitQueue", "Completion", "current", "tasks", "wakeup_fd",
 ]
 
 log = logging.getLogger("bluelet")
@@ -257,11 +258,14 @@ class WaitQueue(Event):
     Locks, queues and flags are built on it.
     """
 
-    __slots__ = ("_waiters",)
+    __slots__ = ("_waiters", "_external")
     _kind = _K_PARK
 
-    def __init__(self):
+    def __init__(self, external=False):
         self._waiters = collections.deque()
+        # Whether something outside the loop (a signal) wakes it: while a
+        # coroutine waits here the loop stays alive and its wake pipe open.
+        self._external = external
 
     def __len__(self):
         return len(self._waiters)
@@ -760,10 +764,14 @@ class Loop:
     coroutine is ready, the clock jumps to the next deadline (I/O is still
     polled, without waiting). Sleep-heavy tests then run at once and in an
     order that cannot depend on the machine's speed.
+
+    With ``slow_step=seconds``, a coroutine that runs longer than that
+    between two ``yield``s is logged as a warning on the ``bluelet`` logger.
     """
 
-    def __init__(self, virtual_time=False):
+    def __init__(self, virtual_time=False, slow_step=None):
         self._virtual_time = virtual_time
+        self._slow_step = slow_step  # seconds; a longer step is logged
         self._clock = _monotonic()  # the time under virtual_time
         self._ready = []            # tasks to resume on the next pass, FIFO
         self._batch = []            # the pass being run (kept to reuse it)
@@ -813,7 +821,10 @@ class Loop:
             self._ready = self._batch
             for task in batch:
                 if task.state == _S_READY:
-                    self._step(task)
+                    if self._slow_step is None:
+                        self._step(task)
+                    else:
+                        self._timed_step(task)
                     if self._failure is not None:
                         return
             batch.clear()
@@ -915,9 +926,10 @@ class Loop:
                     return
             elif kind == _K_SLEEP:
                 if self._virtual_time:
-                    self._add_timer(task, self._clock + event.duration)
+                    task.wait = self._clock + event.duration
                 else:
-                    self._add_timer(task, event.wakeup_time)
+                    task.wait = event.wakeup_time
+                self._add_timer(task, task.wait)
                 task.state = _S_SLEEP
                 return
             elif kind == _K_CALL:
@@ -986,6 +998,8 @@ class Loop:
                     task.stack.append(gen)
                     gen = task.gen = body
             elif kind == _K_PARK:
+                if event._external:
+                    self._expect_external()
                 event._waiters.append(task)
                 task.wait = event
                 task.state = _S_PARK
@@ -1004,6 +1018,14 @@ class Loop:
             else:
                 exc = TypeError(
                     "bluelet coroutines must yield events or generators, not %r" % (event,))
+
+    def _timed_step(self, task):
+        start = time.perf_counter()
+        self._step(task)
+        elapsed = time.perf_counter() - start
+        if elapsed > self._slow_step:
+            log.warning("coroutine %r ran %.3f s without yielding (slow_step=%g)",
+                        task.base, elapsed, self._slow_step)
 
     def _schedule(self, task, value, exc):
         """Make a waiting task ready to resume with ``value`` or ``exc``."""
@@ -1098,6 +1120,8 @@ class Loop:
             task.wait.joiners.remove(task)
         elif state == _S_PARK:
             task.wait._waiters.remove(task)
+            if task.wait._external:
+                self._external -= 1
         elif state == _S_EXTERNAL:
             task.wait._task = None
         else:
@@ -1373,17 +1397,27 @@ class Loop:
     # -- parked tasks and threads -------------------------------------------
 
     def _unpark(self, task, value, exc):
+        if task.wait._external:
+            self._external -= 1
         task.wait = None
         self._schedule(task, value, exc)
 
     def _expect_external(self):
-        """A Completion was made: keep the loop alive and its pipe open."""
+        """A wake-up from outside is due: keep the loop alive, its pipe open."""
+        self._wakeup_fd()
+        self._external += 1
+
+    def _wakeup_fd(self):
+        """The write end of the pipe that wakes this loop (made on demand)."""
         if self._waker_fd < 0:
             self._waker_fd, self._waker_write = os.pipe()
             os.set_blocking(self._waker_fd, False)
             os.set_blocking(self._waker_write, False)
             self._poller.set_interest(_FdState(self._waker_fd, None), READ)
-        self._external += 1
+        return self._waker_write
+
+    def _tasks_info(self):
+        return [_task_info(task) for task in self._tasks.values()]
 
     def _post(self, completion):
         """Called from any thread: queue ``completion`` and wake the loop."""
@@ -1462,6 +1496,30 @@ def _running_loop():
     return loop
 
 
+def _task_info(task):
+    """A TaskInfo for ``task``: its state in words."""
+    state = task.state
+    chain = list(task.stack or ()) + [task.gen]
+    if state == _S_READY:
+        return TaskInfo(task.base, "ready", "ready to run", chain)
+    if state == _S_RUNNING:
+        return TaskInfo(task.base, "running", "running now", chain)
+    if state == _S_IO:
+        if task.wait_fds is not None:
+            return TaskInfo(task.base, "io", "waiting for %r (fds %s)" % (
+                task.wait, ", ".join(str(pair[0].fd) for pair in task.wait_fds)), chain)
+        return TaskInfo(task.base, "io", "waiting for fd %d to be %s" % (
+            task.wait._fileno, "readable" if task.wait._mask == READ else "writable"), chain)
+    if state == _S_SLEEP:
+        return TaskInfo(task.base, "sleeping", "sleeping until %.3f (%.3f s from now)" % (
+            task.wait, task.wait - _monotonic()), chain)
+    if state == _S_JOIN:
+        return TaskInfo(task.base, "joining", "joining %r" % (task.wait.base,), chain)
+    if state == _S_PARK:
+        return TaskInfo(task.base, "parked", "parked in %r" % (task.wait,), chain)
+    return TaskInfo(task.base, "thread", "waiting for a result from another thread", chain)
+
+
 def _check_finished(gen, verb):
     """The error for join/kill of a generator the loop does not run, if any."""
     if gen.gi_frame is None:
@@ -1473,13 +1531,14 @@ def _check_finished(gen, verb):
 # Module-level entry points
 # ---------------------------------------------------------------------------
 
-def run(root_coro):
+def run(root_coro, *, virtual_time=False, slow_step=None):
     """Run generator ``root_coro`` and everything it spawns to completion.
 
     Returns the root's result. If a coroutine raises and nobody called it,
     the other coroutines are closed and the exception propagates from here.
+    ``virtual_time`` and ``slow_step`` are as for ``Loop``.
     """
-    return Loop().run(root_coro)
+    return Loop(virtual_time, slow_step).run(root_coro)
 
 
 def notify_closing(fileobj):
@@ -1491,3 +1550,13 @@ def notify_closing(fileobj):
     loop = getattr(_local, "loop", None)
     if loop is not None:
         loop._close_fd(_fileno(fileobj))
+
+
+def tasks():
+    """A TaskInfo for every live coroutine of the running loop."""
+    return _running_loop()._tasks_info()
+
+
+def wakeup_fd():
+    """The fd whose write wakes the running loop (for signal.set_wakeup_fd)."""
+    return _running_loop()._wakeup_fd()
