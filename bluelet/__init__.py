@@ -20,6 +20,7 @@ otherwise (``"python"``, or forced with ``BLUELET_PURE_PYTHON=1``).
 """
 
 from ._errors import SocketClosedError, ThreadException
+from ._errors import Cancelled, ChannelClosed, QueueEmpty, QueueFull, Timeout
 from ._impl import (
     IMPLEMENTATION,
     AcceptEvent,
@@ -38,56 +39,83 @@ from ._impl import (
     WaitableEvent,
     WriteEvent,
     call,
+    current,
     end,
     join,
     kill,
     notify_closing,
     null,
-    read,
-    run,
     sleep,
     spawn,
+    tasks,
+    timeout,
     wait_readable,
     wait_writable,
-    write,
 )
+from ._introspect import dump, dump_on
 from ._sockets import Connection, Listener, connect, server
+from ._files import read, write
+from ._signals import run, signal
+from ._threads import set_thread_limit, to_thread
+from ._group import first, join_all
+from ._sync import Channel, Condition, Flag, Lock, Queue, Semaphore
 
 __version__ = "0.3.0.dev0"
 
 __all__ = [
     "IMPLEMENTATION",
     "AcceptEvent",
+    "Cancelled",
+    "Channel",
+    "ChannelClosed",
+    "Condition",
     "Connection",
     "DelegationEvent",
     "Event",
     "ExceptionEvent",
+    "Flag",
     "JoinEvent",
     "KillEvent",
     "Listener",
+    "Lock",
+    "Queue",
+    "QueueEmpty",
+    "QueueFull",
     "ReadEvent",
     "ReceiveEvent",
     "ReturnEvent",
     "SendEvent",
+    "Semaphore",
     "SleepEvent",
     "SocketClosedError",
     "SpawnEvent",
     "ThreadException",
+    "Timeout",
     "ValueEvent",
     "WaitableEvent",
     "WriteEvent",
     "call",
     "connect",
+    "current",
+    "dump",
+    "dump_on",
     "end",
+    "first",
     "join",
+    "join_all",
     "kill",
     "notify_closing",
     "null",
     "read",
     "run",
     "server",
+    "set_thread_limit",
+    "signal",
     "sleep",
     "spawn",
+    "tasks",
+    "timeout",
+    "to_thread",
     "wait_readable",
     "wait_writable",
     "write",

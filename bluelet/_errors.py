@@ -4,7 +4,10 @@ Both twins import these, so ``except bluelet.SocketClosedError`` catches the
 error whichever core raised it.
 """
 
-__all__ = ["Cancelled", "SocketClosedError", "ThreadException", "Timeout"]
+__all__ = [
+    "Cancelled", "ChannelClosed", "QueueEmpty", "QueueFull", "SocketClosedError",
+    "ThreadException", "Timeout",
+]
 
 
 class SocketClosedError(Exception):
@@ -43,3 +46,20 @@ class Cancelled(BaseException):
 
 class Timeout(TimeoutError):
     """A ``bluelet.timeout()`` (or an operation's ``timeout=``) ran out."""
+
+
+class QueueFull(Exception):
+    """``Queue.put_nowait()`` found the queue full."""
+
+
+class QueueEmpty(Exception):
+    """``Queue.get_nowait()`` found the queue empty."""
+
+
+class ChannelClosed(Exception):
+    """The Channel was closed.
+
+    Raised at the ``yield`` of a ``send()`` or ``recv()`` made after
+    ``close()``, and in every coroutine that was waiting in one when it was
+    closed.
+    """

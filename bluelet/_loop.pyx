@@ -47,7 +47,7 @@ __all__ = [
     "JoinEvent", "KillEvent", "DelegationEvent", "ReturnEvent", "SleepEvent",
     "ReadEvent", "WriteEvent", "AcceptEvent", "ReceiveEvent", "SendEvent",
     "Loop", "run", "null", "sleep", "spawn", "call", "end", "join", "kill",
-    "read", "write", "wait_readable", "wait_writable", "notify_closing",
+    "wait_readable", "wait_writable", "notify_closing",
     "timeout", "WaitQueue", "Completion", "current", "tasks", "wakeup_fd",
 ]
 
@@ -603,14 +603,6 @@ def kill(coro):
     return KillEvent(coro)
 
 
-def read(fd, bufsize=None):
-    return ReadEvent(fd, bufsize)
-
-
-def write(fd, data):
-    return WriteEvent(fd, data)
-
-
 def wait_readable(fileobj):
     cdef _FdEvent event = _FdEvent()
     event._watch(fileobj, _READ)
@@ -877,6 +869,8 @@ cdef class Loop:
     cdef Py_ssize_t _external   # Completions not yet delivered
     cdef int _waker_fd          # read end of the pipe threads write to
     cdef int _waker_write
+    cdef object _waker_lock     # so no thread writes to the pipe once closed
+    cdef object _interrupts     # exceptions from interrupt(), for the root
     cdef bint _virtual_time
     cdef double _clock          # the time under virtual_time
     cdef object _slow_step      # seconds; a longer step is logged
@@ -899,6 +893,8 @@ cdef class Loop:
         self._inbox = collections.deque()
         self._external = 0
         self._waker_fd = self._waker_write = -1
+        self._waker_lock = threading.RLock()
+        self._interrupts = collections.deque()
 
     def __dealloc__(self):
         self._clear_timers()
@@ -920,8 +916,12 @@ cdef class Loop:
         try:
             self._main()
         finally:
-            _local.loop = None
-            self._shutdown()
+            # Still the running loop while shutting down: finally blocks of
+            # the coroutines being closed may wake queues or close sockets.
+            try:
+                self._shutdown()
+            finally:
+                _local.loop = None
         if self._failure is not None:
             failure, self._failure = self._failure, None
             raise failure
@@ -933,6 +933,8 @@ cdef class Loop:
         cdef Py_ssize_t i
         cdef double timeout
         while self._tasks:
+            while self._interrupts:
+                self._interrupt(self._interrupts.popleft())
             # ---- phase 1: run every task that is ready now, and no more:
             # tasks made ready meanwhile wait for the next pass, after I/O.
             batch = self._ready
@@ -944,6 +946,7 @@ cdef class Loop:
                         self._step(task)
                     else:
                         self._timed_step(task)
+                    self._current = None
                     if self._failure is not None:
                         return 0
             del batch[:]
@@ -1213,7 +1216,9 @@ cdef class Loop:
         return 0
 
     cdef int _kill(self, _Task task) except -1:
+        cdef _Task killer = self._current
         self._cancel_wait(task)
+        self._current = task
         gens = [task.gen]
         if task.stack:
             gens.extend(reversed(task.stack))
@@ -1228,6 +1233,7 @@ cdef class Loop:
                 exc = Cancelled()
         if swallowed is None and not isinstance(exc, Cancelled):
             swallowed = exc
+        self._current = killer
         self._finish(task, None, swallowed)
         return 0
 
@@ -1275,10 +1281,11 @@ cdef class Loop:
         self._clear_timers()
         for state in self._fds.values():
             self._poller.forget(state)
-        if self._waker_fd >= 0:
-            os.close(self._waker_fd)
-            os.close(self._waker_write)
-            self._waker_fd = self._waker_write = -1
+        with self._waker_lock:
+            if self._waker_fd >= 0:
+                os.close(self._waker_fd)
+                os.close(self._waker_write)
+                self._waker_fd = self._waker_write = -1
         self._fds.clear()
         self._poller.close()
         return 0
@@ -1638,14 +1645,27 @@ cdef class Loop:
 
     def _tasks_info(self):
         cdef _Task task
-        return [_task_info(task) for task in self._tasks.values()]
+        now = self._now()
+        return [_task_info(task, now) for task in self._tasks.values()]
+
+    def interrupt(self, exc):
+        self._interrupts.append(exc)
+        self._wake()
 
     cdef int _post(self, Completion completion) except -1:
         self._inbox.append(completion)
-        try:
-            os.write(self._waker_write, b"\0")
-        except (BlockingIOError, OSError):
-            pass  # the pipe is full (a wake-up is pending) or being closed
+        self._wake()
+        return 0
+
+    cdef int _wake(self) except -1:
+        # Reentrant: a signal handler may call this while the same thread is
+        # inside it.
+        with self._waker_lock:
+            if self._waker_write >= 0:
+                try:
+                    os.write(self._waker_write, b"\0")
+                except BlockingIOError:
+                    pass  # the pipe is full: a wake-up is pending anyway
         return 0
 
     cdef int _drain_inbox(self) except -1:
@@ -1703,7 +1723,7 @@ cdef object _running_loop():
     return loop
 
 
-cdef object _task_info(_Task task):
+cdef object _task_info(_Task task, double now):
     cdef int state = task.state
     chain = list(task.stack or ()) + [task.gen]
     if state == _S_READY:
@@ -1719,7 +1739,7 @@ cdef object _task_info(_Task task):
             "readable" if (<_FdEvent>task.wait)._mask == _READ else "writable"), chain)
     if state == _S_SLEEP:
         return TaskInfo(task.base, "sleeping", "sleeping until %.3f (%.3f s from now)" % (
-            task.wait, task.wait - _monotonic()), chain)
+            task.wait, task.wait - now), chain)
     if state == _S_JOIN:
         return TaskInfo(task.base, "joining", "joining %r" % ((<_Task>task.wait).base,), chain)
     if state == _S_PARK:
@@ -1762,11 +1782,12 @@ def wakeup_fd():
 def _copy_docstrings():
     """Give the public functions and methods the pure twin's docstrings."""
     from . import _loop_py
-    for name in ("null", "sleep", "spawn", "call", "end", "join", "kill", "read",
-                 "write", "wait_readable", "wait_writable", "run", "notify_closing",
+    for name in ("null", "sleep", "spawn", "call", "end", "join", "kill",
+                 "wait_readable", "wait_writable", "run", "notify_closing",
                  "timeout", "current", "tasks", "wakeup_fd"):
         globals()[name].__doc__ = getattr(_loop_py, name).__doc__
     Loop.run.__doc__ = _loop_py.Loop.run.__doc__
+    Loop.interrupt.__doc__ = _loop_py.Loop.interrupt.__doc__
 
 
 _copy_docstrings()

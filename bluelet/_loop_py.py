@@ -59,7 +59,7 @@ __all__ = [
     "JoinEvent", "KillEvent", "DelegationEvent", "ReturnEvent", "SleepEvent",
     "ReadEvent", "WriteEvent", "AcceptEvent", "ReceiveEvent", "SendEvent",
     "Loop", "run", "null", "sleep", "spawn", "call", "end", "join", "kill",
-    "read", "write", "wait_readable", "wait_writable", "notify_closing",
+    "wait_readable", "wait_writable", "notify_closing",
     "timeout", "WaitQueue", "Completion", "current", "tasks", "wakeup_fd",
 ]
 
@@ -550,16 +550,6 @@ def kill(coro):
     return KillEvent(coro)
 
 
-def read(fd, bufsize=None):
-    """Event: read up to ``bufsize`` from a file-like object (None: to EOF)."""
-    return ReadEvent(fd, bufsize)
-
-
-def write(fd, data):
-    """Event: write all of ``data`` to a file-like object."""
-    return WriteEvent(fd, data)
-
-
 def wait_readable(fileobj):
     """Event: resume with None once ``fileobj`` (or an fd) is readable."""
     event = _FdEvent()
@@ -790,6 +780,8 @@ class Loop:
         self._external = 0          # Completions not yet delivered
         self._waker_fd = -1         # read end of the pipe threads write to
         self._waker_write = -1
+        self._waker_lock = threading.RLock()  # no write to the pipe once closed
+        self._interrupts = collections.deque()  # from interrupt(), for the root
 
     # -- entry point --------------------------------------------------------
 
@@ -806,8 +798,12 @@ class Loop:
         try:
             self._main()
         finally:
-            _local.loop = None
-            self._shutdown()
+            # Still the running loop while shutting down: finally blocks of
+            # the coroutines being closed may wake queues or close sockets.
+            try:
+                self._shutdown()
+            finally:
+                _local.loop = None
         if self._failure is not None:
             failure, self._failure = self._failure, None
             raise failure
@@ -815,6 +811,8 @@ class Loop:
 
     def _main(self):
         while self._tasks:
+            while self._interrupts:
+                self._interrupt(self._interrupts.popleft())
             # ---- phase 1: run every task that is ready now, and no more:
             # tasks made ready meanwhile wait for the next pass, after I/O.
             batch = self._ready
@@ -825,6 +823,7 @@ class Loop:
                         self._step(task)
                     else:
                         self._timed_step(task)
+                    self._current = None
                     if self._failure is not None:
                         return
             batch.clear()
@@ -1090,7 +1089,9 @@ class Loop:
         coroutine that carries on after it is closed, and the task fails
         with a RuntimeError saying so.
         """
+        killer = self._current
         self._cancel_wait(task)
+        self._current = task  # its finally blocks see themselves as current()
         gens = [task.gen]
         if task.stack:
             gens.extend(reversed(task.stack))
@@ -1105,6 +1106,7 @@ class Loop:
                 exc = Cancelled()
         if swallowed is None and not isinstance(exc, Cancelled):
             swallowed = exc
+        self._current = killer
         self._finish(task, None, swallowed)
 
     def _cancel_wait(self, task):
@@ -1149,10 +1151,11 @@ class Loop:
         self._timers.clear()
         for state in self._fds.values():
             self._poller.forget(state)
-        if self._waker_fd >= 0:
-            os.close(self._waker_fd)
-            os.close(self._waker_write)
-            self._waker_fd = self._waker_write = -1
+        with self._waker_lock:
+            if self._waker_fd >= 0:
+                os.close(self._waker_fd)
+                os.close(self._waker_write)
+                self._waker_fd = self._waker_write = -1
         self._fds.clear()
         self._poller.close()
 
@@ -1417,15 +1420,34 @@ class Loop:
         return self._waker_write
 
     def _tasks_info(self):
-        return [_task_info(task) for task in self._tasks.values()]
+        now = self._now()
+        return [_task_info(task, now) for task in self._tasks.values()]
+
+    def interrupt(self, exc):
+        """Stop the run the way Ctrl-C does; safe from signal handlers and threads.
+
+        At its next pass the loop closes every coroutine outside the root's
+        call chain and raises ``exc`` in the root's innermost coroutine (if
+        the root has ended, ``run()`` raises ``exc``). Nothing is raised
+        here, so the scheduler's own bookkeeping is never interrupted.
+        """
+        self._interrupts.append(exc)
+        self._wake()
 
     def _post(self, completion):
         """Called from any thread: queue ``completion`` and wake the loop."""
         self._inbox.append(completion)
-        try:
-            os.write(self._waker_write, b"\0")
-        except (BlockingIOError, OSError):
-            pass  # the pipe is full (a wake-up is pending) or being closed
+        self._wake()
+
+    def _wake(self):
+        # Reentrant: a signal handler may call this while the same thread is
+        # inside it.
+        with self._waker_lock:
+            if self._waker_write >= 0:
+                try:
+                    os.write(self._waker_write, b"\0")
+                except BlockingIOError:
+                    pass  # the pipe is full: a wake-up is pending anyway
 
     def _drain_inbox(self):
         try:
@@ -1496,7 +1518,7 @@ def _running_loop():
     return loop
 
 
-def _task_info(task):
+def _task_info(task, now):
     """A TaskInfo for ``task``: its state in words."""
     state = task.state
     chain = list(task.stack or ()) + [task.gen]
@@ -1512,7 +1534,7 @@ def _task_info(task):
             task.wait._fileno, "readable" if task.wait._mask == READ else "writable"), chain)
     if state == _S_SLEEP:
         return TaskInfo(task.base, "sleeping", "sleeping until %.3f (%.3f s from now)" % (
-            task.wait, task.wait - _monotonic()), chain)
+            task.wait, task.wait - now), chain)
     if state == _S_JOIN:
         return TaskInfo(task.base, "joining", "joining %r" % (task.wait.base,), chain)
     if state == _S_PARK:
