@@ -30,6 +30,7 @@ from libc.errno cimport errno, EINTR
 
 import collections
 import errno as errno_module
+import os
 import logging
 import numbers
 import selectors
@@ -170,6 +171,9 @@ cdef object _WOULD_BLOCK = object()
 # Errors that end only the coroutine they escape from, as in 0.2.0.
 cdef tuple _QUIET = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 
+# The largest value a descriptor can have (a C int).
+cdef long long _MAX_FD = 0x7fffffff
+
 # Heap entries of cancelled sleepers are left in place; rebuild when they are
 # the majority, so a program that keeps cancelling timers stays bounded.
 cdef Py_ssize_t _STALE_TIMER_FLOOR = 64
@@ -200,6 +204,10 @@ cdef class Event:
     def __cinit__(self):
         self._kind = _K_NONE
 
+    def __init__(self):
+        # Like the pure twin's object.__init__: arguments are an error.
+        pass
+
 
 cdef class WaitableEvent(Event):
     """Twin of ``bluelet._loop_py.WaitableEvent``."""
@@ -214,7 +222,6 @@ cdef class WaitableEvent(Event):
         return None
 
 
-@cython.final
 cdef class ValueEvent(Event):
     """Twin of ``bluelet._loop_py.ValueEvent``."""
 
@@ -228,6 +235,7 @@ cdef class ValueEvent(Event):
 
     @property
     def value(self):
+        """The value the ``yield`` evaluates to (read-only: null() is shared)."""
         return self._value
 
 
@@ -547,8 +555,11 @@ cdef double _seconds(duration) except? -1.0:
     return max(seconds, 0.0)
 
 
-cdef inline int _fileno(fileobj) except? -1:
-    return fileobj if isinstance(fileobj, int) else fileobj.fileno()
+cdef int _fileno(fileobj) except -1:
+    fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+    if not 0 <= fd <= _MAX_FD:
+        raise ValueError("%r is not an open file descriptor (fileno %r)" % (fileobj, fd))
+    return fd
 
 
 cdef object _byte_view(data):
@@ -691,6 +702,7 @@ cdef class _FdState:
     cdef int fd
     cdef object fileobj
     cdef int interest
+    cdef int ready           # reported ready, no waiter has claimed it yet
     cdef object readers
     cdef object writers
 
@@ -698,6 +710,7 @@ cdef class _FdState:
         self.fd = fd
         self.fileobj = fileobj
         self.interest = 0
+        self.ready = 0
         self.readers = collections.deque()
         self.writers = collections.deque()
 
@@ -710,6 +723,11 @@ cdef enum:
     _MAX_EVENTS = 1024
 
 
+cdef object _os_error():
+    # The same exception Python's own calls raise: subclass and message by errno.
+    return OSError(errno, os.strerror(errno))
+
+
 @cython.final
 cdef class _EpollPoller:
     """Twin of ``bluelet._loop_py._EpollPoller``, calling epoll from C."""
@@ -720,7 +738,7 @@ cdef class _EpollPoller:
     def __cinit__(self):
         self._epfd = epoll_create1(EPOLL_CLOEXEC)
         if self._epfd < 0:
-            raise OSError(errno, "epoll_create1 failed")
+            raise _os_error()
 
     def __dealloc__(self):
         if self._epfd >= 0:
@@ -731,7 +749,7 @@ cdef class _EpollPoller:
         event.events = mask
         event.data.fd = fd
         if epoll_ctl(self._epfd, op, fd, &event) < 0:
-            raise OSError(errno, "epoll_ctl(fd %d)" % fd)
+            raise _os_error()
         return 0
 
     cpdef int set_interest(self, _FdState state, int mask) except -1:
@@ -768,7 +786,7 @@ cdef class _EpollPoller:
             n = epoll_wait(self._epfd, self._events, _MAX_EVENTS, ms)
         if n < 0:
             if errno != EINTR:
-                raise OSError(errno, "epoll_wait failed")
+                raise _os_error()
             # A signal: run its Python handler (KeyboardInterrupt comes out
             # here); the loop recomputes its timeout and polls again.
             PyErr_CheckSignals()
@@ -878,7 +896,7 @@ cdef class Loop:
     def __cinit__(self, virtual_time=False, slow_step=None):
         self._virtual_time = virtual_time
         self._slow_step = slow_step
-        self._clock = _monotonic()
+        self._clock = 0.0
         self._ready = []
         self._batch = []
         self._tasks = {}
@@ -1043,7 +1061,7 @@ cdef class Loop:
                 self._schedule(task, (<ValueEvent>event)._value, None)
                 return 0
             elif kind == _K_IO:
-                if (<_FdEvent>event)._try_first:
+                if (<_FdEvent>event)._try_first or self._claim_ready(<_FdEvent>event):
                     try:
                         result = (<_FdEvent>event)._attempt()
                     except (BlockingIOError, InterruptedError):
@@ -1091,7 +1109,7 @@ cdef class Loop:
                 if exc is None:
                     self._add_task((<SpawnEvent>event).spawned)
             elif kind == _K_JOIN:
-                target = self._tasks.get((<JoinEvent>event).child)
+                target = self._task_of((<JoinEvent>event).child)
                 if target is None:
                     exc = _check_finished((<JoinEvent>event).child, "join")
                     if exc is None:
@@ -1106,7 +1124,7 @@ cdef class Loop:
                     task.state = _S_JOIN
                     return 0
             elif kind == _K_KILL:
-                target = self._tasks.get((<KillEvent>event).child)
+                target = self._task_of((<KillEvent>event).child)
                 if target is None:
                     exc = _check_finished((<KillEvent>event).child, "kill")
                 else:
@@ -1176,6 +1194,9 @@ cdef class Loop:
         self._tasks[gen] = task
         self._ready.append(task)
         return task
+
+    cdef _Task _task_of(self, gen):
+        return self._tasks.get(gen) if PyGen_CheckExact(gen) else None
 
     cdef object _check_new(self, gen, verb):
         if not PyGen_CheckExact(gen):
@@ -1292,6 +1313,13 @@ cdef class Loop:
 
     # -- descriptors --------------------------------------------------------
 
+    cdef bint _claim_ready(self, _FdEvent event) except -1:
+        cdef _FdState state = self._fds.get(event._fileno)
+        if state is None or state.fileobj is not event._fileobj or not state.ready & event._mask:
+            return False
+        state.ready &= ~event._mask
+        return True
+
     cdef _FdState _fd_state(self, fileobj, int fd):
         cdef _FdState state = self._fds.get(fd)
         if state is None:
@@ -1304,6 +1332,7 @@ cdef class Loop:
             # cannot tell us it was recycled, so it is registered afresh.
             self._poller.forget(state)
             state.fileobj = fileobj
+            state.ready = 0
         return state
 
     cdef int _enqueue(self, _Task task, _FdState state, int mask) except -1:
@@ -1336,6 +1365,8 @@ cdef class Loop:
     cdef object _attempt_now(self, _Task task, _FdEvent event):
         try:
             value = event._attempt()
+            while value is _WOULD_BLOCK:
+                value = event._attempt()
         except Exception as error:
             return error
         self._schedule(task, value, None)
@@ -1361,7 +1392,7 @@ cdef class Loop:
                 state = self._fd_state(obj, _fileno(obj))
                 task.wait_fds.append((state, mask))
                 self._enqueue(task, state, mask)
-        except OSError as error:
+        except Exception as error:  # a bad or closed fd: raised at the yield
             self._cancel_wait(task)
             return error
         return None
@@ -1409,16 +1440,10 @@ cdef class Loop:
             return 0
         wanted = state.interest
         if mask & (_READ | _ERRORS):
-            if state.readers:
-                self._io_ready(state.readers.popleft(), state.readers)
-            else:
-                wanted &= ~_READ
+            wanted = self._report(state, _READ, state.readers, wanted)
         if mask & (_WRITE | _ERRORS):
-            if state.writers:
-                self._io_ready(state.writers.popleft(), state.writers)
-            else:
-                wanted &= ~_WRITE
-        # Interest is dropped only now, when nobody waited for the report:
+            wanted = self._report(state, _WRITE, state.writers, wanted)
+        # Interest is dropped only now, after two reports nobody waited for:
         # a task that waits again soon finds its fd still registered.
         if wanted != state.interest and state is self._fds.get(fd):
             if self._epoll is not None:
@@ -1426,6 +1451,18 @@ cdef class Loop:
             else:
                 self._poller.set_interest(state, wanted)
         return 0
+
+    cdef int _report(self, _FdState state, int bit, queue, int wanted) except -1:
+        if queue:
+            state.ready &= ~bit
+            self._io_ready(queue.popleft(), queue)
+        elif state.ready & bit:
+            wanted &= ~bit
+        else:
+            # Remembered: the next waiter tries its operation at once, which
+            # in request/response is the common case (the reply raced ahead).
+            state.ready |= bit
+        return wanted
 
     cdef int _io_ready(self, _Task task, queue) except -1:
         event = task.wait
@@ -1748,6 +1785,8 @@ cdef object _task_info(_Task task, double now):
 
 
 cdef object _check_finished(gen, verb):
+    if not PyGen_CheckExact(gen):
+        return ValueError("%s() needs a generator (a coroutine), not %r" % (verb, gen))
     if gen.gi_frame is None:
         return None
     return ValueError("%s(): %r was never spawned" % (verb, gen))
@@ -1786,8 +1825,11 @@ def _copy_docstrings():
                  "wait_readable", "wait_writable", "run", "notify_closing",
                  "timeout", "current", "tasks", "wakeup_fd"):
         globals()[name].__doc__ = getattr(_loop_py, name).__doc__
-    Loop.run.__doc__ = _loop_py.Loop.run.__doc__
-    Loop.interrupt.__doc__ = _loop_py.Loop.interrupt.__doc__
+    for cls, method in ((Loop, "run"), (Loop, "interrupt"), (WaitableEvent, "waitables"),
+                        (WaitableEvent, "fire"), (SleepEvent, "time_left"),
+                        (WaitQueue, "wait"), (WaitQueue, "wake"), (WaitQueue, "wake_all"),
+                        (Completion, "set_result"), (Completion, "set_exception")):
+        getattr(cls, method).__doc__ = getattr(getattr(_loop_py, cls.__name__), method).__doc__
 
 
 _copy_docstrings()

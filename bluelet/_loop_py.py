@@ -110,6 +110,9 @@ _WOULD_BLOCK = object()
 # Errors that end only the coroutine they escape from, as in 0.2.0.
 _QUIET = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 
+# The largest value a descriptor can have (a C int).
+_MAX_FD = 0x7fffffff
+
 # Heap entries of cancelled sleepers are left in place; rebuild when they are
 # the majority, so a program that keeps cancelling timers stays bounded.
 _STALE_TIMER_FLOOR = 64
@@ -460,7 +463,7 @@ class SendEvent(_FdEvent):
     def __init__(self, conn, data, sendall=False):
         self.conn = conn
         self.data = data
-        self.sendall = sendall
+        self.sendall = bool(sendall)
         self._view = _byte_view(data)
         self._sent = 0
         self._watch(conn.sock, WRITE)
@@ -486,7 +489,11 @@ def _seconds(duration):
 
 
 def _fileno(fileobj):
-    return fileobj if isinstance(fileobj, int) else fileobj.fileno()
+    """The descriptor of ``fileobj`` (or ``fileobj`` itself), checked at the call."""
+    fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+    if not 0 <= fd <= _MAX_FD:
+        raise ValueError("%r is not an open file descriptor (fileno %r)" % (fileobj, fd))
+    return fd
 
 
 def _byte_view(data):
@@ -645,12 +652,13 @@ class _Scope(_Timed):
 class _FdState:
     """What the loop knows of one descriptor: its waiters and poller interest."""
 
-    __slots__ = ("fd", "fileobj", "interest", "readers", "writers")
+    __slots__ = ("fd", "fileobj", "interest", "ready", "readers", "writers")
 
     def __init__(self, fd, fileobj):
         self.fd = fd
         self.fileobj = fileobj
         self.interest = 0
+        self.ready = 0           # reported ready, no waiter has claimed it yet
         self.readers = collections.deque()
         self.writers = collections.deque()
 
@@ -658,6 +666,10 @@ class _FdState:
 # ---------------------------------------------------------------------------
 # Pollers: set_interest(state, mask), forget(state), poll(timeout), close()
 # ---------------------------------------------------------------------------
+
+# Ready descriptors served per poll; the rest are reported by the next one.
+_MAX_EVENTS = 1024
+
 
 class _EpollPoller:
     """Level-triggered epoll, used directly on Linux."""
@@ -693,7 +705,7 @@ class _EpollPoller:
                 pass
 
     def poll(self, timeout):
-        return self._epoll.poll(timeout)
+        return self._epoll.poll(timeout, _MAX_EVENTS)
 
     def close(self):
         self._epoll.close()
@@ -759,10 +771,19 @@ class Loop:
     between two ``yield``s is logged as a warning on the ``bluelet`` logger.
     """
 
+    __slots__ = ("_virtual_time", "_slow_step", "_clock", "_ready", "_batch", "_tasks",
+                 "_timers", "_timer_seq", "_stale_timers", "_fds", "_fd_waiters",
+                 "_poller", "_root", "_current", "_failure", "_results", "_inbox",
+                 "_external", "_waker_fd", "_waker_write", "_waker_lock", "_interrupts")
+
+    def __init_subclass__(cls, **kwargs):
+        # The compiled Loop is final; the pure one must not allow more.
+        raise TypeError("bluelet.Loop cannot be subclassed")
+
     def __init__(self, virtual_time=False, slow_step=None):
         self._virtual_time = virtual_time
         self._slow_step = slow_step  # seconds; a longer step is logged
-        self._clock = _monotonic()  # the time under virtual_time
+        self._clock = 0.0           # the time under virtual_time
         self._ready = []            # tasks to resume on the next pass, FIFO
         self._batch = []            # the pass being run (kept to reuse it)
         self._tasks = {}            # base generator -> live _Task
@@ -907,7 +928,7 @@ class Loop:
                 self._schedule(task, event._value, None)
                 return
             elif kind == _K_IO:
-                if event._try_first:
+                if event._try_first or self._claim_ready(event):
                     try:
                         result = event._attempt()
                     except (BlockingIOError, InterruptedError):
@@ -955,7 +976,7 @@ class Loop:
                 if exc is None:
                     self._add_task(event.spawned)
             elif kind == _K_JOIN:
-                target = self._tasks.get(event.child)
+                target = self._task_of(event.child)
                 if target is None:
                     exc = _check_finished(event.child, "join")
                     if exc is None:
@@ -970,7 +991,7 @@ class Loop:
                     task.state = _S_JOIN
                     return
             elif kind == _K_KILL:
-                target = self._tasks.get(event.child)
+                target = self._task_of(event.child)
                 if target is None:
                     exc = _check_finished(event.child, "kill")
                 else:
@@ -1039,6 +1060,10 @@ class Loop:
         self._tasks[gen] = task
         self._ready.append(task)
         return task
+
+    def _task_of(self, gen):
+        """The live task of spawned generator ``gen``, if any."""
+        return self._tasks.get(gen) if type(gen) is _GeneratorType else None
 
     def _check_new(self, gen, verb):
         """The error to raise when ``gen`` cannot start as a new coroutine."""
@@ -1161,6 +1186,15 @@ class Loop:
 
     # -- descriptors --------------------------------------------------------
 
+    def _claim_ready(self, event):
+        """Whether ``event``'s fd was reported ready with nobody waiting: its
+        operation will likely succeed at once. The report is used up."""
+        state = self._fds.get(event._fileno)
+        if state is None or state.fileobj is not event._fileobj or not state.ready & event._mask:
+            return False
+        state.ready &= ~event._mask
+        return True
+
     def _fd_state(self, fileobj, fd):
         state = self._fds.get(fd)
         if state is None:
@@ -1172,6 +1206,7 @@ class Loop:
             # cannot tell us it was recycled, so it is registered afresh.
             self._poller.forget(state)
             state.fileobj = fileobj
+            state.ready = 0
         return state
 
     def _enqueue(self, task, state, mask):
@@ -1197,8 +1232,11 @@ class Loop:
         return None
 
     def _attempt_now(self, task, event):
+        """Run an always-ready event's operation to its end, here and now."""
         try:
             value = event._attempt()
+            while value is _WOULD_BLOCK:
+                value = event._attempt()
         except Exception as error:
             return error
         self._schedule(task, value, None)
@@ -1224,7 +1262,7 @@ class Loop:
                 state = self._fd_state(obj, _fileno(obj))
                 task.wait_fds.append((state, mask))
                 self._enqueue(task, state, mask)
-        except OSError as error:
+        except Exception as error:  # a bad or closed fd: raised at the yield
             self._cancel_wait(task)
             return error
         return None
@@ -1262,19 +1300,27 @@ class Loop:
             return
         wanted = state.interest
         if mask & (READ | _ERRORS):
-            if state.readers:
-                self._io_ready(state.readers.popleft(), state.readers)
-            else:
-                wanted &= ~READ
+            wanted = self._report(state, READ, state.readers, wanted)
         if mask & (WRITE | _ERRORS):
-            if state.writers:
-                self._io_ready(state.writers.popleft(), state.writers)
-            else:
-                wanted &= ~WRITE
-        # Interest is dropped only now, when nobody waited for the report:
+            wanted = self._report(state, WRITE, state.writers, wanted)
+        # Interest is dropped only now, after two reports nobody waited for:
         # a task that waits again soon finds its fd still registered.
         if wanted != state.interest and state is self._fds.get(fd):
             self._poller.set_interest(state, wanted)
+
+    def _report(self, state, bit, queue, wanted):
+        """One direction of a readiness report: serve the first waiter, or
+        remember it; return the interest to keep."""
+        if queue:
+            state.ready &= ~bit
+            self._io_ready(queue.popleft(), queue)
+        elif state.ready & bit:
+            wanted &= ~bit
+        else:
+            # Remembered: the next waiter tries its operation at once, which
+            # in request/response is the common case (the reply raced ahead).
+            state.ready |= bit
+        return wanted
 
     def _io_ready(self, task, queue):
         """Complete ``task``'s wait now that one of its fds is ready."""
@@ -1544,6 +1590,8 @@ def _task_info(task, now):
 
 def _check_finished(gen, verb):
     """The error for join/kill of a generator the loop does not run, if any."""
+    if type(gen) is not _GeneratorType:
+        return ValueError("%s() needs a generator (a coroutine), not %r" % (verb, gen))
     if gen.gi_frame is None:
         return None
     return ValueError("%s(): %r was never spawned" % (verb, gen))

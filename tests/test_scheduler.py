@@ -5,7 +5,9 @@ Every test takes the ``core`` fixture, so it runs once per scheduler core, and
 uses the public API (``bluelet.run``, ``bluelet.null``, ...) as programs do.
 Names are looked up on the ``bluelet`` module at call time, never imported
 with ``from``, because the fixture swaps them. ``WaitableEvent`` subclasses are
-defined inside the tests, after the swap.
+defined inside the tests, after the swap (``_fd_readable_event`` builds one
+when a test calls it). Scaffolding shared with test_sockets.py is in
+``_helpers``.
 
 No timing assertions beyond generous lower bounds: ordering is observed with
 event lists, and every test is bounded (a module-wide timeout guards against a
@@ -14,14 +16,13 @@ core that hangs).
 
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 
 import pytest
 
 import bluelet
+from _helpers import fail_after, pipe_files, raw_pipes, sigint_soon, sleeper
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -30,10 +31,60 @@ class Boom(Exception):
     """An exception no library code raises by itself."""
 
 
-def _pipe_files():
-    """An os.pipe() as unbuffered binary file objects (reader, writer)."""
-    r, w = os.pipe()
-    return os.fdopen(r, "rb", buffering=0), os.fdopen(w, "wb", buffering=0)
+def _raised(exc):
+    """The ``sys.exc_info()`` of ``exc`` raised and caught here."""
+    try:
+        raise exc
+    except type(exc):
+        return sys.exc_info()
+
+
+def _fd_readable_event(fire):
+    """A WaitableEvent subclass, built now from the active core's class: an
+    instance made with an int descriptor waits until it is readable, then its
+    ``fire()`` returns ``fire(fd)``."""
+
+    class FdReadable(bluelet.WaitableEvent):
+        def __init__(self, fd):
+            self.fd = fd
+
+        def waitables(self):
+            return (self.fd,), (), ()
+
+        def fire(self):
+            return fire(self.fd)
+
+    return FdReadable
+
+
+def _read_100(fd):
+    return os.read(fd, 100)
+
+
+def _step_noting(log, note):
+    """Coroutine: note ``note`` in ``log`` at its first step, then null() once."""
+    log.append(note)
+    yield bluelet.null()
+
+
+def _then_noting(log, note, sleep=None):
+    """Coroutine: yield null(), or sleep(``sleep``) if given, then note
+    ``note`` in ``log`` (so only if it got that far)."""
+    if sleep is None:
+        yield bluelet.null()
+    else:
+        yield bluelet.sleep(sleep)
+    log.append(note)
+
+
+def _noting(log, name, event):
+    """Coroutine: yield ``event``; note "<name> resumed" in ``log`` if the
+    yield returns, and "<name> finally" however the coroutine ends."""
+    try:
+        yield event
+        log.append(name + " resumed")
+    finally:
+        log.append(name + " finally")
 
 
 # ---------------------------------------------------------------------------
@@ -81,12 +132,8 @@ def test_run_returns_none_without_return(core):
 def test_run_waits_for_spawned_coroutines(core):
     events = []
 
-    def child():
-        yield bluelet.sleep(0.02)
-        events.append("child done")
-
     def root():
-        yield bluelet.spawn(child())
+        yield bluelet.spawn(_then_noting(events, "child done", sleep=0.02))
         events.append("root done")
         return "r"
 
@@ -253,17 +300,9 @@ def test_end_closes_the_generator_before_parent_resumes(core):
 def test_call_child_starts_at_once(core):
     trace = []
 
-    def other():
-        trace.append("other")
-        yield bluelet.null()
-
-    def child():
-        trace.append("child")
-        yield bluelet.null()
-
     def root():
-        yield bluelet.spawn(other())
-        yield bluelet.call(child())
+        yield bluelet.spawn(_step_noting(trace, "other"))
+        yield bluelet.call(_step_noting(trace, "child"))
         trace.append("root")
 
     bluelet.run(root())
@@ -321,18 +360,20 @@ def test_parent_can_handle_child_exception_and_call_again(core):
 # ---------------------------------------------------------------------------
 
 
+def _taking_turns(trace, name, rounds):
+    """Coroutine: ``rounds`` times, note name and round in ``trace``, then null()."""
+    for i in range(rounds):
+        trace.append("%s%d" % (name, i))
+        yield bluelet.null()
+
+
 def test_null_round_robin_is_strict(core):
     trace = []
 
-    def worker(name):
-        for i in range(4):
-            trace.append("%s%d" % (name, i))
-            yield bluelet.null()
-
     def root():
-        yield bluelet.spawn(worker("a"))
-        yield bluelet.spawn(worker("b"))
-        yield bluelet.spawn(worker("c"))
+        yield bluelet.spawn(_taking_turns(trace, "a", 4))
+        yield bluelet.spawn(_taking_turns(trace, "b", 4))
+        yield bluelet.spawn(_taking_turns(trace, "c", 4))
 
     bluelet.run(root())
     assert trace == ["%s%d" % (n, i) for i in range(4) for n in "abc"]
@@ -341,14 +382,9 @@ def test_null_round_robin_is_strict(core):
 def test_root_takes_part_in_round_robin(core):
     trace = []
 
-    def worker(name):
-        for i in range(3):
-            trace.append("%s%d" % (name, i))
-            yield bluelet.null()
-
     def root():
         for n in "abc":
-            yield bluelet.spawn(worker(n))
+            yield bluelet.spawn(_taking_turns(trace, n, 3))
         for i in range(3):
             trace.append("r%d" % i)
             yield bluelet.null()
@@ -380,13 +416,9 @@ def test_null_goes_behind_all_ready_coroutines(core):
 def test_spawned_children_run_in_spawn_order(core):
     trace = []
 
-    def child(i):
-        trace.append(i)
-        yield bluelet.null()
-
     def root():
         for i in range(20):
-            yield bluelet.spawn(child(i))
+            yield bluelet.spawn(_step_noting(trace, i))
 
     bluelet.run(root())
     assert trace == list(range(20))
@@ -400,14 +432,10 @@ def test_spawned_children_run_in_spawn_order(core):
 def test_spawn_parent_continues_before_child_runs(core):
     trace = []
 
-    def child():
-        trace.append("child")
-        yield bluelet.null()
-
     def root():
-        yield bluelet.spawn(child())
+        yield bluelet.spawn(_step_noting(trace, "child"))
         trace.append("parent after spawn")
-        yield bluelet.spawn(child())
+        yield bluelet.spawn(_step_noting(trace, "child"))
         trace.append("parent after second spawn")
 
     bluelet.run(root())
@@ -457,14 +485,8 @@ def test_spawn_non_generator_inside_coroutine_raises_at_call(core):
 def test_spawn_already_running_coroutine_raises_at_yield(core):
     events = []
 
-    def child():
-        try:
-            yield bluelet.sleep(0.05)
-        finally:
-            events.append("child finally")
-
     def root():
-        c = child()
+        c = sleeper(0.05, events, "child finally")
         yield bluelet.spawn(c)
         yield bluelet.null()  # child now blocked in its sleep
         ev = bluelet.spawn(c)  # no error at the call
@@ -532,18 +554,6 @@ def test_unhandled_exception_in_spawned_ends_run_after_cleanup(core):
     events = []
     err = Boom("spawned failed")
 
-    def sleeper():
-        try:
-            yield bluelet.sleep(10)
-        finally:
-            events.append("sleeper finally")
-
-    def inner():
-        try:
-            yield bluelet.sleep(10)
-        finally:
-            events.append("inner finally")
-
     def reader(rf):
         try:
             yield bluelet.read(rf, 10)
@@ -563,24 +573,19 @@ def test_unhandled_exception_in_spawned_ends_run_after_cleanup(core):
 
     def root(rf):
         try:
-            s = sleeper()
+            s = sleeper(10, events)
             yield bluelet.spawn(s)
             yield bluelet.spawn(joiner(s))
             yield bluelet.spawn(reader(rf))
             yield bluelet.spawn(failing())
-            yield bluelet.call(inner())
+            yield bluelet.call(sleeper(10, events, "inner finally"))
             events.append("root continued")
         finally:
             events.append("root finally")
 
-    rf, wf = _pipe_files()
     t0 = time.monotonic()
-    try:
-        with pytest.raises(Boom) as ei:
-            bluelet.run(root(rf))
-    finally:
-        rf.close()
-        wf.close()
+    with pipe_files() as (rf, wf), pytest.raises(Boom) as ei:
+        bluelet.run(root(rf))
     assert ei.value is err
     assert events[0] == "raising"
     assert sorted(events[1:]) == [
@@ -593,14 +598,8 @@ def test_unhandled_exception_in_root_ends_run_after_cleanup(core):
     events = []
     err = Boom("root failed")
 
-    def sleeper():
-        try:
-            yield bluelet.sleep(10)
-        finally:
-            events.append("sleeper finally")
-
     def root():
-        yield bluelet.spawn(sleeper())
+        yield bluelet.spawn(sleeper(10, events))
         yield bluelet.null()
         raise err
 
@@ -646,20 +645,38 @@ def test_connection_errors_end_only_that_coroutine(core, exc_type, caplog):
             events.append("victim finally")
 
     def root():
-        v = victim()
-        yield bluelet.spawn(v)
-        yield bluelet.join(v)
-        events.append("joined")
+        yield bluelet.spawn(victim())
         yield bluelet.sleep(0.01)
+        events.append("root goes on")
         return "root ok"
 
     assert bluelet.run(root()) == "root ok"
-    assert events == ["victim finally", "joined"]
+    assert events == ["victim finally", "root goes on"]
     assert any(
         (r.name == "bluelet" or r.name.startswith("bluelet."))
         and r.levelno == logging.DEBUG
         for r in caplog.records
     ), "expected a DEBUG record on logger 'bluelet'"
+
+
+@pytest.mark.parametrize(
+    "exc_type", [ConnectionResetError, BrokenPipeError, ConnectionAbortedError]
+)
+def test_connection_error_is_raised_in_a_joiner(core, exc_type):
+    def victim():
+        yield bluelet.null()
+        raise exc_type("peer went away")
+
+    def root():
+        v = victim()
+        yield bluelet.spawn(v)
+        try:
+            yield bluelet.join(v)
+        except exc_type as exc:
+            return "join raised %s" % exc
+        return "join returned"
+
+    assert bluelet.run(root()) == "join raised peer went away"
 
 
 def test_connection_error_in_delegate_is_raised_in_caller(core):
@@ -733,14 +750,8 @@ def test_yielding_non_event_uncaught_ends_run_with_typeerror(core):
         yield bluelet.null()
         yield 12345
 
-    def sleeper():
-        try:
-            yield bluelet.sleep(10)
-        finally:
-            events.append("sleeper finally")
-
     def root():
-        yield bluelet.spawn(sleeper())
+        yield bluelet.spawn(sleeper(10, events))
         yield bluelet.spawn(bad())
 
     with pytest.raises(TypeError, match="12345"):
@@ -769,12 +780,8 @@ def test_yielding_non_event_in_delegate_reaches_caller(core):
 def test_join_waits_for_child(core):
     events = []
 
-    def child():
-        yield bluelet.sleep(0.02)
-        events.append("child done")
-
     def root():
-        c = child()
+        c = _then_noting(events, "child done", sleep=0.02)
         yield bluelet.spawn(c)
         v = yield bluelet.join(c)
         events.append(("joined", v))
@@ -786,17 +793,9 @@ def test_join_waits_for_child(core):
 def test_join_of_finished_coroutine_returns_at_once(core):
     events = []
 
-    def quick():
-        yield bluelet.null()
-        events.append("quick done")
-
-    def slow():
-        yield bluelet.sleep(0.3)
-        events.append("slow done")
-
     def root():
-        q = quick()
-        yield bluelet.spawn(slow())
+        q = _then_noting(events, "quick done")
+        yield bluelet.spawn(_then_noting(events, "slow done", sleep=0.3))
         yield bluelet.spawn(q)
         yield bluelet.sleep(0.02)
         assert "quick done" in events
@@ -850,14 +849,15 @@ def test_many_joiners_all_woken(core):
     assert sorted(woken, key=str) == sorted([0, 1, 2, 3, 4, "root"], key=str)
 
 
-def test_join_of_never_spawned_raises_at_yield(core):
+@pytest.mark.parametrize("verb", ["join", "kill"])
+def test_join_or_kill_of_never_spawned_raises_at_yield(core, verb):
     def never():
         yield bluelet.null()
 
     g = never()
 
     def root():
-        ev = bluelet.join(g)  # no error at the call
+        ev = getattr(bluelet, verb)(g)  # no error at the call
         try:
             yield ev
         except ValueError:
@@ -878,33 +878,14 @@ def test_join_of_never_spawned_raises_at_yield(core):
 def test_kill_closes_call_chain_innermost_first_and_wakes_joiners(core):
     events = []
 
-    def b():
-        try:
-            yield bluelet.sleep(10)
-            events.append("b woke")
-        finally:
-            events.append("b finally")
-
-    def a():
-        try:
-            yield bluelet.call(b())
-            events.append("a continued")
-        finally:
-            events.append("a finally")
-
-    def outer():
-        try:
-            yield bluelet.call(a())
-            events.append("outer continued")
-        finally:
-            events.append("outer finally")
-
     def joiner(v):
         v_ = yield bluelet.join(v)
         events.append(("joiner woke", v_))
 
     def root():
-        v = outer()
+        b = _noting(events, "b", bluelet.sleep(10))
+        a = _noting(events, "a", bluelet.call(b))
+        v = _noting(events, "outer", bluelet.call(a))
         yield bluelet.spawn(v)
         yield bluelet.spawn(joiner(v))
         yield bluelet.sleep(0.02)  # victim is now blocked in b's sleep
@@ -925,12 +906,8 @@ def test_kill_closes_call_chain_innermost_first_and_wakes_joiners(core):
 def test_kill_of_ready_not_started_coroutine(core):
     events = []
 
-    def victim():
-        events.append("victim ran")
-        yield bluelet.null()
-
     def root():
-        v = victim()
+        v = _step_noting(events, "victim ran")
         yield bluelet.spawn(v)
         yield bluelet.kill(v)
         yield bluelet.sleep(0.01)
@@ -944,12 +921,8 @@ def test_kill_of_ready_not_started_coroutine(core):
 def test_kill_of_finished_coroutine_is_noop(core):
     events = []
 
-    def child():
-        yield bluelet.null()
-        events.append("child done")
-
     def root():
-        c = child()
+        c = _then_noting(events, "child done")
         yield bluelet.spawn(c)
         yield bluelet.join(c)
         r = yield bluelet.kill(c)
@@ -962,51 +935,9 @@ def test_kill_of_finished_coroutine_is_noop(core):
     assert events == ["child done", ("killed", None), "killed again"]
 
 
-def test_kill_of_never_spawned_raises_at_yield(core):
-    def never():
-        yield bluelet.null()
-
-    g = never()
-
-    def root():
-        ev = bluelet.kill(g)
-        try:
-            yield ev
-        except ValueError:
-            return "ValueError"
-        return "no error"
-
-    try:
-        assert bluelet.run(root()) == "ValueError"
-    finally:
-        g.close()
-
-
-def test_coroutine_killing_itself_ends_with_finally(core):
-    events = []
-    me = []
-
-    def victim():
-        try:
-            events.append("start")
-            yield bluelet.kill(me[0])
-            events.append("after self-kill")
-        finally:
-            events.append("finally")
-
-    def root():
-        v = victim()
-        me.append(v)
-        yield bluelet.spawn(v)
-        yield bluelet.join(v)
-        events.append("joined")
-        return "root ok"
-
-    assert bluelet.run(root()) == "root ok"
-    assert events == ["start", "finally", "joined"]
-
-
-def test_kill_own_task_from_inside_a_delegate(core):
+@pytest.mark.parametrize("where", ["own-body", "delegate"])
+def test_coroutine_killing_its_own_task_ends_with_finally(core, where):
+    """The kill comes from the task's own body, or from a delegate it calls."""
     events = []
     me = []
 
@@ -1019,7 +950,11 @@ def test_kill_own_task_from_inside_a_delegate(core):
 
     def victim():
         try:
-            yield bluelet.call(inner())
+            events.append("start")
+            if where == "own-body":
+                yield bluelet.kill(me[0])
+            else:
+                yield bluelet.call(inner())
             events.append("victim continued")
         finally:
             events.append("victim finally")
@@ -1030,30 +965,21 @@ def test_kill_own_task_from_inside_a_delegate(core):
         yield bluelet.spawn(v)
         yield bluelet.join(v)
         events.append("joined")
+        return "root ok"
 
-    bluelet.run(root())
-    assert events == ["inner finally", "victim finally", "joined"]
+    assert bluelet.run(root()) == "root ok"
+    if where == "own-body":
+        assert events == ["start", "victim finally", "joined"]
+    else:
+        assert events == ["start", "inner finally", "victim finally", "joined"]
 
 
 def test_kill_sibling_blocked_in_join(core):
     events = []
 
-    def forever():
-        try:
-            yield bluelet.sleep(10)
-        finally:
-            events.append("forever finally")
-
-    def waiter(f):
-        try:
-            yield bluelet.join(f)
-            events.append("waiter woke")
-        finally:
-            events.append("waiter finally")
-
     def root():
-        f = forever()
-        w = waiter(f)
+        f = sleeper(10, events, "forever finally")
+        w = _noting(events, "waiter", bluelet.join(f))
         yield bluelet.spawn(f)
         yield bluelet.spawn(w)
         yield bluelet.null()
@@ -1072,88 +998,66 @@ def test_kill_sibling_blocked_in_join(core):
 # ---------------------------------------------------------------------------
 
 
-def test_deadlock_two_coroutines_joining_each_other(core):
-    events = []
+def _spawn_two_joining_each_other(events):
+    """Coroutine: spawn ``a`` and ``b``, each joining the other, so neither can
+    ever wake; each notes "<name> finally" in ``events`` when it is closed.
+    Returns ``(a, b)``."""
     h = {}
 
-    def a():
+    def joining(name, other):
         try:
-            yield bluelet.join(h["b"])
+            yield bluelet.join(h[other])
         finally:
-            events.append("a finally")
+            events.append(name + " finally")
 
-    def b():
-        try:
-            yield bluelet.join(h["a"])
-        finally:
-            events.append("b finally")
+    h["a"], h["b"] = joining("a", "b"), joining("b", "a")
+    yield bluelet.spawn(h["a"])
+    yield bluelet.spawn(h["b"])
+    return h["a"], h["b"]
+
+
+def test_deadlock_two_coroutines_joining_each_other(core):
+    events = []
 
     def root():
-        h["a"], h["b"] = a(), b()
-        yield bluelet.spawn(h["a"])
-        yield bluelet.spawn(h["b"])
+        a, _ = yield _spawn_two_joining_each_other(events)
         try:
-            yield bluelet.join(h["a"])
+            yield bluelet.join(a)
         finally:
             events.append("root finally")
 
-    with pytest.raises(RuntimeError, match="(?i)deadlock"):
+    with pytest.raises(RuntimeError, match=r"^deadlock: "):
         bluelet.run(root())
     assert sorted(events) == ["a finally", "b finally", "root finally"]
 
 
 def test_deadlock_detected_after_root_finished(core):
     events = []
-    h = {}
-
-    def a():
-        try:
-            yield bluelet.join(h["b"])
-        finally:
-            events.append("a finally")
-
-    def b():
-        try:
-            yield bluelet.join(h["a"])
-        finally:
-            events.append("b finally")
 
     def root():
-        h["a"], h["b"] = a(), b()
-        yield bluelet.spawn(h["a"])
-        yield bluelet.spawn(h["b"])
+        yield _spawn_two_joining_each_other(events)
         return "root returned"
 
-    with pytest.raises(RuntimeError, match="(?i)deadlock"):
+    with pytest.raises(RuntimeError, match=r"^deadlock: "):
         bluelet.run(root())
     assert sorted(events) == ["a finally", "b finally"]
 
 
 def test_deadlock_detected_promptly_after_a_sleeper_was_killed(core):
-    h = {}
-
-    def sleeper():
-        yield bluelet.sleep(10)
-
-    def a():
-        yield bluelet.join(h["b"])
-
-    def b():
-        yield bluelet.join(h["a"])
+    events = []
 
     def root():
-        s = sleeper()
+        s = sleeper(10, events)
         yield bluelet.spawn(s)
         yield bluelet.null()
         yield bluelet.kill(s)  # its 10 s deadline must not keep the loop waiting
-        h["a"], h["b"] = a(), b()
-        yield bluelet.spawn(h["a"])
-        yield bluelet.spawn(h["b"])
+        yield _spawn_two_joining_each_other(events)
 
     t0 = time.monotonic()
-    with pytest.raises(RuntimeError, match="(?i)deadlock"):
+    with pytest.raises(RuntimeError, match=r"^deadlock: "):
         bluelet.run(root())
     assert time.monotonic() - t0 < 5
+    assert sorted(events) == ["a finally", "b finally", "sleeper finally"]
 
 
 def test_self_join_is_not_a_hang(core):
@@ -1175,19 +1079,9 @@ def test_self_join_is_not_a_hang(core):
 
 
 def test_waitable_event_fires_when_pipe_readable(core):
-    class PipeRead(bluelet.WaitableEvent):
-        def __init__(self, fd):
-            self.fd = fd
-
-        def waitables(self):
-            return (self.fd,), (), ()
-
-        def fire(self):
-            return ("fired", os.read(self.fd, 100))
-
-    r, w = os.pipe()
+    PipeRead = _fd_readable_event(lambda fd: ("fired", os.read(fd, 100)))
     events = []
-    try:
+    with raw_pipes(1) as [(r, w)]:
 
         def writer():
             yield bluelet.sleep(0.03)
@@ -1202,9 +1096,6 @@ def test_waitable_event_fires_when_pipe_readable(core):
 
         assert bluelet.run(root()) == ("fired", b"ping")
         assert events == ["writing", ("fired", b"ping")]
-    finally:
-        os.close(r)
-        os.close(w)
 
 
 def test_waitable_event_with_file_objects_and_write_direction(core):
@@ -1228,8 +1119,7 @@ def test_waitable_event_with_file_objects_and_write_direction(core):
         def fire(self):
             return self.f.write(self.data)
 
-    rf, wf = _pipe_files()
-    try:
+    with pipe_files() as (rf, wf):
 
         def reader():
             return (yield Readable(rf))
@@ -1240,9 +1130,6 @@ def test_waitable_event_with_file_objects_and_write_direction(core):
             return n, data
 
         assert bluelet.run(root()) == (5, b"hello")
-    finally:
-        rf.close()
-        wf.close()
 
 
 def test_waitable_event_fires_once_when_one_of_several_is_ready(core):
@@ -1259,8 +1146,7 @@ def test_waitable_event_fires_once_when_one_of_several_is_ready(core):
             fired.append("fire")
             return "one is ready"
 
-    (r1, w1), (r2, w2) = os.pipe(), os.pipe()
-    try:
+    with raw_pipes(2) as [(r1, _), (r2, w2)]:
         os.write(w2, b"x")  # only the second pipe is readable
 
         def root():
@@ -1270,27 +1156,17 @@ def test_waitable_event_fires_once_when_one_of_several_is_ready(core):
 
         assert bluelet.run(root()) == "one is ready"
         assert fired == ["fire"]
-    finally:
-        for fd in (r1, w1, r2, w2):
-            os.close(fd)
 
 
 def test_waitable_event_fire_exception_raised_at_yield(core):
     err = Boom("fire failed")
 
-    class Failing(bluelet.WaitableEvent):
-        def __init__(self, fd):
-            self.fd = fd
+    def read_then_fail(fd):
+        os.read(fd, 100)
+        raise err
 
-        def waitables(self):
-            return (self.fd,), (), ()
-
-        def fire(self):
-            os.read(self.fd, 100)
-            raise err
-
-    r, w = os.pipe()
-    try:
+    Failing = _fd_readable_event(read_then_fail)
+    with raw_pipes(1) as [(r, w)]:
         os.write(w, b"x")
 
         def root():
@@ -1303,26 +1179,16 @@ def test_waitable_event_fire_exception_raised_at_yield(core):
         result = bluelet.run(root())
         assert result == ("caught", err)
         assert result[1] is err
-    finally:
-        os.close(r)
-        os.close(w)
 
 
 def test_waitable_event_unhandled_fire_exception_ends_run(core):
     err = Boom()
 
-    class Failing(bluelet.WaitableEvent):
-        def __init__(self, fd):
-            self.fd = fd
+    def fail(fd):
+        raise err
 
-        def waitables(self):
-            return (self.fd,), (), ()
-
-        def fire(self):
-            raise err
-
-    r, w = os.pipe()
-    try:
+    Failing = _fd_readable_event(fail)
+    with raw_pipes(1) as [(r, w)]:
         os.write(w, b"x")
 
         def root():
@@ -1331,9 +1197,6 @@ def test_waitable_event_unhandled_fire_exception_ends_run(core):
         with pytest.raises(Boom) as ei:
             bluelet.run(root())
         assert ei.value is err
-    finally:
-        os.close(r)
-        os.close(w)
 
 
 def test_waitable_event_with_no_waitables_raises_valueerror(core):
@@ -1362,19 +1225,9 @@ def test_waitable_event_with_no_waitables_raises_valueerror(core):
 
 
 def test_many_waitable_events_on_pipes(core):
-    class PipeRead(bluelet.WaitableEvent):
-        def __init__(self, fd):
-            self.fd = fd
-
-        def waitables(self):
-            return (self.fd,), (), ()
-
-        def fire(self):
-            return os.read(self.fd, 100)
-
-    pipes = [os.pipe() for _ in range(20)]
+    PipeRead = _fd_readable_event(_read_100)
     got = []
-    try:
+    with raw_pipes(20) as pipes:
 
         def reader(i, r):
             data = yield PipeRead(r)
@@ -1390,34 +1243,13 @@ def test_many_waitable_events_on_pipes(core):
 
         bluelet.run(root())
         assert sorted(got) == [(i, b"%d" % i) for i in range(20)]
-    finally:
-        for r, w in pipes:
-            os.close(r)
-            os.close(w)
-
-
-def _watchdog(seconds, what):
-    """A coroutine that fails the run if it is not killed within ``seconds``:
-    turns a lost wake-up into a prompt test failure instead of a hang."""
-    yield bluelet.sleep(seconds)
-    raise AssertionError("watchdog: %s still waiting after %s s" % (what, seconds))
 
 
 @pytest.mark.parametrize("how", ["waitable-event", "wait_readable"])
 def test_int_fd_number_reused_within_one_run(core, how):
     """Waiting on raw int fds: a pipe is closed and the next one gets the same
     fd number; waiting on the new one must still work (0.2.0 programs do this)."""
-
-    class PipeRead(bluelet.WaitableEvent):
-        def __init__(self, fd):
-            self.fd = fd
-
-        def waitables(self):
-            return (self.fd,), (), ()
-
-        def fire(self):
-            return os.read(self.fd, 100)
-
+    PipeRead = _fd_readable_event(_read_100)
     fds_seen = []
 
     def writer(w):
@@ -1425,9 +1257,8 @@ def test_int_fd_number_reused_within_one_run(core, how):
         os.write(w, b"data")
 
     def once():
-        r, w = os.pipe()
-        fds_seen.append(r)
-        try:
+        with raw_pipes(1) as [(r, w)]:
+            fds_seen.append(r)
             yield bluelet.spawn(writer(w))
             if how == "waitable-event":
                 data = yield PipeRead(r)
@@ -1435,12 +1266,9 @@ def test_int_fd_number_reused_within_one_run(core, how):
                 yield bluelet.wait_readable(r)
                 data = os.read(r, 100)
             return data
-        finally:
-            os.close(r)
-            os.close(w)
 
     def root():
-        wd = _watchdog(1.5, "reader of a reused fd")
+        wd = fail_after(1.5, "reader of a reused fd")
         yield bluelet.spawn(wd)
         got = []
         for _ in range(3):
@@ -1460,12 +1288,8 @@ def test_int_fd_number_reused_within_one_run(core, how):
 def test_value_event(core):
     trace = []
 
-    def other():
-        trace.append("other")
-        yield bluelet.null()
-
     def root():
-        yield bluelet.spawn(other())
+        yield bluelet.spawn(_step_noting(trace, "other"))
         v = yield bluelet.ValueEvent({"k": 1})
         trace.append(("root", v))
         return v
@@ -1476,10 +1300,7 @@ def test_value_event(core):
 
 
 def test_exception_event(core):
-    try:
-        raise Boom("stored")
-    except Boom:
-        exc_info = sys.exc_info()
+    exc_info = _raised(Boom("stored"))
 
     def root():
         try:
@@ -1492,10 +1313,7 @@ def test_exception_event(core):
 
 
 def test_exception_event_uncaught_ends_run(core):
-    try:
-        raise Boom("stored")
-    except Boom:
-        exc_info = sys.exc_info()
+    exc_info = _raised(Boom("stored"))
 
     def root():
         yield bluelet.ExceptionEvent(exc_info)
@@ -1585,18 +1403,10 @@ def test_very_long_sleep_does_not_break_other_waits(core, duration):
     """A coroutine sleeping "forever" is the nearest deadline while another
     waits on a pipe: the program goes on and the sleeper can be killed."""
     events = []
-    rf, wf = _pipe_files()
-    try:
-
-        def forever():
-            try:
-                yield bluelet.sleep(duration)
-                events.append("woke")
-            finally:
-                events.append("forever finally")
+    with pipe_files() as (rf, wf):
 
         def root():
-            f = forever()
+            f = _noting(events, "forever", bluelet.sleep(duration))
             yield bluelet.spawn(f)
             yield bluelet.null()  # f is now asleep
             wf.write(b"x")
@@ -1606,23 +1416,15 @@ def test_very_long_sleep_does_not_break_other_waits(core, duration):
 
         assert bluelet.run(root()) == b"x"
         assert events == ["forever finally"]
-    finally:
-        rf.close()
-        wf.close()
 
 
 def test_sleepers_wake_in_deadline_order(core):
     woke = []
-
-    def sleeper(d):
-        yield bluelet.sleep(d)
-        woke.append(d)
-
     durations = [0.05, 0.01, 0.04, 0.02, 0.03]
 
     def root():
         for d in durations:
-            yield bluelet.spawn(sleeper(d))
+            yield bluelet.spawn(_then_noting(woke, d, sleep=d))
 
     bluelet.run(root())
     assert woke == sorted(durations)
@@ -1631,17 +1433,13 @@ def test_sleepers_wake_in_deadline_order(core):
 def test_ready_coroutines_run_while_others_sleep(core):
     trace = []
 
-    def sleeper():
-        yield bluelet.sleep(0.1)
-        trace.append("sleeper")
-
     def busy():
         for _ in range(50):
             yield bluelet.null()
         trace.append("busy")
 
     def root():
-        yield bluelet.spawn(sleeper())
+        yield bluelet.spawn(_then_noting(trace, "sleeper", sleep=0.1))
         yield bluelet.spawn(busy())
 
     bluelet.run(root())
@@ -1654,8 +1452,7 @@ def test_ready_coroutines_run_while_others_sleep(core):
 
 
 def test_read_write_pipe(core):
-    rf, wf = _pipe_files()
-    try:
+    with pipe_files() as (rf, wf):
 
         def writer():
             yield bluelet.sleep(0.02)
@@ -1667,15 +1464,11 @@ def test_read_write_pipe(core):
             return data
 
         assert bluelet.run(root()) == b"abc"
-    finally:
-        rf.close()
-        wf.close()
 
 
 def test_read_to_eof_with_bufsize_none(core):
-    rf, wf = _pipe_files()
     chunks = [b"hello", b" ", b"world", b"x" * 3000]
-    try:
+    with pipe_files() as (rf, wf):
 
         def writer():
             for c in chunks:
@@ -1689,15 +1482,11 @@ def test_read_to_eof_with_bufsize_none(core):
             return data
 
         assert bluelet.run(root()) == b"".join(chunks)
-    finally:
-        rf.close()
-        wf.close()
 
 
 def test_read_at_eof_returns_empty(core):
-    rf, wf = _pipe_files()
-    wf.close()
-    try:
+    with pipe_files() as (rf, wf):
+        wf.close()
 
         def root():
             a = yield bluelet.read(rf, 10)
@@ -1705,13 +1494,10 @@ def test_read_at_eof_returns_empty(core):
             return a, b
 
         assert bluelet.run(root()) == (b"", b"")
-    finally:
-        rf.close()
 
 
 def test_wait_readable_and_writable(core):
-    rf, wf = _pipe_files()
-    try:
+    with pipe_files() as (rf, wf):
 
         def writer():
             yield bluelet.sleep(0.02)
@@ -1725,15 +1511,11 @@ def test_wait_readable_and_writable(core):
             return v, rf.read(10)
 
         assert bluelet.run(root()) == (None, b"z")
-    finally:
-        rf.close()
-        wf.close()
 
 
 def test_notify_closing_wakes_waiter_with_socket_closed_error(core):
-    rf, wf = _pipe_files()
     events = []
-    try:
+    with pipe_files() as (rf, wf):
 
         def waiter():
             try:
@@ -1754,9 +1536,6 @@ def test_notify_closing_wakes_waiter_with_socket_closed_error(core):
         bluelet.run(root())
         assert time.monotonic() - t0 < 5
         assert events == ["SocketClosedError", "joined"]
-    finally:
-        rf.close()
-        wf.close()
 
 
 # ---------------------------------------------------------------------------
@@ -1808,7 +1587,7 @@ def test_thousand_spawned_coroutines_joined(core):
 
     count, results = bluelet.run(root())
     assert count == 1000
-    assert results == [None] * 1000
+    assert results == list(range(1000))
     assert sorted(done) == list(range(1000))
 
 
@@ -1817,26 +1596,12 @@ def test_thousand_spawned_coroutines_joined(core):
 # ---------------------------------------------------------------------------
 
 
-def _interrupt_soon(delay=0.2):
-    timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
-    timer.daemon = True
-    timer.start()
-    return timer
-
-
 @pytest.mark.parametrize("wait", ["sleep", "pipe"])
 def test_keyboard_interrupt_thrown_into_root(core, wait):
     events = []
-    rf, wf = _pipe_files()
 
-    def child():
-        try:
-            yield bluelet.sleep(10)
-        finally:
-            events.append("child finally")
-
-    def root():
-        yield bluelet.spawn(child())
+    def root(rf):
+        yield bluelet.spawn(sleeper(10, events, "child finally"))
         try:
             if wait == "sleep":
                 yield bluelet.sleep(5)
@@ -1847,17 +1612,9 @@ def test_keyboard_interrupt_thrown_into_root(core, wait):
             return "stopped"
         return "not interrupted"
 
-    old = signal.signal(signal.SIGINT, signal.default_int_handler)
-    timer = _interrupt_soon()
     t0 = time.monotonic()
-    try:
-        result = bluelet.run(root())
-    finally:
-        timer.cancel()
-        timer.join()
-        signal.signal(signal.SIGINT, old)
-        rf.close()
-        wf.close()
+    with pipe_files() as (rf, wf), sigint_soon():
+        result = bluelet.run(root(rf))
     assert result == "stopped"
     assert sorted(events) == ["child finally", "root caught"]
     assert time.monotonic() - t0 < 4
@@ -1887,14 +1644,8 @@ def test_keyboard_interrupt_goes_to_innermost_of_root_call_chain(core):
         v = yield middle()
         return v
 
-    old = signal.signal(signal.SIGINT, signal.default_int_handler)
-    timer = _interrupt_soon()
-    try:
+    with sigint_soon():
         result = bluelet.run(root())
-    finally:
-        timer.cancel()
-        timer.join()
-        signal.signal(signal.SIGINT, old)
     assert result == "inner stopped"
     assert events == [
         "inner caught",
@@ -1913,13 +1664,6 @@ def test_keyboard_interrupt_uncaught_propagates_out_of_run(core):
         finally:
             events.append("root finally")
 
-    old = signal.signal(signal.SIGINT, signal.default_int_handler)
-    timer = _interrupt_soon()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            bluelet.run(root())
-    finally:
-        timer.cancel()
-        timer.join()
-        signal.signal(signal.SIGINT, old)
+    with sigint_soon(), pytest.raises(KeyboardInterrupt):
+        bluelet.run(root())
     assert events == ["root finally"]

@@ -5,16 +5,17 @@ Every test takes the ``core`` fixture, talks over the loopback interface
 port from ``bluelet.Listener(host, 0).port``. Loops are bounded in count and
 paced with ``bluelet.sleep``; assertions are about what a program can observe
 (bytes, exceptions, ``finally`` blocks, descriptors), never about timing.
+Scaffolding shared with test_scheduler.py (echo server and clients, watchdogs,
+SIGINT delivery, descriptor counting) is in ``_helpers``.
 """
 
+import contextlib
 import gc
 import logging
 import os
 import random
 import resource
-import signal
 import socket
-import struct
 import threading
 import time
 import warnings
@@ -22,10 +23,27 @@ import warnings
 import pytest
 
 import bluelet
+from _helpers import (
+    HOST,
+    abort,
+    assert_refused,
+    echo_round_trip,
+    echoer,
+    fd_count,
+    free_port,
+    open_pair,
+    recv_all,
+    recv_exactly,
+    reset_on_close,
+    sigint_soon,
+    sleeper,
+    spawn_and_join,
+    start_server,
+    wait_for,
+    watchdog,
+)
 
 pytestmark = pytest.mark.timeout(60)
-
-HOST = "127.0.0.1"
 
 #: The errors a reset or broken connection may surface as, depending on
 #: whether the kernel has already seen the RST when the call is made.
@@ -35,73 +53,6 @@ BROKEN = (ConnectionResetError, BrokenPipeError)
 # ---------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------
-
-def echoer(conn):
-    """The original's example handler, verbatim."""
-    while True:
-        data = yield conn.recv(1024)
-        if not data:
-            break
-        yield conn.sendall(data)
-
-
-def free_port(host=HOST):
-    """A port nobody listens on right now (from a port-0 Listener, closed)."""
-    listener = bluelet.Listener(host, 0)
-    port = listener.port
-    listener.close()
-    return port
-
-
-def recv_all(conn, limit=1 << 26):
-    """Coroutine: read ``conn`` to EOF; bounded by ``limit`` reads."""
-    chunks = []
-    for _ in range(limit):
-        data = yield conn.recv(65536)
-        if not data:
-            break
-        chunks.append(data)
-    return b"".join(chunks)
-
-
-def recv_exactly(conn, size):
-    """Coroutine: read until ``size`` bytes or EOF (bounded by ``size`` reads)."""
-    chunks = []
-    got = 0
-    for _ in range(size):
-        if got >= size:
-            break
-        data = yield conn.recv(size - got)
-        if not data:
-            break
-        chunks.append(data)
-        got += len(data)
-    return b"".join(chunks)
-
-
-def wait_for(predicate, tries=1000, pause=0.002):
-    """Coroutine: yield until ``predicate()`` holds; bounded; returns it."""
-    for _ in range(tries):
-        if predicate():
-            return True
-        yield bluelet.sleep(pause)
-    return predicate()
-
-
-def watchdog(seconds, victims, log):
-    """Coroutine: after ``seconds``, note it and kill ``victims`` so a test
-    whose waiter is never woken fails quickly instead of hanging."""
-    yield bluelet.sleep(seconds)
-    log.append("watchdog fired")
-    for victim in victims:
-        yield bluelet.kill(victim)
-
-
-def abort(sock):
-    """Close a plain socket abruptly: SO_LINGER (1, 0) makes the kernel send RST."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
-
 
 def payload(size, seed=1):
     return random.Random(seed).randbytes(size)
@@ -123,13 +74,68 @@ needs_ipv6 = pytest.mark.skipif(
 )
 
 
-def assert_refused(host, port):
-    """Nobody listens on host:port any more (the listener was closed)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.settimeout(5)
-        with pytest.raises(ConnectionRefusedError):
-            sock.connect((host, port))
+@contextlib.contextmanager
+def _plain_client():
+    """A Listener on a loopback port and a plain blocking socket connected to
+    it, not yet accepted: ``(listener, raw)``, both closed at the end."""
+    listener = bluelet.Listener(HOST, 0)
+    raw = socket.create_connection((HOST, listener.port), timeout=5)
+    try:
+        yield listener, raw
+    finally:
+        raw.close()
+        listener.close()
+
+
+def _one_connection(server_side, client_side):
+    """One run() over a loopback connection: ``server_side(conn)`` runs on the
+    accepted end and ``client_side(conn)`` on the connecting end, both
+    coroutines, concurrently. Each end is closed when its side ends (the
+    listener with the server's). Returns both sides' results, server's first."""
+    listener = bluelet.Listener(HOST, 0)
+    results = {}
+
+    def serve():
+        conn = yield listener.accept()
+        try:
+            results["server"] = yield server_side(conn)
+        finally:
+            conn.close()
+            listener.close()
+
+    def dial():
+        conn = yield bluelet.connect(HOST, listener.port)
+        try:
+            results["client"] = yield client_side(conn)
+        finally:
+            conn.close()
+
+    bluelet.run(spawn_and_join([serve(), dial()]))
+    return results["server"], results["client"]
+
+
+def _sender(chunks, pause=0.01):
+    """A client side for _one_connection: send ``chunks``, pausing after each."""
+
+    def client_side(conn):
+        for chunk in chunks:
+            yield conn.sendall(chunk)
+            yield bluelet.sleep(pause)
+
+    return client_side
+
+
+def _log_wait(log, event, errors):
+    """Coroutine: note "waiting", yield ``event``, then note "returned", or the
+    type of the ``errors`` exception the yield raised; "finally" at the end."""
+    try:
+        log.append("waiting")
+        yield event
+        log.append("returned")
+    except errors as exc:
+        log.append(type(exc))
+    finally:
+        log.append("finally")
 
 
 # ---------------------------------------------------------------------------
@@ -141,29 +147,14 @@ def test_echo_server_with_five_concurrent_clients(core):
     results = {}
 
     def client(i):
-        conn = yield bluelet.connect(HOST, port)
-        assert isinstance(conn, bluelet.Connection)
         message = (b"client %d says hello; " % i) * (50 + i)
-        try:
-            # Send in several pieces so the clients interleave.
-            step = len(message) // 4 + 1
-            for start in range(0, len(message), step):
-                yield conn.sendall(message[start:start + step])
-                yield bluelet.sleep(0.001)
-            echoed = yield recv_exactly(conn, len(message))
-        finally:
-            conn.close()
+        # Send in several pieces so the clients interleave.
+        echoed = yield echo_round_trip(port, message, pieces=4, pause=0.001)
         results[i] = echoed == message
 
     def root():
-        srv = bluelet.server(HOST, port, echoer)
-        yield bluelet.spawn(srv)
-        yield bluelet.null()  # the server binds and waits in accept
-        clients = [client(i) for i in range(5)]
-        for c in clients:
-            yield bluelet.spawn(c)
-        for c in clients:
-            yield bluelet.join(c)
+        srv = yield start_server(port, echoer)
+        yield spawn_and_join([client(i) for i in range(5)])
         yield bluelet.kill(srv)  # its finally closes the listener
         return "done"
 
@@ -208,11 +199,7 @@ def test_echo_with_listener_directly(core):
 
     def root():
         yield bluelet.spawn(acceptor(3))
-        cs = [client(i) for i in range(3)]
-        for c in cs:
-            yield bluelet.spawn(c)
-        for c in cs:
-            yield bluelet.join(c)
+        yield spawn_and_join([client(i) for i in range(3)])
 
     bluelet.run(root())
     assert [seen[i][0] for i in range(3)] == [True, True, True]
@@ -260,40 +247,6 @@ def test_connection_wraps_a_plain_socket(core):
 # readline
 # ---------------------------------------------------------------------------
 
-def _line_pair(chunks, reader):
-    """Run a client that sends ``chunks`` (pausing between them) and then
-    closes, against ``reader(conn)``, a coroutine that returns its result."""
-    listener = bluelet.Listener(HOST, 0)
-    out = {}
-
-    def server_side():
-        conn = yield listener.accept()
-        try:
-            out["result"] = yield reader(conn)
-        finally:
-            conn.close()
-            listener.close()
-
-    def client_side():
-        conn = yield bluelet.connect(HOST, listener.port)
-        try:
-            for chunk in chunks:
-                yield conn.sendall(chunk)
-                yield bluelet.sleep(0.01)
-        finally:
-            conn.close()
-
-    def root():
-        s, c = server_side(), client_side()
-        yield bluelet.spawn(s)
-        yield bluelet.spawn(c)
-        yield bluelet.join(c)
-        yield bluelet.join(s)
-
-    bluelet.run(root())
-    return out["result"]
-
-
 def test_readline_lines_arrive_in_odd_chunks(core):
     def reader(conn):
         lines = []
@@ -301,53 +254,37 @@ def test_readline_lines_arrive_in_odd_chunks(core):
             lines.append((yield conn.readline()))
         return lines
 
-    lines = _line_pair([b"a", b"\nb", b"b", b"\ncc", b"c"], reader)
+    lines, _ = _one_connection(reader, _sender([b"a", b"\nb", b"b", b"\ncc", b"c"]))
     # The last line has no terminator: readline hands over the rest at EOF,
     # and after that it returns b"".
     assert lines == [b"a\n", b"bb\n", b"ccc", b""]
 
 
 def test_readline_keeps_data_read_past_the_terminator(core):
-    listener = bluelet.Listener(HOST, 0)
-    out = []
     state = {}
 
-    def server_side():
-        conn = yield listener.accept()
-        try:
-            # Wait until the whole stream has been sent, so readline's single
-            # recv picks up more than the first line.
-            yield wait_for(lambda: state.get("sent"))
-            out.append((yield conn.readline()))
-            out.append((yield conn.recv(6)))       # served from the buffer
-            out.append((yield conn.readline()))    # from the buffer alone
-            out.append((yield conn.recv(100)))     # the buffer's rest
-            out.append((yield conn.readline()))    # from the socket
-            out.append((yield conn.recv(100)))     # kept past that line
-            out.append((yield conn.readline()))    # EOF
-            out.append((yield conn.recv(100)))     # EOF
-        finally:
-            conn.close()
-            listener.close()
+    def server_side(conn):
+        # Wait until the whole stream has been sent, so readline's single
+        # recv picks up more than the first line.
+        yield wait_for(lambda: state.get("sent"))
+        out = []
+        out.append((yield conn.readline()))
+        out.append((yield conn.recv(6)))       # served from the buffer
+        out.append((yield conn.readline()))    # from the buffer alone
+        out.append((yield conn.recv(100)))     # the buffer's rest
+        out.append((yield conn.readline()))    # from the socket
+        out.append((yield conn.recv(100)))     # kept past that line
+        out.append((yield conn.readline()))    # EOF
+        out.append((yield conn.recv(100)))     # EOF
+        return out
 
-    def client_side():
-        conn = yield bluelet.connect(HOST, listener.port)
-        try:
-            yield conn.sendall(b"first\nsecond line\nthird")
-            state["sent"] = True
-            yield bluelet.sleep(0.05)
-            yield conn.sendall(b" and more\nlast")
-        finally:
-            conn.close()
+    def client_side(conn):
+        yield conn.sendall(b"first\nsecond line\nthird")
+        state["sent"] = True
+        yield bluelet.sleep(0.05)
+        yield conn.sendall(b" and more\nlast")
 
-    def root():
-        s, c = server_side(), client_side()
-        yield bluelet.spawn(s)
-        yield bluelet.spawn(c)
-        yield bluelet.join(c)
-        yield bluelet.join(s)
-
-    bluelet.run(root())
+    out, _ = _one_connection(server_side, client_side)
     assert out == [
         b"first\n",
         b"second",
@@ -369,7 +306,7 @@ def test_readline_custom_terminator(core, bufsize):
         return lines
 
     chunks = [b"GET / HTTP/1.0\r", b"\nHost: x\r\nX: a\nb\r", b"\n\r\n", b"tail"]
-    lines = _line_pair(chunks, reader)
+    lines, _ = _one_connection(reader, _sender(chunks))
     assert lines == [
         b"GET / HTTP/1.0\r\n",
         b"Host: x\r\n",
@@ -394,7 +331,8 @@ def test_readline_keyword_arguments_and_many_lines(core):
 
     stream = b"".join(lines_sent)
     chunks = [stream[i:i + 999] for i in range(0, len(stream), 999)]
-    assert _line_pair(chunks, reader) == lines_sent
+    lines, _ = _one_connection(reader, _sender(chunks))
+    assert lines == lines_sent
 
 
 # ---------------------------------------------------------------------------
@@ -402,105 +340,56 @@ def test_readline_keyword_arguments_and_many_lines(core):
 # ---------------------------------------------------------------------------
 
 def test_send_returns_the_count_and_the_peer_gets_exactly_that(core):
-    listener = bluelet.Listener(HOST, 0)
     small = b"hello world"
     big = payload(8 << 20, seed=2)
-    out = {}
 
-    def server_side():
-        conn = yield listener.accept()
-        try:
-            out["received"] = yield recv_all(conn)
-        finally:
-            conn.close()
-            listener.close()
+    def client_side(conn):
+        n1 = yield conn.send(small)
+        n2 = yield conn.send(big)  # may be partial
+        return n1, n2
 
-    def client_side():
-        conn = yield bluelet.connect(HOST, listener.port)
-        try:
-            n1 = yield conn.send(small)
-            n2 = yield conn.send(big)  # may be partial
-            out["counts"] = (n1, n2)
-        finally:
-            conn.close()
-
-    def root():
-        s = server_side()
-        yield bluelet.spawn(s)
-        yield client_side()
-        yield bluelet.join(s)
-
-    bluelet.run(root())
-    n1, n2 = out["counts"]
+    received, (n1, n2) = _one_connection(recv_all, client_side)
     assert isinstance(n1, int) and isinstance(n2, int)
     assert 1 <= n1 <= len(small)
     assert 1 <= n2 <= len(big)
-    assert out["received"] == small[:n1] + big[:n2]
+    assert received == small[:n1] + big[:n2]
 
 
 def test_sendall_8_mib_to_a_slow_reader(core):
-    listener = bluelet.Listener(HOST, 0)
     data = payload(8 << 20, seed=3)
-    out = {}
 
-    def slow_reader():
-        conn = yield listener.accept()
-        try:
-            yield bluelet.sleep(0.1)  # let the sender fill every buffer
-            chunks = []
-            for i in range(len(data) + 1):
-                chunk = yield conn.recv(65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                if i % 16 == 0:
-                    yield bluelet.sleep(0.001)
-            out["received"] = b"".join(chunks)
-        finally:
-            conn.close()
-            listener.close()
+    def slow_reader(conn):
+        yield bluelet.sleep(0.1)  # let the sender fill every buffer
+        chunks = []
+        for i in range(len(data) + 1):
+            chunk = yield conn.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if i % 16 == 0:
+                yield bluelet.sleep(0.001)
+        return b"".join(chunks)
 
-    def writer():
-        conn = yield bluelet.connect(HOST, listener.port)
-        try:
-            out["sendall"] = yield conn.sendall(data)
-        finally:
-            conn.close()
+    def writer(conn):
+        return (yield conn.sendall(data))
 
-    def root():
-        r = slow_reader()
-        yield bluelet.spawn(r)
-        yield writer()
-        yield bluelet.join(r)
-
-    bluelet.run(root())
-    assert out["sendall"] is None
-    assert len(out["received"]) == len(data)
-    assert out["received"] == data
+    received, sendall_result = _one_connection(slow_reader, writer)
+    assert sendall_result is None
+    assert len(received) == len(data)
+    assert received == data
 
 
 def test_send_and_sendall_reject_str_at_the_call(core):
-    listener = bluelet.Listener(HOST, 0)
-    out = []
+    def client_side(conn):
+        with pytest.raises(TypeError):
+            conn.send("text")
+        with pytest.raises(TypeError):
+            conn.sendall("text")
+        # The connection is still usable afterwards.
+        yield conn.sendall(b"ok")
 
-    def root():
-        conn = yield bluelet.connect(HOST, listener.port)
-        peer = yield listener.accept()
-        try:
-            with pytest.raises(TypeError):
-                conn.send("text")
-            with pytest.raises(TypeError):
-                conn.sendall("text")
-            # The connection is still usable afterwards.
-            yield conn.sendall(b"ok")
-            out.append((yield recv_exactly(peer, 2)))
-        finally:
-            conn.close()
-            peer.close()
-            listener.close()
-
-    bluelet.run(root())
-    assert out == [b"ok"]
+    received, _ = _one_connection(lambda conn: recv_exactly(conn, 2), client_side)
+    assert received == b"ok"
 
 
 # ---------------------------------------------------------------------------
@@ -526,8 +415,7 @@ def test_listener_reuseaddr_allows_rebinding_after_connections(core):
     out = []
 
     def root():
-        conn = yield bluelet.connect(HOST, port)
-        peer = yield listener.accept()
+        conn, peer = yield open_pair(listener)
         # The server side closes first: its end goes to TIME_WAIT.
         peer.close()
         out.append((yield conn.recv(10)))
@@ -616,8 +504,7 @@ def test_ipv6_loopback_listener_connect_and_server(core):
 
     def direct():
         try:
-            conn = yield bluelet.connect("::1", listener.port)
-            peer = yield listener.accept()
+            conn, peer = yield open_pair(listener)
             try:
                 assert peer.addr[0] == "::1"
                 yield conn.sendall(b"over ipv6\n")
@@ -629,15 +516,8 @@ def test_ipv6_loopback_listener_connect_and_server(core):
             listener.close()
 
     def via_server():
-        srv = bluelet.server("::1", port, echoer)
-        yield bluelet.spawn(srv)
-        yield bluelet.null()
-        conn = yield bluelet.connect("::1", port)
-        try:
-            yield conn.sendall(b"echo six")
-            out["server"] = yield recv_exactly(conn, 8)
-        finally:
-            conn.close()
+        srv = yield start_server(port, echoer, host="::1")
+        out["server"] = yield echo_round_trip(port, b"echo six", host="::1")
         yield bluelet.kill(srv)
 
     def root():
@@ -714,11 +594,7 @@ def _many_connections(n):
         yield bluelet.spawn(acceptor())
         g = gate()
         yield bluelet.spawn(g)
-        clients = [client(i, g) for i in range(n)]
-        for c in clients:
-            yield bluelet.spawn(c)
-        for c in clients:
-            yield bluelet.join(c)
+        yield spawn_and_join([client(i, g) for i in range(n)])
 
     bluelet.run(root())
     assert state["at_gate"] == (n, n, n)  # all open at the same time
@@ -732,71 +608,45 @@ def _many_connections(n):
 # Connection reset, broken pipe, other socket errors
 # ---------------------------------------------------------------------------
 
-def test_reset_during_recv_is_raised_at_the_yield(core):
-    listener = bluelet.Listener(HOST, 0)
-    raw = socket.create_connection((HOST, listener.port), timeout=5)
+def _reset_while_waiting(make_wait, settle=None):
+    """A plain client connects; the accepted end ``conn`` yields
+    ``make_wait(conn)``; once it waits (and ``settle`` s more) the client
+    aborts, so the kernel resets the connection. Returns the waiter's log:
+    "waiting", then "returned" or the type of the OSError its yield raised,
+    then "finally"."""
     log = []
 
-    def handler_side():
+    def handler_side(listener):
         conn = yield listener.accept()
-        ev = conn.recv(1024)
         try:
-            log.append("waiting")
-            yield ev
-            log.append("no error")
-        except ConnectionResetError:
-            log.append("reset")
+            yield _log_wait(log, make_wait(conn), OSError)
         finally:
-            log.append("finally")
             conn.close()
 
-    def root():
-        h = handler_side()
+    def root(listener, raw):
+        h = handler_side(listener)
         yield bluelet.spawn(h)
         assert (yield wait_for(lambda: "waiting" in log))
+        if settle:
+            yield bluelet.sleep(settle)
         abort(raw)
         yield bluelet.join(h)
         listener.close()
 
-    try:
-        bluelet.run(root())
-    finally:
-        raw.close()
-    assert log == ["waiting", "reset", "finally"]
+    with _plain_client() as (listener, raw):
+        bluelet.run(root(listener, raw))
+    return log
+
+
+def test_reset_during_recv_is_raised_at_the_yield(core):
+    log = _reset_while_waiting(lambda conn: conn.recv(1024))
+    assert log == ["waiting", ConnectionResetError, "finally"]
 
 
 def test_reset_during_sendall_is_raised_at_the_yield(core):
-    listener = bluelet.Listener(HOST, 0)
-    raw = socket.create_connection((HOST, listener.port), timeout=5)
     big = b"x" * (32 << 20)  # far more than the kernel buffers hold
-    log = []
-
-    def handler_side():
-        conn = yield listener.accept()
-        ev = conn.sendall(big)
-        try:
-            log.append("waiting")
-            yield ev
-            log.append("no error")
-        except BROKEN as exc:
-            log.append(type(exc))
-        finally:
-            log.append("finally")
-            conn.close()
-
-    def root():
-        h = handler_side()
-        yield bluelet.spawn(h)
-        assert (yield wait_for(lambda: "waiting" in log))
-        yield bluelet.sleep(0.02)
-        abort(raw)  # the peer never read anything
-        yield bluelet.join(h)
-        listener.close()
-
-    try:
-        bluelet.run(root())
-    finally:
-        raw.close()
+    # The peer never read anything.
+    log = _reset_while_waiting(lambda conn: conn.sendall(big), settle=0.02)
     assert log[0] == "waiting"
     assert log[1] in BROKEN
     assert log[2:] == ["finally"]
@@ -805,11 +655,9 @@ def test_reset_during_sendall_is_raised_at_the_yield(core):
 @pytest.mark.parametrize("where", ["recv", "sendall"])
 def test_uncaught_reset_ends_only_that_coroutine(core, where, capsys, caplog):
     caplog.set_level(logging.DEBUG, logger="bluelet")
-    listener = bluelet.Listener(HOST, 0)
-    raw = socket.create_connection((HOST, listener.port), timeout=5)
     log = []
 
-    def handler_side():
+    def handler_side(listener):
         conn = yield listener.accept()
         try:
             log.append("waiting")
@@ -827,22 +675,22 @@ def test_uncaught_reset_ends_only_that_coroutine(core, where, capsys, caplog):
             yield bluelet.sleep(0.01)
             log.append("bystander %d" % i)
 
-    def root():
-        h, b = handler_side(), bystander()
+    def root(listener, raw):
+        h, b = handler_side(listener), bystander()
         yield bluelet.spawn(h)
         yield bluelet.spawn(b)
         assert (yield wait_for(lambda: "waiting" in log))
         abort(raw)
-        yield bluelet.join(h)  # the quietly ended coroutine counts as finished
-        log.append("joined")
+        try:
+            yield bluelet.join(h)  # a joiner is handed the error
+        except BROKEN:
+            log.append("joined")
         yield bluelet.join(b)
         listener.close()
         return "root finished"
 
-    try:
-        assert bluelet.run(root()) == "root finished"
-    finally:
-        raw.close()
+    with _plain_client() as (listener, raw):
+        assert bluelet.run(root(listener, raw)) == "root finished"
     assert "no error" not in log
     assert log.index("waiting") < log.index("finally") < log.index("joined")
     assert "bystander 4" in log
@@ -859,24 +707,14 @@ def test_server_keeps_serving_after_a_handler_sees_a_reset(core):
         conn = yield bluelet.connect(HOST, port)
         yield conn.sendall(b"ping")
         out["rude"] = yield recv_exactly(conn, 4)  # the handler is back in recv
-        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        reset_on_close(conn.sock)
         conn.close()
 
-    def polite_client():
-        conn = yield bluelet.connect(HOST, port)
-        try:
-            yield conn.sendall(b"hello again")
-            out["polite"] = yield recv_exactly(conn, 11)
-        finally:
-            conn.close()
-
     def root():
-        srv = bluelet.server(HOST, port, echoer)
-        yield bluelet.spawn(srv)
-        yield bluelet.null()
+        srv = yield start_server(port, echoer)
         yield rude_client()
         yield bluelet.sleep(0.05)  # the handler meets the reset
-        yield polite_client()
+        out["polite"] = yield echo_round_trip(port, b"hello again")
         yield bluelet.kill(srv)
         return "ok"
 
@@ -939,11 +777,8 @@ def test_uncaught_broken_pipe_in_sendall_ends_only_that_coroutine(core):
         log.append("other done")
 
     def root():
-        w, o = writer(), other()
-        yield bluelet.spawn(w)
-        yield bluelet.spawn(o)
-        yield bluelet.join(w)
-        yield bluelet.join(o)
+        yield bluelet.spawn(writer())  # nobody joins it: its error stays its own
+        yield spawn_and_join([other()])
         listener.close()
         return 42
 
@@ -966,8 +801,7 @@ def test_connect_refused_is_raised_at_the_yield(core):
         # The program goes on and can still make good connections.
         listener = bluelet.Listener(HOST, 0)
         try:
-            conn = yield bluelet.connect(HOST, listener.port)
-            peer = yield listener.accept()
+            conn, peer = yield open_pair(listener)
             yield conn.sendall(b"fine")
             log.append((yield recv_exactly(peer, 4)))
             conn.close()
@@ -989,14 +823,8 @@ def test_uncaught_connect_refused_ends_run_with_it(core):
         finally:
             log.append("doomed finally")
 
-    def sleeper():
-        try:
-            yield bluelet.sleep(3)
-        finally:
-            log.append("sleeper closed")
-
     def root():
-        yield bluelet.spawn(sleeper())
+        yield bluelet.spawn(sleeper(3, log, "sleeper closed"))
         yield bluelet.spawn(doomed())
         yield bluelet.sleep(3)
 
@@ -1014,8 +842,7 @@ def test_operations_on_closed_connection_and_listener_raise_at_the_call(core):
     out = []
 
     def root():
-        conn = yield bluelet.connect(HOST, listener.port)
-        peer = yield listener.accept()
+        conn, peer = yield open_pair(listener)
         conn.close()
         for make in (
             lambda: conn.recv(1),
@@ -1044,8 +871,7 @@ def test_closed_connection_with_buffered_data_still_raises(core):
     out = []
 
     def root():
-        conn = yield bluelet.connect(HOST, listener.port)
-        peer = yield listener.accept()
+        conn, peer = yield open_pair(listener)
         try:
             yield conn.sendall(b"one\ntwo\nthree\n")
             yield bluelet.sleep(0.02)
@@ -1070,20 +896,9 @@ def _closed_while_waiting(prepare):
     one ``run``; a watchdog kills a waiter that is never woken."""
     log = []
 
-    def waiter(make_wait):
-        ev = make_wait()
-        try:
-            log.append("waiting")
-            yield ev
-            log.append("returned")
-        except bluelet.SocketClosedError:
-            log.append("closed")
-        finally:
-            log.append("finally")
-
     def root():
         make_wait, close = yield prepare()
-        w = waiter(make_wait)
+        w = _log_wait(log, make_wait(), bluelet.SocketClosedError)
         yield bluelet.spawn(w)
         dog = watchdog(3.0, [w], log)
         yield bluelet.spawn(dog)
@@ -1097,53 +912,22 @@ def _closed_while_waiting(prepare):
     return log
 
 
-def test_close_while_another_coroutine_waits_in_recv(core):
-    listener = bluelet.Listener(HOST, 0)
-    raw = socket.create_connection((HOST, listener.port), timeout=5)
+@pytest.mark.parametrize("wait", ["recv", "readline", "sendall"])
+def test_close_while_another_coroutine_waits_on_the_connection(core, wait):
+    with _plain_client() as (listener, raw):
+        if wait == "readline":
+            raw.sendall(b"partial line without terminator")  # no terminator: it waits
 
-    def prepare():
-        conn = yield listener.accept()
-        return (lambda: conn.recv(100)), conn.close
+        def prepare():
+            conn = yield listener.accept()
+            if wait == "recv":
+                return (lambda: conn.recv(100)), conn.close
+            if wait == "readline":
+                return conn.readline, conn.close
+            return (lambda: conn.sendall(b"s" * (32 << 20))), conn.close
 
-    try:
         log = _closed_while_waiting(prepare)
-    finally:
-        raw.close()
-        listener.close()
-    assert log == ["waiting", "closed", "finally"]
-
-
-def test_close_while_another_coroutine_waits_in_readline(core):
-    listener = bluelet.Listener(HOST, 0)
-    raw = socket.create_connection((HOST, listener.port), timeout=5)
-    raw.sendall(b"partial line without terminator")
-
-    def prepare():
-        conn = yield listener.accept()
-        return conn.readline, conn.close
-
-    try:
-        log = _closed_while_waiting(prepare)
-    finally:
-        raw.close()
-        listener.close()
-    assert log == ["waiting", "closed", "finally"]
-
-
-def test_close_while_another_coroutine_waits_in_sendall(core):
-    listener = bluelet.Listener(HOST, 0)
-    raw = socket.create_connection((HOST, listener.port), timeout=5)
-
-    def prepare():
-        conn = yield listener.accept()
-        return (lambda: conn.sendall(b"s" * (32 << 20))), conn.close
-
-    try:
-        log = _closed_while_waiting(prepare)
-    finally:
-        raw.close()
-        listener.close()
-    assert log == ["waiting", "closed", "finally"]
+    assert log == ["waiting", bluelet.SocketClosedError, "finally"]
 
 
 def test_close_while_another_coroutine_waits_in_accept(core):
@@ -1155,7 +939,7 @@ def test_close_while_another_coroutine_waits_in_accept(core):
         return listener.accept, listener.close
 
     log = _closed_while_waiting(prepare)
-    assert log == ["waiting", "closed", "finally"]
+    assert log == ["waiting", bluelet.SocketClosedError, "finally"]
     assert_refused(HOST, port)
 
 
@@ -1180,9 +964,7 @@ def test_server_closes_the_connection_when_the_handler_ends(core):
             conn.close()
 
     def root():
-        srv = bluelet.server(HOST, port, greeter)
-        yield bluelet.spawn(srv)
-        yield bluelet.null()
+        srv = yield start_server(port, greeter)
         c = client()
         yield bluelet.spawn(c)
         dog = watchdog(3.0, [c], log)  # a missing EOF must not hang the test
@@ -1196,37 +978,17 @@ def test_server_closes_the_connection_when_the_handler_ends(core):
     assert out["data"] == b"hi there"  # then EOF
 
 
-class _SigintWhileRunning:
-    """Install a SIGINT handler that raises KeyboardInterrupt only while the
-    test's ``run()`` is in progress, so a late signal cannot abort pytest."""
-
-    def __init__(self):
-        self.running = False
-        self.stray = 0
-
-    def _handler(self, signum, frame):
-        if self.running:
-            raise KeyboardInterrupt
-        self.stray += 1
-
-    def __enter__(self):
-        self.previous = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        self.running = False
-        signal.signal(signal.SIGINT, self.previous)
-
-
-def _interrupt_later(action, result):
-    """Thread body: do ``action()`` (blocking socket work), then SIGINT us."""
-    try:
-        result["value"] = action()
-    except Exception as exc:  # reported by the test
-        result["error"] = exc
-    finally:
-        time.sleep(0.2)  # the scheduler is idle, waiting for I/O
-        os.kill(os.getpid(), signal.SIGINT)
+def _serve_until_sigint(port, handler, client):
+    """run() ``bluelet.server`` on ``port`` while a thread does ``client()``
+    (plain blocking socket work) and then sends SIGINT, which must stop the
+    server quietly. Returns run()'s value and the thread's outcome dict
+    ("value" or "error")."""
+    with sigint_soon(before=client) as outcome:
+        try:
+            value = bluelet.run(bluelet.server(HOST, port, handler))
+        except KeyboardInterrupt:  # would otherwise abort the whole session
+            pytest.fail("KeyboardInterrupt escaped run() instead of stopping server()")
+    return value, outcome
 
 
 def _connect_retrying(port, tries=250):
@@ -1240,7 +1002,6 @@ def _connect_retrying(port, tries=250):
 
 def test_server_stops_quietly_on_keyboard_interrupt(core):
     port = free_port()
-    result = {}
 
     def echo_once():
         with _connect_retrying(port) as sock:
@@ -1255,17 +1016,7 @@ def test_server_stops_quietly_on_keyboard_interrupt(core):
                 got += data
             return got
 
-    thread = threading.Thread(target=_interrupt_later, args=(echo_once, result), daemon=True)
-    with _SigintWhileRunning() as guard:
-        guard.running = True
-        thread.start()
-        try:
-            value = bluelet.run(bluelet.server(HOST, port, echoer))
-        except KeyboardInterrupt:  # would otherwise abort the whole session
-            pytest.fail("KeyboardInterrupt escaped run() instead of stopping server()")
-        finally:
-            guard.running = False
-            thread.join(20)  # its SIGINT must land while the guard is installed
+    value, result = _serve_until_sigint(port, echoer, echo_once)
     assert value is None  # run() returned normally
     assert result == {"value": b"are you there?"}
     assert_refused(HOST, port)  # the listener was closed
@@ -1273,7 +1024,6 @@ def test_server_stops_quietly_on_keyboard_interrupt(core):
 
 def test_keyboard_interrupt_closes_live_handlers_connections(core):
     port = free_port()
-    result = {}
     finals = []
 
     def idle_handler(conn):
@@ -1290,17 +1040,7 @@ def test_keyboard_interrupt_closes_live_handlers_connections(core):
         time.sleep(0.1)  # the server accepts and the handler waits in recv
         return True
 
-    thread = threading.Thread(target=_interrupt_later, args=(connect_and_wait, result), daemon=True)
-    with _SigintWhileRunning() as guard:
-        guard.running = True
-        thread.start()
-        try:
-            value = bluelet.run(bluelet.server(HOST, port, idle_handler))
-        except KeyboardInterrupt:  # would otherwise abort the whole session
-            pytest.fail("KeyboardInterrupt escaped run() instead of stopping server()")
-        finally:
-            guard.running = False
-            thread.join(20)  # its SIGINT must land while the guard is installed
+    value, result = _serve_until_sigint(port, idle_handler, connect_and_wait)
     sock = holder["sock"]
     try:
         sock.settimeout(5)
@@ -1316,10 +1056,6 @@ def test_keyboard_interrupt_closes_live_handlers_connections(core):
 # ---------------------------------------------------------------------------
 # Descriptors
 # ---------------------------------------------------------------------------
-
-def _fd_count():
-    return len(os.listdir("/proc/self/fd"))
-
 
 def _open_and_close_connections(n, refused=10):
     port = free_port()
@@ -1337,16 +1073,10 @@ def _open_and_close_connections(n, refused=10):
             conn.close()
 
     def root():
-        srv = bluelet.server(HOST, port, echoer)
-        yield bluelet.spawn(srv)
-        yield bluelet.null()
+        srv = yield start_server(port, echoer)
         batch = 50
         for start in range(0, n, batch):
-            clients = [client(i) for i in range(start, min(n, start + batch))]
-            for c in clients:
-                yield bluelet.spawn(c)
-            for c in clients:
-                yield bluelet.join(c)
+            yield spawn_and_join([client(i) for i in range(start, min(n, start + batch))])
         for _ in range(refused):
             try:
                 yield bluelet.connect(HOST, dead_port)
@@ -1362,13 +1092,13 @@ def _open_and_close_connections(n, refused=10):
 def test_no_descriptor_leak(core):
     _open_and_close_connections(2, refused=1)  # warm up lazily created state
     gc.collect()
-    before = _fd_count()
+    before = fd_count()
     with warnings.catch_warnings(record=True) as caught:
         # A socket left for the garbage collector to close is a leak too.
         warnings.simplefilter("always", ResourceWarning)
         stats = _open_and_close_connections(200)
         gc.collect()
-    after = _fd_count()
+    after = fd_count()
     assert stats == {"ok": 200, "refused": 10}
     assert after == before
     unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]

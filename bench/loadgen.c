@@ -1,0 +1,613 @@
+/*
+ * loadgen.c -- request/response (ping-pong) load generator for bench/echo.py.
+ *
+ * Not part of the package: bench/echo.py compiles it with `cc -O2` into
+ * bench/.build/ when the binary is missing or older than this file.
+ *
+ * Client mode (default):
+ *
+ *   loadgen --port P [--conns C] [--size S] [--seconds T] [--warmup W]
+ *           [--max-requests N] [--idle I] [--server-pid PID] [--timeout X]
+ *
+ *   Opens C connections to 127.0.0.1:P (TCP_NODELAY). Each connection sends
+ *   S bytes, waits until S bytes have come back (and checks they are the bytes
+ *   it sent), and repeats. Requests completed during the first W seconds are
+ *   not counted (warm-up); then requests are counted for T seconds, or until N
+ *   requests have been counted. One JSON object is printed on stdout.
+ *
+ *   --idle I opens I extra connections first, before the active ones. Each is
+ *   confirmed with one 1-byte round trip (so the server has certainly accepted
+ *   it and is waiting in recv on it), then it stays silent until exit. They
+ *   are opened in batches of 500 so the server's accept backlog never
+ *   overflows.
+ *
+ *   --interval X: also report requests per second in each X-second slice
+ *   since the start (warm-up included), as "interval_rps".
+ *
+ *   --server-pid PID: the server's CPU use (utime+stime from /proc/PID/stat)
+ *   over the measured window is reported too, next to our own, and so is
+ *   "other_cpu": the CPUs the rest of the machine kept busy meanwhile (from
+ *   /proc/stat), which tells whether something else disturbed the figure.
+ *
+ *   Everything is bounded: the run ends after W+T seconds of ping-pong, and
+ *   the whole program gives up after --timeout seconds (default W+T+60),
+ *   reporting an error, if the server stops answering.
+ *
+ * Server mode (reference ceiling):
+ *
+ *   loadgen --serve [--max-seconds N]
+ *
+ *   A minimal single-threaded epoll echo server on 127.0.0.1, port 0; prints
+ *   the port on stdout, then echoes until killed, until its stdin reaches EOF
+ *   (the bench holds the write end, so the server dies with the bench), or
+ *   after N seconds.
+ *
+ * Linux only (epoll).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_CONNS 100000
+#define MAX_SIZE (16 * 1024 * 1024)
+#define MAX_LAT_SAMPLES (4 * 1024 * 1024)
+#define IDLE_BATCH 500
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static double self_cpu(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6
+         + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6;
+}
+
+/* utime+stime of another process in seconds, or -1. */
+static double proc_cpu(long pid)
+{
+    char path[64], buf[4096];
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')'); /* comm may contain spaces */
+    if (!p)
+        return -1;
+    p++;
+    /* after ')': state(3) ppid pgrp session tty tpgid flags minflt cminflt
+       majflt cmajflt utime(14) stime(15) */
+    unsigned long ut = 0, st = 0;
+    int field = 2;
+    char *tok = strtok(p, " ");
+    while (tok) {
+        field++;
+        if (field == 14)
+            ut = strtoul(tok, NULL, 10);
+        else if (field == 15) {
+            st = strtoul(tok, NULL, 10);
+            break;
+        }
+        tok = strtok(NULL, " ");
+    }
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* CPU seconds all CPUs spent busy (not idle or iowait) since boot, from
+   /proc/stat, or -1. */
+static double system_busy(void)
+{
+    FILE *f = fopen("/proc/stat", "r");
+    if (!f)
+        return -1;
+    unsigned long long v[10] = {0};
+    int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1],
+                   &v[2], &v[3], &v[4], &v[5], &v[6], &v[7], &v[8], &v[9]);
+    fclose(f);
+    if (n < 8)
+        return -1;
+    /* user nice system idle iowait irq softirq steal (guest counted in user) */
+    unsigned long long busy = v[0] + v[1] + v[2] + v[5] + v[6];
+    return (double)busy / (double)sysconf(_SC_CLK_TCK);
+}
+
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+static long nofile_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return -1;
+    return (long)rl.rlim_cur;
+}
+
+static void set_nonblock(int fd)
+{
+    int fl = fcntl(fd, F_GETFL, 0);
+    fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
+static void set_nodelay(int fd)
+{
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+static void die_json(const char *msg, int err)
+{
+    printf("{\"error\": \"%s%s%s\"}\n", msg, err ? ": " : "", err ? strerror(err) : "");
+    fflush(stdout);
+    exit(2);
+}
+
+/* Blocking connect to 127.0.0.1:port, then non-blocking + TCP_NODELAY. */
+static int connect_one(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    /* Bound the blocking connect: SO_SNDTIMEO applies to connect(). */
+    struct timeval tv = {10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    struct timeval zero = {0, 0};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &zero, sizeof zero);
+    set_nodelay(fd);
+    set_nonblock(fd);
+    return fd;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Reference echo server                                                     */
+
+static int serve(long max_seconds)
+{
+    raise_nofile();
+    if (max_seconds > 0)
+        alarm((unsigned)max_seconds); /* never outlive a crashed bench */
+    signal(SIGPIPE, SIG_IGN);
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sa.sin_port = 0;
+    if (bind(lfd, (struct sockaddr *)&sa, sizeof sa) || listen(lfd, SOMAXCONN)) {
+        perror("bind/listen");
+        return 1;
+    }
+    socklen_t sl = sizeof sa;
+    getsockname(lfd, (struct sockaddr *)&sa, &sl);
+    set_nonblock(lfd);
+    printf("%d\n", ntohs(sa.sin_port));
+    fflush(stdout);
+
+    int ep = epoll_create1(0);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = lfd};
+    epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev);
+    /* Exit when stdin reaches EOF or hangs up (the bench holds its write end). */
+    struct epoll_event sev = {.events = EPOLLIN, .data.fd = 0};
+    int watch_stdin = epoll_ctl(ep, EPOLL_CTL_ADD, 0, &sev) == 0;
+    static char buf[65536];
+    struct epoll_event evs[256];
+    for (;;) {
+        int n = epoll_wait(ep, evs, 256, -1);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return 1;
+        }
+        for (int i = 0; i < n; i++) {
+            int fd = evs[i].data.fd;
+            if (fd == 0 && watch_stdin) {
+                ssize_t r = read(0, buf, sizeof buf);
+                if (r <= 0 && !(r < 0 && (errno == EAGAIN || errno == EINTR)))
+                    return 0;
+                continue;
+            }
+            if (fd == lfd) {
+                for (;;) {
+                    int c = accept4(lfd, NULL, NULL, SOCK_NONBLOCK);
+                    if (c < 0)
+                        break;
+                    set_nodelay(c);
+                    struct epoll_event ce = {.events = EPOLLIN, .data.fd = c};
+                    epoll_ctl(ep, EPOLL_CTL_ADD, c, &ce);
+                }
+                continue;
+            }
+            ssize_t r = recv(fd, buf, sizeof buf, 0);
+            if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) {
+                close(fd);
+                continue;
+            }
+            if (r < 0)
+                continue;
+            /* Echo everything; a ping-pong peer never overruns the socket
+               buffer, so a short blocking-ish retry loop is enough here. */
+            ssize_t off = 0;
+            while (off < r) {
+                ssize_t w = send(fd, buf + off, r - off, MSG_NOSIGNAL);
+                if (w < 0) {
+                    if (errno == EAGAIN || errno == EINTR) {
+                        struct timespec ts = {0, 10000};
+                        nanosleep(&ts, NULL);
+                        continue;
+                    }
+                    close(fd);
+                    break;
+                }
+                off += w;
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Client                                                                    */
+
+typedef struct {
+    int fd;
+    size_t sent, got;
+    double t0;            /* request start */
+    uint64_t seq;
+    int want_out;         /* EPOLLOUT registered */
+    unsigned char *out;   /* message being sent (seq stamped in) */
+    unsigned char *in;    /* reply */
+} conn_t;
+
+static int cmp_float(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+static void usage(void)
+{
+    fprintf(stderr,
+            "usage: loadgen --port P [--conns C] [--size S] [--seconds T] [--warmup W]\n"
+            "               [--max-requests N] [--idle I] [--server-pid PID] [--timeout X]\n"
+            "       loadgen --serve [--max-seconds N]\n");
+    exit(2);
+}
+
+/* Open `count` idle connections, confirming each with a 1-byte round trip. */
+static int open_idle(int port, int count, int *fds, double deadline)
+{
+    int ep = epoll_create1(0);
+    struct epoll_event evs[256];
+    int opened = 0;
+    while (opened < count) {
+        int batch = count - opened < IDLE_BATCH ? count - opened : IDLE_BATCH;
+        for (int i = 0; i < batch; i++) {
+            int fd = connect_one(port);
+            if (fd < 0)
+                die_json("idle connect", errno);
+            fds[opened + i] = fd;
+            struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)(opened + i)};
+            epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+            if (send(fd, "i", 1, MSG_NOSIGNAL) != 1)
+                die_json("idle send", errno);
+        }
+        int pending = batch;
+        while (pending > 0) {
+            if (now() > deadline)
+                die_json("timeout while confirming idle connections", 0);
+            int n = epoll_wait(ep, evs, 256, 100);
+            for (int i = 0; i < n; i++) {
+                int fd = fds[evs[i].data.u32];
+                char c;
+                ssize_t r = recv(fd, &c, 1, 0);
+                if (r == 1) {
+                    epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL);
+                    pending--;
+                } else if (r == 0 || (errno != EAGAIN && errno != EINTR)) {
+                    die_json("idle connection closed by server", r == 0 ? 0 : errno);
+                }
+            }
+        }
+        opened += batch;
+    }
+    close(ep);
+    return opened;
+}
+
+int main(int argc, char **argv)
+{
+    int port = 0, conns = 1, idle = 0;
+    long size = 64;
+    double seconds = 1.5, warmup = 0.3, timeout = -1;
+    long long max_requests = 0;
+    long server_pid = 0;
+    double interval = 0;
+
+    int serve_mode = 0;
+    long max_seconds = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--serve")) {
+            serve_mode = 1;
+            continue;
+        }
+        if (!v)
+            usage();
+        if (!strcmp(a, "--port")) port = atoi(v);
+        else if (!strcmp(a, "--conns")) conns = atoi(v);
+        else if (!strcmp(a, "--size")) size = atol(v);
+        else if (!strcmp(a, "--seconds")) seconds = atof(v);
+        else if (!strcmp(a, "--warmup")) warmup = atof(v);
+        else if (!strcmp(a, "--max-requests")) max_requests = atoll(v);
+        else if (!strcmp(a, "--idle")) idle = atoi(v);
+        else if (!strcmp(a, "--server-pid")) server_pid = atol(v);
+        else if (!strcmp(a, "--timeout")) timeout = atof(v);
+        else if (!strcmp(a, "--max-seconds")) max_seconds = atol(v);
+        else if (!strcmp(a, "--interval")) interval = atof(v);
+        else usage();
+        i++;
+    }
+    if (serve_mode)
+        return serve(max_seconds);
+    if (port <= 0 || port > 65535 || conns < 1 || conns > MAX_CONNS || size < 1
+        || size > MAX_SIZE || idle < 0 || idle > MAX_CONNS || seconds <= 0
+        || seconds > 600 || warmup < 0 || warmup > 600)
+        usage();
+    if (timeout <= 0)
+        timeout = warmup + seconds + 60;
+
+    signal(SIGPIPE, SIG_IGN);
+    raise_nofile();
+    long need = (long)conns + idle + 64;
+    if (nofile_limit() < need) {
+        printf("{\"error\": \"RLIMIT_NOFILE %ld < %ld needed\"}\n", nofile_limit(), need);
+        return 2;
+    }
+    double t_begin = now();
+    double hard_deadline = t_begin + timeout;
+
+    /* Idle connections first. */
+    int *idle_fds = NULL;
+    double idle_open_s = 0;
+    if (idle > 0) {
+        idle_fds = calloc((size_t)idle, sizeof(int));
+        double t = now();
+        open_idle(port, idle, idle_fds, hard_deadline);
+        idle_open_s = now() - t;
+    }
+
+    /* Active connections. */
+    conn_t *cs = calloc((size_t)conns, sizeof(conn_t));
+    int ep = epoll_create1(0);
+    for (int i = 0; i < conns; i++) {
+        conn_t *c = &cs[i];
+        c->fd = connect_one(port);
+        if (c->fd < 0)
+            die_json("connect", errno);
+        c->out = malloc((size_t)size);
+        c->in = malloc((size_t)size);
+        for (long k = 0; k < size; k++)
+            c->out[k] = (unsigned char)('a' + (i + k) % 26);
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
+        epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
+    }
+
+    float *lat = malloc(sizeof(float) * MAX_LAT_SAMPLES);
+    size_t nlat = 0;
+    long long counted = 0, warm_done = 0;
+    int errors = 0;
+    char errmsg[200] = "";
+
+    double t_start = now();
+    double t_measure = t_start + warmup;
+    double t_end = t_measure + seconds;
+    int measuring = warmup <= 0;
+    double m_start = t_start, m_cpu0 = self_cpu(), m_srv0 = server_pid ? proc_cpu(server_pid) : -1;
+    double m_sys0 = system_busy();
+    double m_stop = 0, m_cpu1 = 0, m_srv1 = -1, m_sys1 = -1;
+    int stop = 0;
+
+/* Start (or continue) sending the current request of c. */
+#define PUMP_SEND(c, idx)                                                          \
+    do {                                                                           \
+        while ((c)->sent < (size_t)size) {                                         \
+            ssize_t w = send((c)->fd, (c)->out + (c)->sent, (size_t)size - (c)->sent, \
+                             MSG_NOSIGNAL);                                        \
+            if (w > 0) { (c)->sent += (size_t)w; continue; }                       \
+            if (w < 0 && (errno == EAGAIN || errno == EINTR)) break;               \
+            errors++;                                                              \
+            snprintf(errmsg, sizeof errmsg, "send: %s", strerror(errno));          \
+            stop = 1;                                                              \
+            break;                                                                 \
+        }                                                                          \
+        int want = (c)->sent < (size_t)size;                                       \
+        if (want != (c)->want_out) {                                               \
+            struct epoll_event e2 = {.events = EPOLLIN | (want ? EPOLLOUT : 0),    \
+                                     .data.u32 = (uint32_t)(idx)};                 \
+            epoll_ctl(ep, EPOLL_CTL_MOD, (c)->fd, &e2);                            \
+            (c)->want_out = want;                                                  \
+        }                                                                          \
+    } while (0)
+
+#define START_REQUEST(c, idx, t)                                                   \
+    do {                                                                           \
+        (c)->seq++;                                                                \
+        if (size >= 8) memcpy((c)->out, &(c)->seq, 8);                             \
+        (c)->sent = 0; (c)->got = 0; (c)->t0 = (t);                                \
+        PUMP_SEND(c, idx);                                                         \
+    } while (0)
+
+    for (int i = 0; i < conns; i++)
+        START_REQUEST(&cs[i], i, t_start);
+
+    /* --interval X: requests completed per X seconds from the very start
+       (warm-up included), for looking at warm-up effects. */
+    enum { MAX_IV = 10000 };
+    long long *iv = interval > 0 ? calloc(MAX_IV, sizeof(long long)) : NULL;
+    int niv = 0;
+
+    struct epoll_event evs[512];
+    while (!stop) {
+        int n = epoll_wait(ep, evs, 512, 50);
+        double t = now();
+        if (n < 0 && errno != EINTR) {
+            errors++;
+            snprintf(errmsg, sizeof errmsg, "epoll_wait: %s", strerror(errno));
+            break;
+        }
+        if (!measuring && t >= t_measure) {
+            measuring = 1;
+            m_start = t;
+            m_cpu0 = self_cpu();
+            m_srv0 = server_pid ? proc_cpu(server_pid) : -1;
+            m_sys0 = system_busy();
+        }
+        if (measuring && t >= t_end)
+            break;
+        if (t > hard_deadline) {
+            errors++;
+            snprintf(errmsg, sizeof errmsg, "timeout: server stopped answering");
+            break;
+        }
+        for (int k = 0; k < n && !stop; k++) {
+            int idx = (int)evs[k].data.u32;
+            conn_t *c = &cs[idx];
+            if (evs[k].events & EPOLLOUT)
+                PUMP_SEND(c, idx);
+            if (!(evs[k].events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
+                continue;
+            ssize_t r = recv(c->fd, c->in + c->got, (size_t)size - c->got, 0);
+            if (r < 0 && (errno == EAGAIN || errno == EINTR))
+                continue;
+            if (r <= 0) {
+                errors++;
+                snprintf(errmsg, sizeof errmsg, "recv: %s",
+                         r == 0 ? "connection closed by server" : strerror(errno));
+                stop = 1;
+                break;
+            }
+            c->got += (size_t)r;
+            if (c->got > c->sent) {
+                errors++;
+                snprintf(errmsg, sizeof errmsg, "received more than was sent");
+                stop = 1;
+                break;
+            }
+            if (c->got < (size_t)size)
+                continue;
+            if (memcmp(c->in, c->out, (size_t)size) != 0) {
+                errors++;
+                snprintf(errmsg, sizeof errmsg, "echoed bytes differ from the request");
+                stop = 1;
+                break;
+            }
+            if (iv) {
+                long slot = (long)((t - t_start) / interval);
+                if (slot >= 0 && slot < MAX_IV) {
+                    iv[slot]++;
+                    if (slot + 1 > niv)
+                        niv = (int)slot + 1;
+                }
+            }
+            if (measuring) {
+                counted++;
+                if (nlat < MAX_LAT_SAMPLES)
+                    lat[nlat++] = (float)((t - c->t0) * 1e6);
+                if (max_requests > 0 && counted >= max_requests) {
+                    stop = 1;
+                    break;
+                }
+            } else {
+                warm_done++;
+            }
+            START_REQUEST(c, idx, t);
+        }
+    }
+    m_stop = now();
+    m_cpu1 = self_cpu();
+    m_srv1 = server_pid ? proc_cpu(server_pid) : -1;
+    m_sys1 = system_busy();
+    if (!measuring) {
+        m_start = m_stop;
+        m_cpu0 = m_cpu1;
+    }
+    double elapsed = m_stop - m_start;
+    double srv_cpu = (elapsed > 0 && m_srv0 >= 0 && m_srv1 >= 0) ? (m_srv1 - m_srv0) / elapsed : -1.0;
+    double lg_cpu = elapsed > 0 ? (m_cpu1 - m_cpu0) / elapsed : 0.0;
+    /* Everything else the machine did meanwhile (other processes, plus
+       interrupt work not charged to either of us), in CPUs. */
+    double other_cpu = -1;
+    if (elapsed > 0 && m_sys0 >= 0 && m_sys1 >= 0 && srv_cpu >= 0) {
+        other_cpu = (m_sys1 - m_sys0) / elapsed - srv_cpu - lg_cpu;
+        if (other_cpu < 0)
+            other_cpu = 0;
+    }
+
+    double p50 = 0, p90 = 0, p99 = 0, pmax = 0;
+    if (nlat > 0) {
+        qsort(lat, nlat, sizeof(float), cmp_float);
+        p50 = lat[(size_t)(0.50 * (nlat - 1))];
+        p90 = lat[(size_t)(0.90 * (nlat - 1))];
+        p99 = lat[(size_t)(0.99 * (nlat - 1))];
+        pmax = lat[nlat - 1];
+    }
+    printf("{\"conns\": %d, \"size\": %ld, \"idle\": %d, \"idle_open_seconds\": %.3f, "
+           "\"warmup\": %.3f, \"warmup_requests\": %lld, \"seconds\": %.6f, "
+           "\"requests\": %lld, \"rps\": %.1f, "
+           "\"latency_us\": {\"p50\": %.1f, \"p90\": %.1f, \"p99\": %.1f, \"max\": %.1f}, "
+           "\"loadgen_cpu\": %.3f, \"server_cpu\": %.3f, \"other_cpu\": %.3f, "
+           "\"errors\": %d, \"error\": \"%s\"",
+           conns, size, idle, idle_open_s, warmup, warm_done, elapsed, counted,
+           elapsed > 0 ? counted / elapsed : 0.0, p50, p90, p99, pmax,
+           lg_cpu, srv_cpu, other_cpu, errors, errmsg);
+    if (iv) {
+        printf(", \"interval\": %g, \"interval_rps\": [", interval);
+        for (int i = 0; i < niv; i++)
+            printf("%s%.0f", i ? ", " : "", iv[i] / interval);
+        printf("]");
+    }
+    printf("}\n");
+    fflush(stdout);
+    /* Exit closes every socket. */
+    return errors ? 1 : 0;
+}

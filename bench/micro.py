@@ -1,0 +1,490 @@
+"""Micro-benchmarks: switch, spawn and timers, bluelet against its peers.
+
+Run from the repository root::
+
+    python bench/micro.py                 # full run, about 1.5 min on 2 cores
+    python bench/micro.py --quick         # smoke run, a few seconds
+    python bench/micro.py --rounds 9 --json out.json
+
+Implementations, each in its own subprocess (``bench/_micro_worker.py``,
+``python -I``, cwd a temporary directory), so that nothing one of them does
+to the interpreter (gevent, uvloop, the chosen bluelet core) leaks into the
+others:
+
+* floor -- a bare round robin of ``generator.send`` over a deque (switch only);
+* bluelet (cython), bluelet (python) -- this repository's cores; the pure one
+  with ``BLUELET_PURE_PYTHON=1``, the compiled one with
+  ``BLUELET_REQUIRE_EXTENSIONS=1`` (its row is left out if it is not built);
+* bluelet 0.2.0 -- the PyPI release in the side venv
+  ``bench/.venv-bluelet020``, set up on first use by ``bench/switch.py``'s
+  machinery (needs PyPI once);
+* asyncio, asyncio+uvloop, gevent, trio -- each left out, with a note, when it
+  does not import (``pip install -r bench/requirements.txt``).
+
+Benchmarks (the kernels and what each window covers are described in
+``_micro_worker.py``):
+
+* switch: 1,000 coroutines x 1,000 zero-length yields each (``null()``,
+  ``asyncio.sleep(0)``, ``gevent.sleep(0)``, ``trio.lowlevel.checkpoint()``);
+  ns per switch.
+* spawn: spawn and join 100,000 coroutines that end at once; us per
+  coroutine, with the cyclic GC as usual and (second column) paused.
+* timers: 10,000 coroutines each sleeping five seeded random intervals of
+  0-50 ms; CPU seconds (``time.process_time``) and lateness (wake time minus
+  deadline: median and p99, ms).
+
+Every figure is the median of ``--rounds`` rounds (default 5, 1 with
+``--quick``); a round runs every implementation once, in a rotating order.
+``--quick`` also shrinks the sizes (100 yields, 10,000 spawns, 1,000 sleepers).
+The goals of issue 3 that these figures decide are printed as checks.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+WORKER = os.path.join(HERE, "_micro_worker.py")
+
+sys.path.insert(0, HERE)
+import switch as switchbench  # noqa: E402  (the bluelet 0.2.0 side-venv machinery)
+
+#: (key, label), in table order.
+IMPLS = [
+    ("floor", "floor (generator.send)"),
+    ("cython", "bluelet (cython)"),
+    ("python", "bluelet (python)"),
+    ("old", "bluelet 0.2.0"),
+    ("asyncio", "asyncio"),
+    ("uvloop", "asyncio+uvloop"),
+    ("gevent", "gevent"),
+    ("trio", "trio"),
+]
+LABELS = dict(IMPLS)
+#: worker IMPL argument for each key
+WORKER_IMPL = {"floor": "floor", "cython": "bluelet", "python": "bluelet", "old": "bluelet020",
+               "asyncio": "asyncio", "uvloop": "uvloop", "gevent": "gevent", "trio": "trio"}
+MISSING_STATUS = 3
+
+
+def say(*args):
+    print(*args, file=sys.stderr, flush=True)
+
+
+# -- machine ------------------------------------------------------------------
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info():
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "python": "%s (%s)" % (platform.python_version(), platform.python_implementation()),
+        "os": "%s %s %s" % (platform.system(), platform.release(), platform.machine()),
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
+# -- configuration ----------------------------------------------------------------
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        description="switch / spawn / timers micro-benchmarks: bluelet's two cores, "
+                    "bluelet 0.2.0, asyncio, uvloop, gevent, trio and the bare floor.")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="rounds; each figure is the median (default 5, 1 with --quick)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 round, small sizes")
+    p.add_argument("--json", metavar="PATH", help="also write every figure as JSON to PATH")
+    p.add_argument("--only", metavar="KEYS",
+                   help="comma-separated subset of: " + ", ".join(k for k, _ in IMPLS))
+    p.add_argument("--no-old", action="store_true", help="leave bluelet 0.2.0 out")
+    p.add_argument("--venv", default=switchbench.DEFAULT_VENV,
+                   help="side venv for bluelet 0.2.0 (default bench/.venv-bluelet020)")
+    p.add_argument("--switch-n", type=int, default=1000, help="switch: coroutines (1000)")
+    p.add_argument("--switch-k", type=int, default=None,
+                   help="switch: yields per coroutine (1000; 100 with --quick)")
+    p.add_argument("--old-switch-k", type=int, default=None,
+                   help="switch: yields per coroutine for bluelet 0.2.0 (default: the same)")
+    p.add_argument("--spawn-n", type=int, default=None,
+                   help="spawn: coroutines (100000; 10000 with --quick)")
+    p.add_argument("--timers-n", type=int, default=None,
+                   help="timers: coroutines (10000; 1000 with --quick)")
+    p.add_argument("--seed", type=int, default=20240601, help="timers: random seed")
+    p.add_argument("--timeout", type=float, default=300,
+                   help="seconds one worker process may take (default 300)")
+    args = p.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 5
+    if args.switch_k is None:
+        args.switch_k = 100 if args.quick else 1000
+    if args.old_switch_k is None:
+        args.old_switch_k = args.switch_k
+    if args.spawn_n is None:
+        args.spawn_n = 10000 if args.quick else 100000
+    if args.timers_n is None:
+        args.timers_n = 1000 if args.quick else 10000
+    keys = [k for k, _ in IMPLS]
+    if args.only:
+        wanted = [k.strip() for k in args.only.split(",") if k.strip()]
+        bad = [k for k in wanted if k not in keys]
+        if bad:
+            p.error("unknown implementation(s) %s; choose from %s" % (bad, ", ".join(keys)))
+        args.keys = [k for k in keys if k in wanted]
+    else:
+        args.keys = keys
+    if args.no_old and "old" in args.keys:
+        args.keys.remove("old")
+    if args.rounds < 1 or args.switch_n < 1 or args.switch_k < 2 or args.old_switch_k < 2 \
+            or args.spawn_n < 1 or args.timers_n < 1:
+        p.error("rounds and sizes must be >= 1, yields >= 2")
+    return args
+
+
+def spec_for(args, key):
+    spec = {"warm_up": True, "repo": REPO,
+            "switch": {"n": args.switch_n, "k": args.old_switch_k if key == "old" else args.switch_k}}
+    if key == "floor":
+        return spec
+    spec["spawn"] = {"n": args.spawn_n}
+    spec["timers"] = {"n": args.timers_n, "sleeps": 5, "max_ms": 50.0, "seed": args.seed}
+    if key in ("cython", "python"):
+        spec["core"] = key
+    return spec
+
+
+# -- running the workers ----------------------------------------------------------
+
+class Missing(Exception):
+    pass
+
+
+def worker_env(key):
+    env = switchbench.clean_env()
+    if key == "python":
+        env["BLUELET_PURE_PYTHON"] = "1"
+    elif key == "cython":
+        env["BLUELET_REQUIRE_EXTENSIONS"] = "1"
+    return env
+
+
+def run_worker(py, key, spec, timeout):
+    """Run one worker; return its JSON. Raises Missing or RuntimeError."""
+    cmd = [py, "-I", WORKER, WORKER_IMPL[key], json.dumps(spec)]
+    with tempfile.TemporaryDirectory(prefix="bluelet-micro-") as cwd:
+        try:
+            proc = subprocess.run(cmd, cwd=cwd, env=worker_env(key), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, universal_newlines=True,
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError("worker took longer than %g s (--timeout)" % timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    doc = None
+    if lines:
+        try:
+            doc = json.loads(lines[-1])
+        except ValueError:
+            doc = None
+    if proc.returncode == MISSING_STATUS and doc and "missing" in doc:
+        raise Missing(doc["missing"])
+    if proc.returncode != 0 or doc is None:
+        err = proc.stderr.strip().splitlines()
+        raise RuntimeError("worker exited with %d: %s" % (
+            proc.returncode, err[-1] if err else "(no output)"))
+    return doc
+
+
+# -- formatting ---------------------------------------------------------------------
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt(v, unit, digits=None):
+    if v is None:
+        return "n/a"
+    if digits is None:
+        a = abs(v)
+        digits = 0 if a >= 100 else 1 if a >= 10 else 2 if a >= 1 else 3
+    return "{:,.{d}f} {u}".format(v, d=digits, u=unit).strip()
+
+
+def fmt_ratio(r):
+    if r is None:
+        return "n/a"
+    return "%.2f×" % r if r < 100 else "{:,.0f}×".format(r)
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def table(head, rows, align=None):
+    align = align or ["---"] + ["---:"] * (len(head) - 1)
+    out = ["| " + " | ".join(head) + " |", "| " + " | ".join(align) + " |"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def render_markdown(doc, heading="##", machine=True, with_goals=True):
+    """Markdown for a micro.py JSON document (also used by bench/run.py)."""
+    p = doc["params"]
+    res = doc["results"]
+    lines = []
+    h = heading
+    lines.append("%s Micro-benchmarks (median of %d round%s%s)" % (
+        h, doc["rounds"], "" if doc["rounds"] == 1 else "s", ", --quick" if doc["quick"] else ""))
+    lines.append("")
+    if machine:
+        m = doc["machine"]
+        lines.append("%s, %s cores, Python %s, %s." % (m["cpu"], m["cores"], m["python"], m["date"]))
+        lines.append("")
+
+    # switch
+    sw = res.get("switch", {})
+    floor = sw.get("floor", {}).get("median_ns")
+    cy = sw.get("cython", {}).get("median_ns")
+    lines.append("%s# switch: {:,} coroutines × {:,} yields, ns per switch".format(
+        p["switch"]["n"], p["switch"]["k"]) % h)
+    lines.append("")
+    rows = []
+    for key, label in IMPLS:
+        if key not in sw:
+            continue
+        r = sw[key]
+        rows.append([label + ("" if r["k"] == p["switch"]["k"] else " ({:,} yields)".format(r["k"])),
+                     fmt(r["median_ns"], "ns"),
+                     "%s–%s" % (fmt(min(r["rounds_ns"]), ""), fmt(max(r["rounds_ns"]), "")),
+                     fmt_ratio(ratio(r["median_ns"], floor)),
+                     fmt_ratio(ratio(r["median_ns"], cy))])
+    lines.append(table(["implementation", "ns/switch", "range (rounds)", "× floor",
+                        "× bluelet (cython)"], rows))
+    lines.append("")
+
+    # spawn
+    sp = res.get("spawn", {})
+    cy = sp.get("cython", {}).get("median_us")
+    cyn = sp.get("cython", {}).get("median_us_nogc")
+    lines.append("%s# spawn: spawn and join {:,} coroutines that end at once, µs per coroutine"
+                 .format(p["spawn"]["n"]) % h)
+    lines.append("")
+    rows = []
+    for key, label in IMPLS:
+        if key not in sp:
+            continue
+        r = sp[key]
+        rows.append([label, fmt(r["median_us"], "µs"),
+                     "%s–%s" % (fmt(min(r["rounds_us"]), ""), fmt(max(r["rounds_us"]), "")),
+                     fmt_ratio(ratio(r["median_us"], cy)),
+                     fmt(r["median_us_nogc"], "µs"), fmt_ratio(ratio(r["median_us_nogc"], cyn))])
+    lines.append(table(["implementation", "µs/coroutine", "range (rounds)", "× bluelet (cython)",
+                        "GC paused", "× bluelet (cython), GC paused"], rows))
+    lines.append("")
+
+    # timers
+    tm = res.get("timers", {})
+    cy = tm.get("cython", {}).get("cpu_s")
+    t = p["timers"]
+    lines.append("%s# timers: {:,} coroutines × {} sleeps of 0–{:g} ms (seeded), CPU and lateness"
+                 .format(t["n"], t["sleeps"], t["max_ms"]) % h)
+    lines.append("")
+    rows = []
+    for key, label in IMPLS:
+        if key not in tm:
+            continue
+        r = tm[key]
+        rows.append([label, fmt(r["cpu_s"], "s", 3), fmt_ratio(ratio(r["cpu_s"], cy)),
+                     fmt(r["wall_s"], "s", 3), fmt(r["late_median_ms"], "ms", 2),
+                     fmt(r["late_p99_ms"], "ms", 2)])
+    lines.append(table(["implementation", "CPU", "× bluelet (cython)", "wall",
+                        "lateness median", "lateness p99"], rows))
+    lines.append("")
+
+    if with_goals:
+        lines.append("%s# Goals (issue 3)" % h)
+        lines.append("")
+        rows = []
+        for g in doc["goals"]:
+            status = "n/a" if g["met"] is None else ("**met**" if g["met"] else "**not met**")
+            rows.append([g["goal"], g["measured"], status])
+        lines.append(table(["goal", "measured", "status"], rows, ["---", "---", "---"]))
+        lines.append("")
+    if doc.get("notes"):
+        lines.append("Notes:")
+        lines.append("")
+        for n in doc["notes"]:
+            lines.append("- " + n)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def goals(results):
+    sw, sp = results.get("switch", {}), results.get("spawn", {})
+    get = lambda d, k, f: d.get(k, {}).get(f)  # noqa: E731
+    out = []
+
+    r = ratio(get(sw, "cython", "median_ns"), get(sw, "floor", "median_ns"))
+    out.append({"goal": "compiled switch ≤ 1.5× the floor", "ratio": r, "target": 1.5,
+                "measured": "%s%s (%s vs %s)" % (
+                    fmt_ratio(r), "" if r is None else " the floor",
+                    fmt(get(sw, "cython", "median_ns"), "ns"),
+                    fmt(get(sw, "floor", "median_ns"), "ns")),
+                "met": None if r is None else r <= 1.5})
+    r = ratio(get(sw, "python", "median_ns"), get(sw, "cython", "median_ns"))
+    out.append({"goal": "compiled ≥ 2.5× faster than pure on switch", "ratio": r, "target": 2.5,
+                "measured": "%s (%s vs %s)" % (
+                    fmt_ratio(r), fmt(get(sw, "python", "median_ns"), "ns"),
+                    fmt(get(sw, "cython", "median_ns"), "ns")),
+                "met": None if r is None else r >= 2.5})
+    r = ratio(get(sp, "python", "median_us"), get(sp, "cython", "median_us"))
+    rn = ratio(get(sp, "python", "median_us_nogc"), get(sp, "cython", "median_us_nogc"))
+    out.append({"goal": "compiled ≥ 2× faster than pure on spawn", "ratio": r, "target": 2.0,
+                "ratio_gc_paused": rn,
+                "measured": "%s (%s vs %s); GC paused: %s" % (
+                    fmt_ratio(r), fmt(get(sp, "python", "median_us"), "µs"),
+                    fmt(get(sp, "cython", "median_us"), "µs"), fmt_ratio(rn)),
+                "met": None if r is None else r >= 2.0})
+    return out
+
+
+# -- main -------------------------------------------------------------------------
+
+def main(argv=None):
+    args = parse_args(argv)
+    started = time.perf_counter()
+    notes = []
+    py = {k: sys.executable for k in args.keys}
+
+    if "old" in args.keys:
+        try:
+            py["old"] = switchbench.ensure_old_venv(args.venv)
+        except Exception as exc:
+            msg = ("bluelet 0.2.0 left out: could not set up the side venv %s with %s "
+                   "(PyPI is needed on first use): %s"
+                   % (args.venv, switchbench.OLD_REQUIREMENT, str(exc).strip().splitlines()[0]))
+            say(msg)
+            notes.append(msg)
+            args.keys.remove("old")
+    if args.no_old:
+        notes.append("bluelet 0.2.0 left out (--no-old)")
+
+    raw = {k: [] for k in args.keys}
+    info = {}
+    active = list(args.keys)
+    for r in range(args.rounds):
+        say("round %d/%d ..." % (r + 1, args.rounds))
+        order = active[r % len(active):] + active[:r % len(active)] if active else []
+        for key in order:
+            if key not in active:
+                continue
+            t0 = time.perf_counter()
+            try:
+                res = run_worker(py[key], key, spec_for(args, key), args.timeout)
+            except Missing as exc:
+                msg = "%s left out: %s" % (LABELS[key], exc)
+                if key in ("uvloop", "gevent", "trio"):
+                    msg += " (pip install -r bench/requirements.txt)"
+                say(msg)
+                notes.append(msg)
+                active.remove(key)
+                del raw[key]
+                continue
+            except Exception as exc:
+                msg = "%s left out: its worker failed: %s" % (LABELS[key], exc)
+                say(msg)
+                notes.append(msg)
+                active.remove(key)
+                del raw[key]
+                continue
+            say("  %-24s %5.1f s" % (LABELS[key], time.perf_counter() - t0))
+            raw[key].append(res)
+            info[key] = dict(res.get("info") or {}, python=res.get("python"))
+
+    results = {"switch": {}, "spawn": {}, "timers": {}}
+    for key, runs in raw.items():
+        if not runs:
+            continue
+        ns = [x["switch_ns"] for x in runs]
+        k = args.old_switch_k if key == "old" else args.switch_k
+        results["switch"][key] = {"median_ns": median(ns), "rounds_ns": ns,
+                                  "n": args.switch_n, "k": k}
+        if key == "floor":
+            continue
+        us = [x["spawn_us"] for x in runs]
+        usn = [x["spawn_us_nogc"] for x in runs]
+        results["spawn"][key] = {"median_us": median(us), "rounds_us": us,
+                                 "median_us_nogc": median(usn), "rounds_us_nogc": usn,
+                                 "n": args.spawn_n,
+                                 "shape": "spawn and join each in turn" if key == "old"
+                                 else "spawn all, then join each"}
+        tms = [x["timers"] for x in runs]
+        results["timers"][key] = dict(
+            {f: median([t[f] for t in tms]) for f in
+             ("cpu_s", "wall_s", "late_median_ms", "late_p99_ms", "late_max_ms")},
+            n=args.timers_n, rounds=tms)
+
+    if "old" in raw:
+        sizes = ("the same sizes as the others" if args.old_switch_k == args.switch_k
+                 else "{:,} yields per coroutine on switch (others {:,})".format(
+                     args.old_switch_k, args.switch_k))
+        notes.append("bluelet 0.2.0 ran %s; on spawn it joins each coroutine right after "
+                     "spawning it (its join() of a coroutine that has already finished never "
+                     "returns); on timers its sleepers are spawned by a fan-out (it handles one "
+                     "spawn per pass over all coroutines)." % sizes)
+    notes.append("Each implementation runs in its own `python -I` subprocess per round, after a "
+                 "small warm-up; spawn's first column has the cyclic GC as usual, the "
+                 "'GC paused' column the same run with gc.disable() during the window.")
+
+    doc = {
+        "benchmark": "bench/micro.py",
+        "argv": sys.argv[1:] if argv is None else list(argv),
+        "machine": machine_info(),
+        "rounds": args.rounds,
+        "quick": args.quick,
+        "params": {"switch": {"n": args.switch_n, "k": args.switch_k,
+                              "k_old": args.old_switch_k},
+                   "spawn": {"n": args.spawn_n},
+                   "timers": {"n": args.timers_n, "sleeps": 5, "max_ms": 50.0,
+                              "seed": args.seed}},
+        "implementations": {k: {"label": LABELS[k], "info": info.get(k)} for k in raw},
+        "units": {"switch": "ns per switch", "spawn": "µs per coroutine",
+                  "timers": "CPU s, wall s, lateness ms"},
+        "results": results,
+        "goals": goals(results),
+        "notes": notes,
+    }
+    doc["seconds"] = time.perf_counter() - started
+    doc["notes"].append("took %.0f s" % doc["seconds"])
+    print(render_markdown(doc))
+    if args.json:
+        d = os.path.dirname(os.path.abspath(args.json))
+        os.makedirs(d, exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+        say("wrote %s" % args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,408 @@
+"""Run every benchmark and write bench/results/RESULTS.md and chart.png.
+
+The one command, from the repository root::
+
+    python bench/run.py              # everything (micro about 1.5 min, echo several)
+    python bench/run.py --quick      # smoke run of everything, about a minute
+    python bench/run.py --rounds 7   # passed through to each benchmark
+
+Runs, one after the other (never at the same time, so that they do not
+disturb each other):
+
+* ``bench/micro.py`` -- switch, spawn, timers (see there);
+* ``bench/echo.py``  -- echo throughput and idle scaling (see there). If it is
+  not there, or fails without producing figures, the results say so and the
+  micro part is still written.
+
+Each writes its figures as JSON (``bench/results/micro.json``,
+``bench/results/echo.json``); this script then writes
+``bench/results/RESULTS.md`` (the machine, the goal checks of issue 3, every
+table) and ``bench/results/chart.png`` (matplotlib, Agg backend), and prints
+the Markdown. ``--quick`` and ``--rounds`` are passed through to both
+benchmarks (without ``--rounds`` each uses its own default). Needs the peers
+and tools of ``bench/requirements.txt``; without matplotlib the chart is
+left out with a note.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+MICRO = os.path.join(HERE, "micro.py")
+ECHO = os.path.join(HERE, "echo.py")
+DEFAULT_OUT = os.path.join(HERE, "results")
+
+sys.path.insert(0, HERE)
+import micro  # noqa: E402
+
+
+def say(*args):
+    print(*args, file=sys.stderr, flush=True)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description="Run bench/micro.py and bench/echo.py; write "
+                                            "bench/results/RESULTS.md and chart.png.")
+    p.add_argument("--quick", action="store_true", help="smoke run of every benchmark")
+    p.add_argument("--rounds", type=int, help="rounds per figure, passed to every benchmark")
+    p.add_argument("--out", default=DEFAULT_OUT, help="results directory (default bench/results)")
+    p.add_argument("--skip-micro", action="store_true", help="do not run bench/micro.py")
+    p.add_argument("--skip-echo", action="store_true", help="do not run bench/echo.py")
+    p.add_argument("--reuse", action="store_true",
+                   help="do not run anything; rebuild RESULTS.md and chart.png from the JSON "
+                        "(and echo.md) already in --out")
+    return p.parse_args(argv)
+
+
+def run_bench(script, json_path, args, timeout):
+    """Run one benchmark script; return (doc or None, stdout, problem or None)."""
+    if os.path.exists(json_path):
+        os.remove(json_path)
+    cmd = [sys.executable, script, "--json", json_path]
+    if args.quick:
+        cmd.append("--quick")
+    if args.rounds is not None:
+        cmd += ["--rounds", str(args.rounds)]
+    say("$ " + " ".join(os.path.relpath(c, REPO) if c.startswith(REPO) else c for c in cmd))
+    t0 = time.perf_counter()
+    try:
+        # stderr (progress) goes straight to the terminal; stdout is the
+        # script's Markdown, kept.
+        proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, universal_newlines=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        return None, exc.stdout or "", "timed out after %d s" % timeout
+    except OSError as exc:
+        return None, "", str(exc)
+    say("  (%s: exit status %d after %.0f s)" % (os.path.basename(script), proc.returncode,
+                                                 time.perf_counter() - t0))
+    doc = None
+    if os.path.exists(json_path):
+        try:
+            with open(json_path) as f:
+                doc = json.load(f)
+        except ValueError as exc:
+            return None, proc.stdout, "its JSON does not parse: %s" % exc
+    problem = None
+    if proc.returncode != 0:
+        problem = "exited with status %d" % proc.returncode
+    if doc is None:
+        problem = (problem + ", " if problem else "") + "wrote no JSON"
+    return doc, proc.stdout, problem
+
+
+# -- RESULTS.md -------------------------------------------------------------------------------
+
+def fmt_ratio(r):
+    return "n/a" if r is None else "%.2f×" % r
+
+
+def goals_table(micro_doc, echo_doc):
+    rows = []
+    if micro_doc:
+        for g in micro_doc.get("goals", []):
+            rows.append((g["goal"], g["measured"], g["met"], "micro"))
+    if echo_doc:
+        for g in echo_doc.get("goals", []):
+            rows.append((g.get("goal", "?"), fmt_ratio(g.get("value")), g.get("met"), "echo"))
+    if not rows:
+        return "No goal could be checked (no benchmark produced figures).\n"
+    out = ["| goal | measured | status | benchmark |", "| --- | --- | --- | --- |"]
+    for goal, measured, met, where in rows:
+        status = "n/a" if met is None else ("**met**" if met else "**not met**")
+        out.append("| %s | %s | %s | %s |" % (goal, measured, status, where))
+    return "\n".join(out) + "\n"
+
+
+def machine_section(machine, args, end_load=True):
+    la = machine.get("loadavg")
+    rows = [
+        ("CPU", machine["cpu"]),
+        ("cores", str(machine["cores"])),
+        ("Python", machine["python"]),
+        ("OS", machine["os"]),
+        ("date", machine["date"]),
+        ("load average (1, 5, 15 min) at start", "n/a" if not la else "%.2f %.2f %.2f" % tuple(la)),
+        ("load average at end", "n/a" if not (end_load and hasattr(os, "getloadavg"))
+         else "%.2f %.2f %.2f" % os.getloadavg()),
+        ("command", "`python bench/run.py%s%s`" % (" --quick" if args.quick else "",
+                                                  " --rounds %d" % args.rounds
+                                                  if args.rounds is not None else "")),
+    ]
+    out = ["| machine | |", "| --- | --- |"]
+    out += ["| %s | %s |" % r for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def build_markdown(args, machine, micro_doc, micro_problem, echo_doc, echo_md, echo_problem,
+                   chart_note):
+    parts = ["# bluelet benchmarks", ""]
+    parts.append("Written by `python bench/run.py` (bench/micro.py, bench/echo.py); figures "
+                 "are medians over rounds, all measured on this machine in one run.")
+    parts.append("")
+    parts.append(machine_section(machine, args, end_load=not args.reuse))
+    parts.append("## Goals (issue 3)")
+    parts.append("")
+    parts.append(goals_table(micro_doc, echo_doc))
+    if micro_doc:
+        parts.append(micro.render_markdown(micro_doc, heading="##", machine=False,
+                                           with_goals=False))
+        if micro_problem:
+            parts.append("bench/micro.py: %s.\n" % micro_problem)
+    else:
+        parts.append("## Micro-benchmarks\n")
+        parts.append("Not measured: %s.\n" % (micro_problem or "skipped"))
+    if echo_md and echo_md.strip():
+        parts.append(echo_md.strip() + "\n")
+        if echo_problem:
+            parts.append("bench/echo.py %s.\n" % echo_problem)
+    else:
+        parts.append("## Echo and idle scaling\n")
+        parts.append("Echo is missing: %s.\n" % (echo_problem or "skipped"))
+    if chart_note:
+        parts.append(chart_note + "\n")
+    return "\n".join(parts)
+
+
+# -- chart.png --------------------------------------------------------------------------------
+
+FIXED_COLORS = {
+    "bluelet (cython)": "#1f4e99", "bluelet (python)": "#6f9fe0", "bluelet 0.2.0": "#a8b8cc",
+    "floor (generator.send)": "#444444", "C epoll (reference)": "#444444",
+    "asyncio": "#e07b39", "asyncio streams": "#e07b39", "asyncio protocols": "#f2b486",
+    "asyncio+uvloop": "#c9a227", "uvloop streams": "#c9a227", "uvloop protocols": "#e8d27a",
+    "gevent": "#4f9d69", "trio": "#9b5fb0",
+}
+SPARE_COLORS = ["#b05f9e", "#7f7f7f", "#17becf", "#bcbd22"]
+
+
+def color_for(label, spare):
+    """One colour per implementation, the same in every panel."""
+    if label in FIXED_COLORS:
+        return FIXED_COLORS[label]
+    if label not in spare:
+        spare[label] = SPARE_COLORS[len(spare) % len(SPARE_COLORS)]
+    return spare[label]
+
+
+def _hbar(ax, labels, values, peers, title, unit, log=False, ref=None, ref_label=None,
+          texts=None):
+    y = list(range(len(labels)))[::-1]
+    ax.barh(y, values, color=[color_for(l, peers) for l in labels], height=0.7)
+    ax.set_yticks(y)
+    ax.set_yticklabels(labels, fontsize=9)
+    ax.set_title(title, fontsize=11)
+    ax.set_xlabel(unit, fontsize=9)
+    hi = max(values) if values else 1
+    longest = max(len(t) for t in texts) if texts else 8
+    if log:
+        ax.set_xscale("log")
+        ax.set_xlim(min(values) / 2, hi * (3 + 0.6 * longest))
+    else:
+        ax.set_xlim(0, hi * (1.08 + 0.025 * longest))
+    for yi, v, t in zip(y, values, texts):
+        ax.text(v * 1.06 if log else v + hi * 0.01, yi, t, va="center", fontsize=8)
+    if ref is not None:
+        ax.axvline(ref, color="#444444", linestyle="--", linewidth=1, label=ref_label)
+        ax.legend(loc="upper right", fontsize=8, framealpha=0.9)
+    ax.grid(axis="x", alpha=0.3)
+
+
+def draw_chart(path, machine, micro_doc, echo_doc):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    peers = {}
+    fig = plt.figure(figsize=(20, 11.5))
+    gs = fig.add_gridspec(2, 3, hspace=0.42, wspace=0.42)
+    fig.suptitle("bluelet benchmarks — %s, %s cores, Python %s, %s%s" % (
+        machine["cpu"], machine["cores"], machine["python"].split()[0], machine["date"],
+        " (--quick)" if (micro_doc or {}).get("quick") or (echo_doc or {}).get("quick") else ""),
+        fontsize=13)
+
+    def empty(ax, title, why):
+        ax.set_title(title, fontsize=11)
+        ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes, fontsize=10,
+                color="#888888", wrap=True)
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+    ax_sw, ax_sp, ax_tm = fig.add_subplot(gs[0, 0]), fig.add_subplot(gs[0, 1]), fig.add_subplot(gs[0, 2])
+    if micro_doc:
+        res = micro_doc["results"]
+        labels_of = {k: micro.LABELS[k] for k in micro.LABELS}
+        p = micro_doc["params"]
+
+        sw = res.get("switch", {})
+        keys = [k for k, _ in micro.IMPLS if k in sw]
+        floor = sw.get("floor", {}).get("median_ns")
+        _hbar(ax_sw, [labels_of[k] for k in keys], [sw[k]["median_ns"] for k in keys], peers,
+              "switch: {:,} coroutines × {:,} yields".format(p["switch"]["n"], p["switch"]["k"]),
+              "ns per switch (log scale, lower is better)", log=True,
+              texts=["%.0f ns" % sw[k]["median_ns"] for k in keys],
+              ref=None if floor is None else floor * 1.5,
+              ref_label=None if floor is None else "goal: 1.5× floor")
+
+        sp = res.get("spawn", {})
+        keys = [k for k, _ in micro.IMPLS if k in sp]
+        if keys:
+            _hbar(ax_sp, [labels_of[k] for k in keys], [sp[k]["median_us"] for k in keys], peers,
+                  "spawn + join {:,} coroutines".format(p["spawn"]["n"]),
+                  "µs per coroutine (lower is better)",
+                  texts=["%.2f µs" % sp[k]["median_us"] for k in keys])
+        else:
+            empty(ax_sp, "spawn", "not measured")
+
+        tm = res.get("timers", {})
+        keys = [k for k, _ in micro.IMPLS if k in tm]
+        if keys:
+            _hbar(ax_tm, [labels_of[k] for k in keys], [tm[k]["cpu_s"] for k in keys], peers,
+                  "timers: {:,} coroutines × {} sleeps 0–{:g} ms".format(
+                      p["timers"]["n"], p["timers"]["sleeps"], p["timers"]["max_ms"]),
+                  "CPU seconds (log scale, lower is better); "
+                  "text: CPU, then lateness median / p99", log=True,
+                  texts=["%.3f s · late %.1f / %.1f ms" % (
+                      tm[k]["cpu_s"], tm[k]["late_median_ms"], tm[k]["late_p99_ms"])
+                      for k in keys])
+        else:
+            empty(ax_tm, "timers", "not measured")
+    else:
+        for ax, t in ((ax_sw, "switch"), (ax_sp, "spawn"), (ax_tm, "timers")):
+            empty(ax, t, "micro benchmarks not measured")
+
+    ax_echo = fig.add_subplot(gs[1, 0:2])
+    ax_idle = fig.add_subplot(gs[1, 2])
+    if echo_doc and echo_doc.get("results"):
+        cells = echo_doc.get("cells") or []
+        servers = list(echo_doc["results"].keys())
+        ncell, nsrv = len(cells), len(servers)
+        width = 0.8 / max(nsrv, 1)
+        for i, name in enumerate(servers):
+            vals = []
+            for c in cells:
+                v = echo_doc["results"][name].get(c["key"], {}).get("median_rps")
+                vals.append(v if v else 0)
+            xs = [j + (i - (nsrv - 1) / 2) * width for j in range(ncell)]
+            ax_echo.bar(xs, [v / 1e3 for v in vals], width=width * 0.95, label=name,
+                        color=color_for(name, peers),
+                        hatch="//" if "reference" in name else None,
+                        edgecolor="white" if "reference" not in name else "#bbbbbb")
+        ax_echo.set_xticks(range(ncell))
+
+        def size_label(s):
+            return "%d KiB" % (s // 1024) if s >= 1024 and s % 1024 == 0 else "%d B" % s
+        ax_echo.set_xticklabels(["%d conn%s\n%s" % (c["conns"], "" if c["conns"] == 1 else "s",
+                                                     size_label(c["size"])) for c in cells],
+                                fontsize=9)
+        ax_echo.set_ylabel("thousand requests / s (higher is better)", fontsize=9)
+        ax_echo.set_title("echo ping-pong over 127.0.0.1: requests per second, by connections "
+                          "× message size", fontsize=11)
+        top = max([v.get("median_rps") or 0 for r in echo_doc["results"].values()
+                   for v in r.values()] or [1])
+        ax_echo.set_ylim(0, top / 1e3 * 1.3)
+        ax_echo.legend(fontsize=8, ncol=4, loc="upper left")
+        ax_echo.grid(axis="y", alpha=0.3)
+    else:
+        empty(ax_echo, "echo", "echo not measured (bench/echo.py missing or failed)")
+
+    idle = ((echo_doc or {}).get("idle") or {}).get("results") or {}
+    if idle:
+        names = [n for n in idle if idle[n].get("ratio") is not None]
+        if names:
+            n_idle = (echo_doc.get("idle") or {}).get("idle_connections")
+            _hbar(ax_idle, names, [idle[n]["ratio"] for n in names], peers,
+                  "idle scaling: 10 active, with {:,} idle / alone".format(n_idle or 0),
+                  "throughput ratio (1.0 = unaffected)",
+                  texts=["%.2f" % idle[n]["ratio"] for n in names], ref=0.9,
+                  ref_label="goal: 0.9 (bluelet cython)")
+        else:
+            empty(ax_idle, "idle scaling", "no ratio measured")
+    else:
+        empty(ax_idle, "idle scaling", "not measured")
+
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+# -- main -------------------------------------------------------------------------------------
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    machine = micro.machine_info()
+    micro_json = os.path.join(args.out, "micro.json")
+    echo_json = os.path.join(args.out, "echo.json")
+    echo_md_path = os.path.join(args.out, "echo.md")
+
+    micro_doc = echo_doc = None
+    micro_problem = echo_problem = None
+    echo_md = ""
+
+    if args.reuse:
+        if os.path.exists(micro_json):
+            with open(micro_json) as f:
+                micro_doc = json.load(f)
+        else:
+            micro_problem = "no %s" % micro_json
+        if os.path.exists(echo_json):
+            with open(echo_json) as f:
+                echo_doc = json.load(f)
+            if os.path.exists(echo_md_path):
+                with open(echo_md_path) as f:
+                    echo_md = f.read()
+        else:
+            echo_problem = "no %s" % echo_json
+        if micro_doc:
+            machine = micro_doc.get("machine", machine)
+    else:
+        if args.skip_micro:
+            micro_problem = "skipped (--skip-micro)"
+        else:
+            micro_doc, _, micro_problem = run_bench(MICRO, micro_json, args, timeout=1800)
+            if micro_problem:
+                say("bench/micro.py: %s" % micro_problem)
+        if args.skip_echo:
+            echo_problem = "skipped (--skip-echo)"
+        elif not os.path.exists(ECHO):
+            echo_problem = "bench/echo.py does not exist (yet)"
+            say("echo is missing: " + echo_problem)
+        else:
+            echo_doc, echo_md, echo_problem = run_bench(ECHO, echo_json, args, timeout=3600)
+            if echo_problem:
+                say("bench/echo.py: %s" % echo_problem)
+            if echo_doc is None:
+                echo_md = ""
+                echo_problem = "bench/echo.py %s" % echo_problem
+            with open(echo_md_path, "w") as f:
+                f.write(echo_md)
+        if echo_doc is None and os.path.exists(echo_md_path):
+            os.remove(echo_md_path)
+
+    chart_path = os.path.join(args.out, "chart.png")
+    chart_note = None
+    try:
+        draw_chart(chart_path, machine, micro_doc, echo_doc)
+    except ImportError as exc:
+        chart_note = "chart.png not written: %s (pip install -r bench/requirements.txt)" % exc
+        say(chart_note)
+    else:
+        chart_note = "![benchmark chart](chart.png)"
+
+    md = build_markdown(args, machine, micro_doc, micro_problem, echo_doc, echo_md, echo_problem,
+                        chart_note)
+    md_path = os.path.join(args.out, "RESULTS.md")
+    with open(md_path, "w") as f:
+        f.write(md.rstrip() + "\n")
+    print(md)
+    say("wrote %s and %s" % (md_path, chart_path))
+    return 0 if micro_doc else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
