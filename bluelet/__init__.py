@@ -19,11 +19,19 @@ Cython when available (``IMPLEMENTATION == "cython"``) and pure Python
 otherwise (``"python"``, or forced with ``BLUELET_PURE_PYTHON=1``).
 """
 
-from ._errors import SocketClosedError, ThreadException
-from ._errors import Cancelled, ChannelClosed, QueueEmpty, QueueFull, Timeout
+from ._errors import (
+    Cancelled,
+    ChannelClosed,
+    QueueEmpty,
+    QueueFull,
+    SocketClosedError,
+    ThreadException,
+    Timeout,
+)
 from ._impl import (
     IMPLEMENTATION,
     AcceptEvent,
+    Completion,
     DelegationEvent,
     Event,
     ExceptionEvent,
@@ -37,6 +45,7 @@ from ._impl import (
     SpawnEvent,
     ValueEvent,
     WaitableEvent,
+    WaitQueue,
     WriteEvent,
     call,
     current,
@@ -52,13 +61,14 @@ from ._impl import (
     wait_readable,
     wait_writable,
 )
-from ._introspect import dump, dump_on
-from ._sockets import Connection, Listener, connect, server
 from ._files import read, write
-from ._signals import run, signal
-from ._threads import set_thread_limit, to_thread
 from ._group import first, join_all
+from ._introspect import dump, dump_on
+from ._records import TaskInfo
+from ._signals import run, signal
+from ._sockets import Connection, Listener, connect, server
 from ._sync import Channel, Condition, Flag, Lock, Queue, Semaphore
+from ._threads import set_thread_limit, to_thread
 
 __version__ = "0.3.0.dev0"
 
@@ -68,6 +78,7 @@ __all__ = [
     "Cancelled",
     "Channel",
     "ChannelClosed",
+    "Completion",
     "Condition",
     "Connection",
     "DelegationEvent",
@@ -89,9 +100,11 @@ __all__ = [
     "SleepEvent",
     "SocketClosedError",
     "SpawnEvent",
+    "TaskInfo",
     "ThreadException",
     "Timeout",
     "ValueEvent",
+    "WaitQueue",
     "WaitableEvent",
     "WriteEvent",
     "call",
