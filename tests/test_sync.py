@@ -14,6 +14,7 @@ import time
 import pytest
 
 import bluelet
+from _helpers import spawn_and_join
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -29,6 +30,7 @@ def settle(rounds=3):
 
 
 def spawn_all(coros):
+    """Spawn every one of ``coros``; returns them."""
     for coro in coros:
         yield bluelet.spawn(coro)
     return coros
@@ -37,6 +39,57 @@ def spawn_all(coros):
 def join_each(coros):
     for coro in coros:
         yield bluelet.join(coro)
+
+
+def start(coro):
+    """Spawn ``coro`` and let it reach its first wait; returns it."""
+    yield bluelet.spawn(coro)
+    yield from settle()
+    return coro
+
+
+def start_all(coros):
+    """Spawn every one of ``coros`` and let them reach their first wait;
+    returns them."""
+    yield from spawn_all(coros)
+    yield from settle()
+    return coros
+
+
+def round_trip(lock):
+    """Take ``lock`` and give it back (at once when nobody holds it or waits
+    in line for it); returns whether it is still locked afterwards."""
+    yield lock.acquire()
+    lock.release()
+    return lock.locked()
+
+
+def taker(take, got, tag):
+    """Wait for one item from ``take()`` (a get or recv) and note ``(tag, item)``."""
+    got.append((tag, (yield take())))
+
+
+def handed_over(ch, item):
+    """Send ``item`` on ``ch`` to a receiver spawned for it; returns what that
+    receiver got, as a list."""
+    got = []
+    r = taker(ch.recv, got, "receiver")
+    yield bluelet.spawn(r)
+    yield ch.send(item)
+    yield bluelet.join(r)
+    return [value for _, value in got]
+
+
+def hold_and_sleep(lock, seconds=60, on_release=()):
+    """Acquire ``lock`` and sleep ``seconds``; release it (then call each of
+    ``on_release``) however that ends."""
+    yield lock.acquire()
+    try:
+        yield bluelet.sleep(seconds)
+    finally:
+        lock.release()
+        for call in on_release:
+            call()
 
 
 def holder(lock, log, name, steps=3):
@@ -57,6 +110,37 @@ def impatient(event, seconds, log):
         return (yield bluelet.timeout(seconds, event))
     except bluelet.Timeout:
         log.append("timed out")
+
+
+def timed_wait(cond, seconds, log, name):
+    """Take ``cond``'s lock, wait on ``cond`` at most ``seconds``, release the
+    lock; log ``(name, "notified")`` or ``(name, "timed out", cond.locked())``."""
+    yield cond.acquire()
+    try:
+        yield bluelet.timeout(seconds, cond.wait())
+        log.append((name, "notified"))
+    except bluelet.Timeout:
+        log.append((name, "timed out", cond.locked()))
+    finally:
+        cond.release()
+
+
+def holds_later(cond, log, name, notify=None):
+    """After 0.5 s take ``cond``'s lock and hold it 1 s, logging ``(name,
+    "holds")`` and ``(name, "releases")``; with ``notify="first"`` notify one
+    waiter at once on taking it, with ``"last"`` (logged as ``(name,
+    "notifies")``) just before releasing it."""
+    yield bluelet.sleep(0.5)
+    yield cond.acquire()
+    log.append((name, "holds"))
+    if notify == "first":
+        cond.notify()
+    yield bluelet.sleep(1.0)
+    if notify == "last":
+        log.append((name, "notifies"))
+        cond.notify()
+    log.append((name, "releases"))
+    cond.release()
 
 
 def assert_exclusive(log):
@@ -87,12 +171,7 @@ def test_lock_uncontended(core):
 def test_lock_contention_is_exclusive_and_fifo(core):
     lock = bluelet.Lock()
     log = []
-
-    def root():
-        coros = yield from spawn_all([holder(lock, log, i) for i in range(200)])
-        yield from join_each(coros)
-
-    bluelet.run(root())
+    bluelet.run(spawn_and_join([holder(lock, log, i) for i in range(200)]))
     assert_exclusive(log)
     assert [name for kind, name in log if kind == "in"] == list(range(200))
     assert not lock.locked()
@@ -109,9 +188,7 @@ def test_lock_release_hands_over_no_barging(core):
 
     def root():
         yield lock.acquire()
-        w = waiter()
-        yield bluelet.spawn(w)
-        yield from settle()
+        yield from start(waiter())
         lock.release()
         # The lock is the waiter's now, though it has not run yet.
         assert lock.locked()
@@ -147,7 +224,7 @@ def test_lock_any_coroutine_may_release(core):
 
     def root():
         yield lock.acquire()
-        yield bluelet.join((yield from spawn_all([other()]))[0])
+        yield from spawn_and_join([other()])
         return lock.locked()
 
     assert bluelet.run(root()) is False
@@ -157,21 +234,10 @@ def test_lock_killed_holder_releases_in_finally(core):
     lock = bluelet.Lock()
     log = []
 
-    def sleeper():
-        yield lock.acquire()
-        try:
-            yield bluelet.sleep(60)
-        finally:
-            lock.release()
-
     def root():
-        s = sleeper()
-        yield bluelet.spawn(s)
-        yield from settle()
-        h = holder(lock, log, "next")
-        yield bluelet.spawn(h)
-        yield from settle()
-        yield bluelet.kill(s)
+        sleeper = yield from start(hold_and_sleep(lock))
+        h = yield from start(holder(lock, log, "next"))
+        yield bluelet.kill(sleeper)
         yield bluelet.join(h)
 
     bluelet.run(root())
@@ -186,8 +252,7 @@ def test_lock_killed_waiter_passes_its_turn_on(core, when):
 
     def root():
         yield lock.acquire()
-        waiters = yield from spawn_all([holder(lock, log, i) for i in range(3)])
-        yield from settle()
+        waiters = yield from start_all([holder(lock, log, i) for i in range(3)])
         if when == "handed":
             lock.release()        # handed to waiter 0, which has not run yet
         yield bluelet.kill(waiters[0])
@@ -201,41 +266,19 @@ def test_lock_killed_waiter_passes_its_turn_on(core, when):
     assert not lock.locked()
 
 
-def test_lock_acquire_timeout(core):
+@pytest.mark.parametrize("patience", [0.05, 1.0], ids=["before-release", "as-released"])
+def test_lock_acquire_timeout_passes_the_turn_on(core, patience):
+    # "as-released": the holder releases in the same pass as the waiter's
+    # timeout runs out, before that waiter resumes: the lock must go to the
+    # next waiter.
     lock = bluelet.Lock()
     log = []
 
     def root():
-        yield lock.acquire()
-        coros = yield from spawn_all([impatient(lock.acquire(), 0.05, log),
-                                      holder(lock, log, "patient")])
-        yield bluelet.join(coros[0])
-        lock.release()
-        yield bluelet.join(coros[1])
-
-    bluelet.run(root(), virtual_time=True)
-    assert log == ["timed out", ("in", "patient"), ("out", "patient")]
-    assert not lock.locked()
-
-
-def test_lock_timed_out_waiter_not_yet_run_is_passed_over(core):
-    # The holder releases in the same pass as the waiter's timeout runs out,
-    # before that waiter resumes: the lock must go to the next waiter.
-    lock = bluelet.Lock()
-    log = []
-
-    def owner():
-        yield lock.acquire()
-        yield bluelet.sleep(1.0)
-        lock.release()
-
-    def root():
-        o = owner()
-        yield bluelet.spawn(o)
-        yield from settle()
-        coros = yield from spawn_all([impatient(lock.acquire(), 1.0, log),
-                                      holder(lock, log, "patient")])
-        yield from join_each([o] + coros)
+        owner = yield from start(hold_and_sleep(lock, 1.0))
+        yield from spawn_and_join([impatient(lock.acquire(), patience, log),
+                                   holder(lock, log, "patient")])
+        yield bluelet.join(owner)
 
     bluelet.run(root(), virtual_time=True)
     assert log == ["timed out", ("in", "patient"), ("out", "patient")]
@@ -263,11 +306,7 @@ def test_lock_contention_with_timeouts_keeps_order(core):
         finally:
             lock.release()
 
-    def root():
-        coros = yield from spawn_all([contender(i) for i in range(300)])
-        yield from join_each(coros)
-
-    bluelet.run(root(), virtual_time=True)
+    bluelet.run(spawn_and_join([contender(i) for i in range(300)]), virtual_time=True)
     assert_exclusive(log)
     entered = [name for kind, name in log if kind == "in"]
     assert entered == sorted(entered)
@@ -282,12 +321,9 @@ def test_lock_expired_timeout_does_not_leak_waiters(core):
 
     def root():
         yield lock.acquire()
-        coros = yield from spawn_all(
-            [impatient(lock.acquire(), 0.01, timeouts) for _ in range(500)])
-        yield from join_each(coros)
+        yield from spawn_and_join([impatient(lock.acquire(), 0.01, timeouts) for _ in range(500)])
         lock.release()
-        yield lock.acquire()       # at once: nobody is left in line
-        lock.release()
+        assert not (yield from round_trip(lock))    # at once: nobody is left in line
         return repr(lock)
 
     assert bluelet.run(root(), virtual_time=True) == "<bluelet.Lock unlocked, 0 waiting>"
@@ -318,8 +354,7 @@ def test_semaphore_bounds_concurrency_fifo(core):
             sem.release()
 
     def root():
-        coros = yield from spawn_all([worker(i) for i in range(100)])
-        yield from join_each(coros)
+        yield from spawn_and_join([worker(i) for i in range(100)])
         return sem.locked()
 
     assert bluelet.run(root()) is False
@@ -350,8 +385,7 @@ def test_semaphore_waiter_killed_after_handover_passes_permit_on(core):
         got.append(i)
 
     def root():
-        waiters = yield from spawn_all([waiter(i) for i in range(3)])
-        yield from settle()
+        waiters = yield from start_all([waiter(i) for i in range(3)])
         sem.release()              # handed to waiter 0
         yield bluelet.kill(waiters[0])
         yield from settle()
@@ -378,8 +412,7 @@ def test_semaphore_acquire_timeout_and_kill(core):
         log.append("patient")
 
     def root():
-        coros = yield from spawn_all([impatient(sem.acquire(), 0.05, log), killed(), patient()])
-        yield from settle()
+        coros = yield from start_all([impatient(sem.acquire(), 0.05, log), killed(), patient()])
         yield bluelet.kill(coros[1])
         yield bluelet.join(coros[0])
         sem.release()
@@ -411,8 +444,7 @@ def test_condition_notify_wakes_oldest_holding_lock(core):
             cond.release()
 
     def root():
-        waiters = yield from spawn_all([waiter(i) for i in range(5)])
-        yield from settle()
+        waiters = yield from start_all([waiter(i) for i in range(5)])
         yield cond.acquire()
         assert cond.notify() == 1
         cond.release()
@@ -459,8 +491,7 @@ def test_condition_wait_for_producer_consumer(core):
             yield bluelet.null()
 
     def root():
-        coros = yield from spawn_all([consumer(), producer()])
-        yield from join_each(coros)
+        yield from spawn_and_join([consumer(), producer()])
 
     bluelet.run(root())
     assert got == list(range(20))
@@ -478,9 +509,7 @@ def test_condition_needs_the_lock(core):
             cond.notify()
         with pytest.raises(RuntimeError):
             yield cond.wait()
-        o = other_holds()
-        yield bluelet.spawn(o)
-        yield from settle()
+        o = yield from start(other_holds())
         with pytest.raises(RuntimeError):
             yield cond.wait()       # held, but by another coroutine
         yield bluelet.kill(o)
@@ -510,43 +539,28 @@ def test_condition_wait_timeout_while_another_holds_the_lock(core):
     log = []
 
     def impatient():
-        yield cond.acquire()
-        try:
-            yield bluelet.timeout(1.0, cond.wait())
-        except bluelet.Timeout:
-            log.append("timed out")
-        finally:
-            cond.release()          # gives up its place in line for the lock
+        # Its release in the end gives up its place in line for the lock.
+        yield from timed_wait(cond, 1.0, log, "impatient")
         log.append("impatient done")
 
-    def other():
-        yield bluelet.sleep(0.5)
-        yield cond.acquire()
-        log.append("other holds")
-        yield bluelet.sleep(1.0)    # holding it when the wait times out
-        log.append("other releases")
-        cond.release()
-
     def root():
-        coros = yield from spawn_all([impatient(), other()])
-        yield from join_each(coros)
-        yield cond.acquire()        # at once: nobody holds or waits for it
-        cond.release()
-        return cond.locked()
+        # "other" holds the lock when the wait times out.
+        yield from spawn_and_join([impatient(), holds_later(cond, log, "other")])
+        return (yield from round_trip(cond))    # at once: nobody holds or waits for it
 
     assert bluelet.run(root(), virtual_time=True) is False
-    assert log == ["other holds", "timed out", "impatient done", "other releases"]
+    assert log == [("other", "holds"), ("impatient", "timed out", True), "impatient done",
+                   ("other", "releases")]
 
 
 def test_condition_wait_again_after_timeout_waits_for_its_turn(core):
     cond = bluelet.Condition()
     log = []
-    ready = []
 
     def retrier():
         yield cond.acquire()
         try:
-            while not ready:
+            while ("other", "notifies") not in log:
                 try:
                     yield bluelet.timeout(1.0, cond.wait())
                 except bluelet.Timeout:
@@ -555,22 +569,14 @@ def test_condition_wait_again_after_timeout_waits_for_its_turn(core):
         finally:
             cond.release()
 
-    def other():
-        yield bluelet.sleep(0.5)
-        yield cond.acquire()
-        yield bluelet.sleep(1.0)    # holds the lock across the retrier's timeout
-        ready.append(True)
-        log.append("other notifies")
-        cond.notify()
-        cond.release()
-
     def root():
-        coros = yield from spawn_all([retrier(), other()])
-        yield from join_each(coros)
+        # "other" holds the lock across the retrier's timeout.
+        yield from spawn_and_join([retrier(), holds_later(cond, log, "other", notify="last")])
         return cond.locked()
 
     assert bluelet.run(root(), virtual_time=True) is False
-    assert log == ["retry", "other notifies", ("got", True)]
+    assert log == [("other", "holds"), "retry", ("other", "notifies"), ("other", "releases"),
+                   ("got", True)]
 
 
 def test_condition_notify_passes_over_a_timed_out_waiter(core):
@@ -579,16 +585,6 @@ def test_condition_notify_passes_over_a_timed_out_waiter(core):
     cond = bluelet.Condition()
     log = []
 
-    def waiter(name, seconds):
-        yield cond.acquire()
-        try:
-            yield bluelet.timeout(seconds, cond.wait())
-            log.append((name, "notified"))
-        except bluelet.Timeout:
-            log.append((name, "timed out"))
-        finally:
-            cond.release()
-
     def notifier():
         yield bluelet.sleep(1.0)
         yield cond.acquire()
@@ -596,15 +592,14 @@ def test_condition_notify_passes_over_a_timed_out_waiter(core):
         cond.release()
 
     def root():
-        n = notifier()
-        yield bluelet.spawn(n)
-        yield from settle()
-        coros = yield from spawn_all([waiter("first", 1.0), waiter("second", 60)])
-        yield from join_each([n] + coros)
+        n = yield from start(notifier())
+        yield from spawn_and_join([timed_wait(cond, 1.0, log, "first"),
+                                   timed_wait(cond, 60, log, "second")])
+        yield bluelet.join(n)
         return cond.locked()
 
     assert bluelet.run(root(), virtual_time=True) is False
-    assert sorted(log) == [("first", "timed out"), ("second", "notified")]
+    assert sorted(log) == [("first", "timed out", True), ("second", "notified")]
 
 
 def test_condition_waiter_killed_in_each_state(core):
@@ -670,14 +665,10 @@ def test_condition_killed_waiter_without_finally_does_not_block_the_lock(core):
         yield cond.wait()
 
     def root():
-        c = careless()
-        yield bluelet.spawn(c)
-        yield from settle()
+        c = yield from start(careless())
         yield cond.acquire()
         yield bluelet.kill(c)       # in line for the lock, and never releases
-        after = holder(cond, log, "after")
-        yield bluelet.spawn(after)
-        yield from settle()
+        after = yield from start(holder(cond, log, "after"))
         cond.release()
         yield bluelet.join(after)
         return cond.locked()
@@ -700,16 +691,13 @@ def test_flag_wakes_every_waiter_in_order(core):
         woke.append(i)
 
     def root():
-        waiters = yield from spawn_all([waiter(i) for i in range(50)])
-        yield from settle()
+        waiters = yield from start_all([waiter(i) for i in range(50)])
         assert woke == [] and not flag.is_set()
         flag.set()
         yield from join_each(waiters)
         assert (yield flag.wait()) is True      # set: at once
         flag.clear()
-        late = waiter("late")
-        yield bluelet.spawn(late)
-        yield from settle()
+        late = yield from start(waiter("late"))
         assert woke[-1] != "late"
         flag.set()
         yield bluelet.join(late)
@@ -750,12 +738,8 @@ def test_queue_getters_served_in_arrival_order(core):
     q = bluelet.Queue()
     got = []
 
-    def getter(i):
-        got.append((i, (yield q.get())))
-
     def root():
-        getters = yield from spawn_all([getter(i) for i in range(10)])
-        yield from settle()
+        getters = yield from start_all([taker(q.get, got, i) for i in range(10)])
         for item in "abcdefghij":
             yield q.put(item)
         # Each item went straight to a waiting getter.
@@ -775,8 +759,7 @@ def test_queue_putters_wait_when_full_in_arrival_order(core):
         put_done.append(i)
 
     def root():
-        putters = yield from spawn_all([putter(i) for i in range(6)])
-        yield from settle()
+        putters = yield from start_all([putter(i) for i in range(6)])
         assert put_done == [0] and q.full()
         got = []
         for _ in range(6):
@@ -803,9 +786,7 @@ def test_queue_many_producers_consumers_keep_fifo(core):
             seen[c].append((yield q.get()))
 
     def root():
-        consumers = yield from spawn_all([consumer(c, 100) for c in range(20)])
-        producers = yield from spawn_all([producer(p) for p in range(40)])
-        yield from join_each(consumers + producers)
+        yield from spawn_and_join([consumer(c, 100) for c in range(20)] + [producer(p) for p in range(40)])
         return q.qsize()
 
     assert bluelet.run(root()) == 0
@@ -832,9 +813,7 @@ def test_queue_10000_producers_and_consumers(core):
         total.append(s)
 
     def root():
-        consumers = yield from spawn_all([consumer() for _ in range(5000)])
-        producers = yield from spawn_all([producer(p) for p in range(5000)])
-        yield from join_each(consumers + producers)
+        yield from spawn_and_join([consumer() for _ in range(5000)] + [producer(p) for p in range(5000)])
         return q.qsize()
 
     assert bluelet.run(root()) == 0
@@ -846,19 +825,13 @@ def test_queue_getter_killed_after_handover_passes_item_on(core):
     q = bluelet.Queue()
     got = []
 
-    def getter(i):
-        got.append((i, (yield q.get())))
-
     def root():
-        getters = yield from spawn_all([getter(i) for i in range(2)])
-        yield from settle()
+        getters = yield from start_all([taker(q.get, got, i) for i in range(2)])
         q.put_nowait("x")           # handed to getter 0, not run yet
         yield bluelet.kill(getters[0])
         yield bluelet.join(getters[1])
         # With nobody waiting, a handed item goes back to the head.
-        late = getter("late")
-        yield bluelet.spawn(late)
-        yield from settle()
+        late = yield from start(taker(q.get, got, "late"))
         q.put_nowait("y")
         yield bluelet.kill(late)
         q.put_nowait("z")
@@ -891,11 +864,8 @@ def test_queue_get_and_put_interrupted(core):
         yield q.put("a")            # to the getter still waiting
         yield bluelet.join(coros[1])
         yield q.put("b")
-        coros = yield from spawn_all([putter(q, "c", 0.05), putter(q, "d", 10)])
-        yield from settle()
-        killed = putter(q, "e", 10)
-        yield bluelet.spawn(killed)
-        yield from settle()
+        coros = yield from start_all([putter(q, "c", 0.05), putter(q, "d", 10)])
+        killed = yield from start(putter(q, "e", 10))
         yield bluelet.kill(killed)
         yield bluelet.join(coros[0])
         got = [(yield q.get()), (yield q.get())]
@@ -921,9 +891,7 @@ def test_channel_send_waits_for_a_receiver(core):
         log.append("sent")
 
     def root():
-        s = sender()
-        yield bluelet.spawn(s)
-        yield from settle()
+        s = yield from start(sender())
         assert log == ["send"]
         log.append("recv")
         log.append((yield ch.recv()))
@@ -940,14 +908,9 @@ def test_channel_fifo_both_ways(core):
     def sender(i):
         yield ch.send(i)
 
-    def receiver(i):
-        got.append((i, (yield ch.recv())))
-
     def root():
-        senders = yield from spawn_all([sender(i) for i in range(10)])
-        yield from settle()
-        receivers = yield from spawn_all([receiver(i) for i in range(20)])
-        yield from settle()
+        senders = yield from start_all([sender(i) for i in range(10)])
+        receivers = yield from start_all([taker(ch.recv, got, i) for i in range(20)])
         for i in range(10, 20):
             yield ch.send(i)
         yield from join_each(senders + receivers)
@@ -974,8 +937,7 @@ def test_channel_close(core):
     def root():
         a = bluelet.Channel()
         b = bluelet.Channel()
-        coros = yield from spawn_all([receiver(a), receiver(a), sender(b)])
-        yield from settle()
+        coros = yield from start_all([receiver(a), receiver(a), sender(b)])
         assert not a.closed
         a.close()
         b.close()
@@ -995,13 +957,8 @@ def test_channel_receiver_killed_after_handover(core):
     ch = bluelet.Channel()
     got = []
 
-    def receiver(i):
-        got.append((i, (yield ch.recv())))
-
     def root():
-        r = receiver(0)
-        yield bluelet.spawn(r)
-        yield from settle()
+        r = yield from start(taker(ch.recv, got, 0))
         yield ch.send("x")          # handed to receiver 0
         yield bluelet.kill(r)
         ch.close()
@@ -1022,16 +979,7 @@ def test_channel_interrupted_send_and_recv(core):
             yield bluelet.timeout(0.05, ch.send("lost"))
         with pytest.raises(bluelet.Timeout):
             yield bluelet.timeout(0.05, ch.recv())
-        got = []
-
-        def receiver():
-            got.append((yield ch.recv()))
-
-        r = receiver()
-        yield bluelet.spawn(r)
-        yield ch.send("kept")
-        yield bluelet.join(r)
-        return got
+        return (yield from handed_over(ch, "kept"))
 
     assert bluelet.run(root(), virtual_time=True) == ["kept"]
 
@@ -1226,15 +1174,7 @@ def _parked_cases():
         ch = bluelet.Channel()
 
         def check():
-            got = []
-
-            def receiver():
-                got.append((yield ch.recv()))
-            r = receiver()
-            yield bluelet.spawn(r)
-            yield ch.send("x")
-            yield bluelet.join(r)
-            return got == ["x"]
+            return (yield from handed_over(ch, "x")) == ["x"]
         return nothing, ch.recv, check
 
     def channel_send():
@@ -1286,9 +1226,7 @@ def test_interrupted_wait_leaves_nothing_behind(core, name, how):
             finally:
                 log.append("finally")
 
-        w = waiter()
-        yield bluelet.spawn(w)
-        yield from settle()
+        w = yield from start(waiter())
         if how == "kill":
             yield bluelet.kill(w)
         yield bluelet.join(w)
@@ -1316,8 +1254,7 @@ def test_handed_over_as_the_timeout_runs_out_keeps_it(core):
 
     def root():
         yield lock.acquire()
-        coros = yield from spawn_all([lock_waiter(), queue_waiter()])
-        yield from settle()
+        coros = yield from start_all([lock_waiter(), queue_waiter()])
         time.sleep(0.1)                 # past their deadlines, without yielding
         lock.release()
         q.put_nowait("item")
@@ -1329,36 +1266,19 @@ def test_handed_over_as_the_timeout_runs_out_keeps_it(core):
 
 
 def test_condition_timeout_while_notified_and_queued_for_the_lock(core):
+    # The notifier holds the lock past the waiter's deadline, after notifying
+    # it: the waiter was queued for the lock when its timeout ran out.
     cond = bluelet.Condition()
     log = []
 
-    def waiter():
-        yield cond.acquire()
-        try:
-            yield bluelet.timeout(1.0, cond.wait())
-            log.append("notified")
-        except bluelet.Timeout:
-            log.append(("timed out", cond.locked()))
-        finally:
-            cond.release()
-
-    def notifier():
-        yield bluelet.sleep(0.5)
-        yield cond.acquire()
-        cond.notify()                   # the waiter now queues for the lock ...
-        yield bluelet.sleep(1.0)        # ... which is held past its deadline
-        log.append("notifier releases")
-        cond.release()
-
     def root():
-        coros = yield from spawn_all([waiter(), notifier()])
-        yield from join_each(coros)
-        yield cond.acquire()
-        cond.release()
-        return cond.locked()
+        yield from spawn_and_join([timed_wait(cond, 1.0, log, "waiter"),
+                                   holds_later(cond, log, "notifier", notify="first")])
+        return (yield from round_trip(cond))
 
     assert bluelet.run(root(), virtual_time=True) is False
-    assert log == [("timed out", True), "notifier releases"]
+    assert log == [("notifier", "holds"), ("waiter", "timed out", True),
+                   ("notifier", "releases")]
 
 
 def test_killed_putter_after_handover_item_stays_delivered(core):
@@ -1373,8 +1293,7 @@ def test_killed_putter_after_handover_item_stays_delivered(core):
 
     def root():
         q.put_nowait("first")
-        coros = yield from spawn_all([putter(), sender()])
-        yield from settle()
+        coros = yield from start_all([putter(), sender()])
         assert q.get_nowait() == "first"    # "second" moves in, its putter is done
         got = yield ch.recv()               # taken from the waiting sender
         for coro in coros:
@@ -1392,21 +1311,10 @@ def test_closing_at_the_end_of_run_hands_nothing_on(core, caplog):
     q = bluelet.Queue()
     log = []
 
-    def sleeper():
-        yield lock.acquire()
-        try:
-            yield bluelet.sleep(60)
-        finally:
-            lock.release()
-            flag.set()
-            q.put_nowait("late")
-            log.append("released")
-
     def root():
-        coros = [sleeper(), holder(lock, log, "waiter"), flag.wait(), q.get()]
-        for coro in coros:
-            yield bluelet.spawn(coro)
-        yield from settle()
+        sleeper = hold_and_sleep(lock, on_release=(
+            flag.set, lambda: q.put_nowait("late"), lambda: log.append("released")))
+        yield from start_all([sleeper, holder(lock, log, "waiter"), flag.wait(), q.get()])
         raise Boom()
 
     with caplog.at_level("DEBUG", logger="bluelet"):
