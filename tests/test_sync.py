@@ -143,11 +143,13 @@ def holds_later(cond, log, name, notify=None):
     cond.release()
 
 
-def assert_exclusive(log):
-    """Each "in" is followed by the same name's "out" before the next "in"."""
+def exclusive_entries(log):
+    """Assert each "in" is followed by the same name's "out" before the next
+    "in"; returns the names in the order they came in."""
     assert len(log) % 2 == 0
     for start in range(0, len(log), 2):
         assert log[start][0] == "in" and log[start + 1] == ("out", log[start][1])
+    return [name for kind, name in log if kind == "in"]
 
 
 # ---------------------------------------------------------------------------
@@ -172,8 +174,7 @@ def test_lock_contention_is_exclusive_and_fifo(core):
     lock = bluelet.Lock()
     log = []
     bluelet.run(spawn_and_join([holder(lock, log, i) for i in range(200)]))
-    assert_exclusive(log)
-    assert [name for kind, name in log if kind == "in"] == list(range(200))
+    assert exclusive_entries(log) == list(range(200))
     assert not lock.locked()
 
 
@@ -261,8 +262,7 @@ def test_lock_killed_waiter_passes_its_turn_on(core, when):
         yield from join_each(waiters)
 
     bluelet.run(root())
-    assert_exclusive(log)
-    assert [name for kind, name in log if kind == "in"] == [1, 2]
+    assert exclusive_entries(log) == [1, 2]
     assert not lock.locked()
 
 
@@ -307,8 +307,7 @@ def test_lock_contention_with_timeouts_keeps_order(core):
             lock.release()
 
     bluelet.run(spawn_and_join([contender(i) for i in range(300)]), virtual_time=True)
-    assert_exclusive(log)
-    entered = [name for kind, name in log if kind == "in"]
+    entered = exclusive_entries(log)
     assert entered == sorted(entered)
     assert sorted(entered + timed_out) == list(range(300))
     assert timed_out and all(i % 3 == 0 for i in timed_out)
@@ -460,8 +459,7 @@ def test_condition_notify_wakes_oldest_holding_lock(core):
         return cond.locked()
 
     assert bluelet.run(root()) is False
-    assert_exclusive(log)
-    assert [i for kind, i in log if kind == "in"] == [0, 1, 2, 3, 4]
+    assert exclusive_entries(log) == [0, 1, 2, 3, 4]
 
 
 def test_condition_wait_for_producer_consumer(core):
@@ -786,7 +784,8 @@ def test_queue_many_producers_consumers_keep_fifo(core):
             seen[c].append((yield q.get()))
 
     def root():
-        yield from spawn_and_join([consumer(c, 100) for c in range(20)] + [producer(p) for p in range(40)])
+        yield from spawn_and_join([consumer(c, 100) for c in range(20)]
+                                  + [producer(p) for p in range(40)])
         return q.qsize()
 
     assert bluelet.run(root()) == 0
@@ -813,7 +812,8 @@ def test_queue_10000_producers_and_consumers(core):
         total.append(s)
 
     def root():
-        yield from spawn_and_join([consumer() for _ in range(5000)] + [producer(p) for p in range(5000)])
+        yield from spawn_and_join([consumer() for _ in range(5000)]
+                                  + [producer(p) for p in range(5000)])
         return q.qsize()
 
     assert bluelet.run(root()) == 0
