@@ -4,7 +4,10 @@ Both twins import these, so ``except bluelet.SocketClosedError`` catches the
 error whichever core raised it.
 """
 
-__all__ = ["SocketClosedError", "ThreadException"]
+__all__ = [
+    "Cancelled", "ChannelClosed", "QueueEmpty", "QueueFull", "SocketClosedError",
+    "ThreadException", "Timeout",
+]
 
 
 class SocketClosedError(Exception):
@@ -30,3 +33,33 @@ class ThreadException(Exception):
     def reraise(self):
         """Raise the wrapped exception with its original traceback."""
         raise self.exc_info[1].with_traceback(self.exc_info[2])
+
+
+class Cancelled(BaseException):
+    """Raised in a coroutine at its ``yield`` when it is killed.
+
+    A BaseException, so ``except Exception`` does not catch it: ``finally``
+    blocks and ``except Cancelled`` run, then it must propagate. A coroutine
+    that catches it and carries on is closed and the scheduler reports it.
+    """
+
+
+class Timeout(TimeoutError):
+    """A ``bluelet.timeout()`` (or an operation's ``timeout=``) ran out."""
+
+
+class QueueFull(Exception):
+    """``Queue.put_nowait()`` found the queue full."""
+
+
+class QueueEmpty(Exception):
+    """``Queue.get_nowait()`` found the queue empty."""
+
+
+class ChannelClosed(Exception):
+    """The Channel was closed.
+
+    Raised at the ``yield`` of a ``send()`` or ``recv()`` made after
+    ``close()``, and in every coroutine that was waiting in one when it was
+    closed.
+    """

@@ -23,7 +23,8 @@ CORE_NAMES = (
     "JoinEvent", "KillEvent", "DelegationEvent", "ReturnEvent", "SleepEvent",
     "ReadEvent", "WriteEvent", "AcceptEvent", "ReceiveEvent", "SendEvent",
     "Loop", "run", "null", "sleep", "spawn", "call", "end", "join", "kill",
-    "read", "write", "wait_readable", "wait_writable", "notify_closing",
+    "wait_readable", "wait_writable", "notify_closing",
+    "timeout", "WaitQueue", "Completion", "current", "tasks", "wakeup_fd",
 )
 
 

@@ -46,17 +46,21 @@ import math
 import select
 import selectors
 import threading
+import os
 import time
 import types
+import weakref
 
-from ._errors import SocketClosedError
+from ._errors import Cancelled, SocketClosedError, Timeout
+from ._records import TaskInfo
 
 __all__ = [
     "Event", "WaitableEvent", "ValueEvent", "ExceptionEvent", "SpawnEvent",
     "JoinEvent", "KillEvent", "DelegationEvent", "ReturnEvent", "SleepEvent",
     "ReadEvent", "WriteEvent", "AcceptEvent", "ReceiveEvent", "SendEvent",
     "Loop", "run", "null", "sleep", "spawn", "call", "end", "join", "kill",
-    "read", "write", "wait_readable", "wait_writable", "notify_closing",
+    "wait_readable", "wait_writable", "notify_closing",
+    "timeout", "WaitQueue", "Completion", "current", "tasks", "wakeup_fd",
 ]
 
 log = logging.getLogger("bluelet")
@@ -77,14 +81,23 @@ _K_JOIN = 7
 _K_KILL = 8
 _K_WAITABLE = 9
 _K_EXCEPTION = 10
+_K_TIMEOUT = 11
+_K_PARK = 12
+_K_EXTERNAL = 13
 
-# Task states.
+# Kinds that are scheduling points: inside an expired timeout they raise it.
+_SCHEDULING_POINTS = frozenset((_K_VALUE, _K_IO, _K_SLEEP, _K_JOIN, _K_WAITABLE,
+                                _K_PARK, _K_EXTERNAL))
+
+# Task states; from _S_IO up, the task waits for something.
 _S_READY = 0
 _S_RUNNING = 1
-_S_IO = 2
-_S_SLEEP = 3
-_S_JOIN = 4
-_S_DONE = 5
+_S_DONE = 2
+_S_IO = 3
+_S_SLEEP = 4
+_S_JOIN = 5
+_S_PARK = 6
+_S_EXTERNAL = 7
 
 # Readiness bits, the epoll values so the Linux poller needs no translation.
 READ = 0x001      # EPOLLIN
@@ -229,6 +242,96 @@ class ReturnEvent(Event):
         self.value = value
 
 
+class _TimeoutEvent(Event):
+    """Run ``body`` (an event or a generator) with a deadline."""
+
+    __slots__ = ("seconds", "body")
+    _kind = _K_TIMEOUT
+
+    def __init__(self, seconds, body):
+        self.seconds = seconds
+        self.body = body
+
+
+class WaitQueue(Event):
+    """A FIFO of coroutines parked until another coroutine wakes them.
+
+    ``yield queue.wait()`` parks the running coroutine at the back;
+    ``queue.wake(value)`` resumes the one that waited longest with ``value``.
+    Locks, queues and flags are built on it.
+    """
+
+    __slots__ = ("_waiters", "_external")
+    _kind = _K_PARK
+
+    def __init__(self, external=False):
+        self._waiters = collections.deque()
+        # Whether something outside the loop (a signal) wakes it: while a
+        # coroutine waits here the loop stays alive and its wake pipe open.
+        self._external = external
+
+    def __len__(self):
+        return len(self._waiters)
+
+    def wait(self):
+        """Event: park until woken; the value is the one given to ``wake``."""
+        return self
+
+    def wake(self, value=None, exc=None):
+        """Resume the longest waiter with ``value`` (or raise ``exc`` in it).
+
+        Returns False when nobody waits.
+        """
+        if not self._waiters:
+            return False
+        _running_loop()._unpark(self._waiters.popleft(), value, exc)
+        return True
+
+    def wake_all(self, value=None, exc=None):
+        """Resume every waiter, oldest first; returns how many there were."""
+        count = len(self._waiters)
+        while self._waiters:
+            self.wake(value, exc)
+        return count
+
+
+class Completion(Event):
+    """A result another thread will deliver: ``value = yield completion``.
+
+    Create it inside a running coroutine; then, from any thread, call
+    ``set_result`` or ``set_exception`` exactly once. The loop is woken
+    through a pipe, so nothing polls.
+    """
+
+    __slots__ = ("_loop", "_task", "_done", "_delivered", "_value", "_exc")
+    _kind = _K_EXTERNAL
+
+    def __init__(self):
+        self._loop = _running_loop()
+        self._loop._expect_external()
+        self._task = None
+        self._done = False        # delivered and seen by the loop thread
+        self._delivered = False   # delivered by some thread
+        self._value = None
+        self._exc = None
+
+    def set_result(self, value):
+        """Deliver ``value`` to the coroutine (any thread, once)."""
+        self._deliver(value, None)
+
+    def set_exception(self, exc):
+        """Raise ``exc`` in the coroutine (any thread, once)."""
+        self._deliver(None, exc)
+
+    def _deliver(self, value, exc):
+        if self._delivered:
+            raise RuntimeError("Completion delivered twice")
+        self._delivered = True
+        self._value = value
+        self._exc = exc
+        self._loop._post(self)
+
+
 class SleepEvent(WaitableEvent):
     """Resume after at least ``duration`` seconds (monotonic clock)."""
 
@@ -236,12 +339,7 @@ class SleepEvent(WaitableEvent):
     _kind = _K_SLEEP
 
     def __init__(self, duration):
-        if not isinstance(duration, (int, float)) and not isinstance(duration, numbers.Real):
-            raise TypeError("sleep() needs a number of seconds, not %r" % (duration,))
-        seconds = float(duration)
-        if math.isnan(seconds):
-            raise ValueError("sleep duration is NaN")
-        self.duration = max(seconds, 0.0)
+        self.duration = _seconds(duration)
         self.wakeup_time = _monotonic() + self.duration
 
     def time_left(self):
@@ -380,6 +478,16 @@ class SendEvent(_FdEvent):
         return None
 
 
+def _seconds(duration):
+    """A duration as a float >= 0, or TypeError/ValueError at the call."""
+    if not isinstance(duration, (int, float)) and not isinstance(duration, numbers.Real):
+        raise TypeError("a duration must be a number of seconds, not %r" % (duration,))
+    seconds = float(duration)
+    if math.isnan(seconds):
+        raise ValueError("a duration cannot be NaN")
+    return max(seconds, 0.0)
+
+
 def _fileno(fileobj):
     """The descriptor of ``fileobj`` (or ``fileobj`` itself), checked at the call."""
     fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
@@ -449,16 +557,6 @@ def kill(coro):
     return KillEvent(coro)
 
 
-def read(fd, bufsize=None):
-    """Event: read up to ``bufsize`` from a file-like object (None: to EOF)."""
-    return ReadEvent(fd, bufsize)
-
-
-def write(fd, data):
-    """Event: write all of ``data`` to a file-like object."""
-    return WriteEvent(fd, data)
-
-
 def wait_readable(fileobj):
     """Event: resume with None once ``fileobj`` (or an fd) is readable."""
     event = _FdEvent()
@@ -473,15 +571,51 @@ def wait_writable(fileobj):
     return event
 
 
+def timeout(seconds, body):
+    """Event: run ``body`` (an event or a generator) for at most ``seconds``.
+
+    The value is ``body``'s. When time runs out, ``bluelet.Timeout`` is
+    raised inside ``body`` at its current ``yield`` (so its ``finally``
+    blocks run), then here. Inside an expired timeout every later
+    scheduling point raises it again.
+    """
+    if not isinstance(body, (Event, _GeneratorType)):
+        raise TypeError("timeout() needs an event or a generator, not %r" % (body,))
+    return _TimeoutEvent(_seconds(seconds), body)
+
+
+def _single(event):
+    # Lets an event be the body of a timeout like any sub-coroutine.
+    return (yield event)
+
+
+def current():
+    """The spawned coroutine (generator) that is running now, or None."""
+    loop = getattr(_local, "loop", None)
+    if loop is None or loop._current is None:
+        return None
+    return loop._current.base
+
+
 # ---------------------------------------------------------------------------
 # Records
 # ---------------------------------------------------------------------------
 
-class _Task:
+class _Timed:
+    """Something the timer heap can wake: a sleeping task or a timeout.
+
+    A heap entry is live while its sequence number is the target's
+    ``timer_seq``; cancelling sets that to 0 and leaves the entry behind.
+    """
+
+    __slots__ = ("timer_seq",)
+
+
+class _Task(_Timed):
     """One spawned coroutine and the sub-coroutines it is delegating to."""
 
     __slots__ = ("base", "gen", "stack", "state", "value", "exc", "result",
-                 "joiners", "wait", "wait_fds", "timer_seq")
+                 "joiners", "wait", "wait_fds", "scopes", "expired")
 
     def __init__(self, gen):
         self.base = gen          # the spawned generator: the key for join/kill
@@ -492,12 +626,27 @@ class _Task:
         self.exc = None          # ... or throws
         self.result = None
         self.joiners = None
-        self.wait = None         # the event (I/O) or task (join) waited on
+        self.wait = None         # the event, queue or task waited on
         self.wait_fds = None     # [(state, mask)] of a WaitableEvent's fds
         self.timer_seq = 0       # heap entry that may wake it; 0: none
+        self.scopes = None       # active timeouts, outermost first
+        self.expired = False     # whether one of them has run out
 
     def __repr__(self):
         return "<bluelet task %s>" % (getattr(self.base, "__qualname__", self.base),)
+
+
+class _Scope(_Timed):
+    """One active ``timeout()``: a deadline over a part of a task's chain."""
+
+    __slots__ = ("task", "depth", "seconds", "expired")
+
+    def __init__(self, task, depth, seconds):
+        self.task = task
+        self.depth = depth       # the chain depth that yielded timeout()
+        self.seconds = seconds
+        self.timer_seq = 0
+        self.expired = False
 
 
 class _FdState:
@@ -617,18 +766,23 @@ class Loop:
     coroutine is ready, the clock jumps to the next deadline (I/O is still
     polled, without waiting). Sleep-heavy tests then run at once and in an
     order that cannot depend on the machine's speed.
+
+    With ``slow_step=seconds``, a coroutine that runs longer than that
+    between two ``yield``s is logged as a warning on the ``bluelet`` logger.
     """
 
-    __slots__ = ("_virtual_time", "_clock", "_ready", "_batch", "_tasks", "_timers",
-                 "_timer_seq", "_stale_timers", "_fds", "_fd_waiters", "_poller",
-                 "_root", "_failure")
+    __slots__ = ("_virtual_time", "_slow_step", "_clock", "_ready", "_batch", "_tasks",
+                 "_timers", "_timer_seq", "_stale_timers", "_fds", "_fd_waiters",
+                 "_poller", "_root", "_current", "_failure", "_results", "_inbox",
+                 "_external", "_waker_fd", "_waker_write", "_waker_lock", "_interrupts")
 
     def __init_subclass__(cls, **kwargs):
         # The compiled Loop is final; the pure one must not allow more.
         raise TypeError("bluelet.Loop cannot be subclassed")
 
-    def __init__(self, virtual_time=False):
+    def __init__(self, virtual_time=False, slow_step=None):
         self._virtual_time = virtual_time
+        self._slow_step = slow_step  # seconds; a longer step is logged
         self._clock = 0.0           # the time under virtual_time
         self._ready = []            # tasks to resume on the next pass, FIFO
         self._batch = []            # the pass being run (kept to reuse it)
@@ -640,7 +794,15 @@ class Loop:
         self._fd_waiters = 0        # tasks waiting in some _FdState queue
         self._poller = None
         self._root = None
+        self._current = None        # the task being stepped
         self._failure = None
+        self._results = weakref.WeakKeyDictionary()  # finished gen -> result
+        self._inbox = collections.deque()  # Completions delivered by threads
+        self._external = 0          # Completions not yet delivered
+        self._waker_fd = -1         # read end of the pipe threads write to
+        self._waker_write = -1
+        self._waker_lock = threading.RLock()  # no write to the pipe once closed
+        self._interrupts = collections.deque()  # from interrupt(), for the root
 
     # -- entry point --------------------------------------------------------
 
@@ -657,8 +819,12 @@ class Loop:
         try:
             self._main()
         finally:
-            _local.loop = None
-            self._shutdown()
+            # Still the running loop while shutting down: finally blocks of
+            # the coroutines being closed may wake queues or close sockets.
+            try:
+                self._shutdown()
+            finally:
+                _local.loop = None
         if self._failure is not None:
             failure, self._failure = self._failure, None
             raise failure
@@ -666,13 +832,19 @@ class Loop:
 
     def _main(self):
         while self._tasks:
+            while self._interrupts:
+                self._interrupt(self._interrupts.popleft())
             # ---- phase 1: run every task that is ready now, and no more:
             # tasks made ready meanwhile wait for the next pass, after I/O.
             batch = self._ready
             self._ready = self._batch
             for task in batch:
                 if task.state == _S_READY:
-                    self._step(task)
+                    if self._slow_step is None:
+                        self._step(task)
+                    else:
+                        self._timed_step(task)
+                    self._current = None
                     if self._failure is not None:
                         return
             batch.clear()
@@ -689,7 +861,7 @@ class Loop:
                     # Nothing can happen before the next deadline: go there.
                     self._clock += timeout
                     timeout = 0.0
-            elif self._fd_waiters:
+            elif self._fd_waiters or self._external:
                 timeout = -1.0
             else:
                 self._failure = RuntimeError(
@@ -713,11 +885,14 @@ class Loop:
     def _step(self, task):
         """Resume ``task`` and follow its events until it waits or ends."""
         task.state = _S_RUNNING
+        self._current = task
         gen = task.gen
         value = task.value
         exc = task.exc
         task.value = task.exc = None
         while True:
+            if task.scopes is not None:
+                self._leave_scopes(task)
             try:
                 if exc is None:
                     event = gen.send(value)
@@ -739,12 +914,15 @@ class Loop:
                 return
             value = exc = None
 
-            if event is _NULL:
+            if event is _NULL and not task.expired:
                 self._schedule(task, None, None)
                 return
             kind = _kind_of(type(event))
             if kind is None:
                 kind = _kind_slow(event)
+            if task.expired and kind in _SCHEDULING_POINTS:
+                exc = self._timeout_error(task)
+                continue
 
             if kind == _K_VALUE:
                 self._schedule(task, event._value, None)
@@ -768,9 +946,10 @@ class Loop:
                     return
             elif kind == _K_SLEEP:
                 if self._virtual_time:
-                    self._add_timer(task, self._clock + event.duration)
+                    task.wait = self._clock + event.duration
                 else:
-                    self._add_timer(task, event.wakeup_time)
+                    task.wait = event.wakeup_time
+                self._add_timer(task, task.wait)
                 task.state = _S_SLEEP
                 return
             elif kind == _K_CALL:
@@ -800,6 +979,8 @@ class Loop:
                 target = self._task_of(event.child)
                 if target is None:
                     exc = _check_finished(event.child, "join")
+                    if exc is None:
+                        value = self._results.get(event.child)
                 elif target is task:
                     exc = RuntimeError("a coroutine cannot join itself")
                 else:
@@ -824,9 +1005,47 @@ class Loop:
             elif kind == _K_EXCEPTION:
                 self._schedule(task, None, event._exc)
                 return
+            elif kind == _K_TIMEOUT:
+                body = event.body
+                if type(body) is _GeneratorType:
+                    exc = self._check_new(body, "timeout")
+                else:
+                    body = _single(body)
+                if exc is None:
+                    self._enter_scope(task, event.seconds)
+                    if task.stack is None:
+                        task.stack = []
+                    task.stack.append(gen)
+                    gen = task.gen = body
+            elif kind == _K_PARK:
+                if event._external:
+                    self._expect_external()
+                event._waiters.append(task)
+                task.wait = event
+                task.state = _S_PARK
+                return
+            elif kind == _K_EXTERNAL:
+                if event._loop is not self:
+                    exc = RuntimeError("a Completion belongs to the loop that created it")
+                elif event._done:
+                    self._schedule(task, event._value, event._exc)
+                    return
+                else:
+                    event._task = task
+                    task.wait = event
+                    task.state = _S_EXTERNAL
+                    return
             else:
                 exc = TypeError(
                     "bluelet coroutines must yield events or generators, not %r" % (event,))
+
+    def _timed_step(self, task):
+        start = time.perf_counter()
+        self._step(task)
+        elapsed = time.perf_counter() - start
+        if elapsed > self._slow_step:
+            log.warning("coroutine %r ran %.3f s without yielding (slow_step=%g)",
+                        task.base, elapsed, self._slow_step)
 
     def _schedule(self, task, value, exc):
         """Make a waiting task ready to resume with ``value`` or ``exc``."""
@@ -857,16 +1076,27 @@ class Loop:
     # -- ending tasks -------------------------------------------------------
 
     def _finish(self, task, result, exc):
-        """Record the end of ``task``, wake its joiners, route its error."""
+        """Record the end of ``task``, wake its joiners, route its error.
+
+        Joiners get the result, or the exception raised at their ``yield``;
+        an exception that no joiner takes ends the run (unless quiet).
+        """
         task.state = _S_DONE
         task.result = result
+        if task.scopes is not None:
+            for scope in task.scopes:
+                self._drop_timer(scope)
+            task.scopes = None
         task.gen = task.stack = task.wait = None
         del self._tasks[task.base]
+        if result is not None:
+            self._results[task.base] = result
         if task.joiners:
             for joiner in task.joiners:
                 joiner.wait = None
-                self._schedule(joiner, None, None)
+                self._schedule(joiner, result, exc)
             task.joiners = None
+            return
         if exc is not None:
             if isinstance(exc, _QUIET):
                 log.debug("coroutine %r ended by %r", task.base, exc)
@@ -877,19 +1107,32 @@ class Loop:
                           exc_info=exc)
 
     def _kill(self, task):
-        """Stop ``task``: leave what it waits on, close its chain innermost first."""
+        """Stop ``task``: leave what it waits on, raise Cancelled in its chain.
+
+        Cancelled goes in innermost first and propagates outwards like any
+        exception (an error raised while cleaning up replaces it). A
+        coroutine that carries on after it is closed, and the task fails
+        with a RuntimeError saying so.
+        """
+        killer = self._current
         self._cancel_wait(task)
-        error = None
+        self._current = task  # its finally blocks see themselves as current()
         gens = [task.gen]
         if task.stack:
             gens.extend(reversed(task.stack))
+        exc = Cancelled()
+        swallowed = None
         for gen in gens:
-            try:
-                gen.close()
-            except BaseException as exc:
-                if error is None:
-                    error = exc
-        self._finish(task, None, error)
+            exc = _cancel_one(gen, exc)
+            if exc is None:
+                if swallowed is None:
+                    swallowed = RuntimeError(
+                        "%r carried on while being cancelled; it was closed" % (gen,))
+                exc = Cancelled()
+        if swallowed is None and not isinstance(exc, Cancelled):
+            swallowed = exc
+        self._current = killer
+        self._finish(task, None, swallowed)
 
     def _cancel_wait(self, task):
         """Take a waiting task out of whatever would wake it; others are left."""
@@ -902,6 +1145,12 @@ class Loop:
             self._fd_waiters -= 1
         elif state == _S_JOIN:
             task.wait.joiners.remove(task)
+        elif state == _S_PARK:
+            task.wait._waiters.remove(task)
+            if task.wait._external:
+                self._external -= 1
+        elif state == _S_EXTERNAL:
+            task.wait._task = None
         else:
             return
         task.wait = task.wait_fds = None
@@ -927,6 +1176,11 @@ class Loop:
         self._timers.clear()
         for state in self._fds.values():
             self._poller.forget(state)
+        with self._waker_lock:
+            if self._waker_fd >= 0:
+                os.close(self._waker_fd)
+                os.close(self._waker_write)
+                self._waker_fd = self._waker_write = -1
         self._fds.clear()
         self._poller.close()
 
@@ -1030,7 +1284,7 @@ class Loop:
 
     def _poll(self, timeout):
         """Wait up to ``timeout`` seconds (-1: no limit) and serve ready fds."""
-        if timeout == 0.0 and not self._fd_waiters:
+        if timeout == 0.0 and not self._fd_waiters and not self._external:
             # Busy coroutines and nobody on an fd: a syscall would find nothing.
             return
         for fd, mask in self._poller.poll(timeout):
@@ -1038,6 +1292,9 @@ class Loop:
 
     def _wake_fd(self, fd, mask):
         """The poller says ``fd`` is ready: serve one waiter per direction."""
+        if fd == self._waker_fd:
+            self._drain_inbox()
+            return
         state = self._fds.get(fd)
         if state is None:
             return
@@ -1106,10 +1363,16 @@ class Loop:
 
     # -- timers -------------------------------------------------------------
 
-    def _add_timer(self, task, deadline):
+    def _add_timer(self, target, deadline):
+        """Wake ``target`` (a sleeping _Task or a _Scope) at ``deadline``."""
         self._timer_seq += 1
-        task.timer_seq = self._timer_seq
-        heapq.heappush(self._timers, (deadline, self._timer_seq, task))
+        target.timer_seq = self._timer_seq
+        heapq.heappush(self._timers, (deadline, self._timer_seq, target))
+
+    def _drop_timer(self, target):
+        if target.timer_seq:
+            target.timer_seq = 0
+            self._stale_timers += 1
 
     def _has_timers(self):
         """Whether a live sleeper exists (cancelled entries do not count)."""
@@ -1132,18 +1395,127 @@ class Loop:
         """Wake every sleeper whose deadline is not after ``now``."""
         timers = self._timers
         while timers and timers[0][0] <= now:
-            _, seq, task = heapq.heappop(timers)
-            if task.timer_seq == seq:
-                task.timer_seq = 0
-                self._schedule(task, None, None)
+            _, seq, target = heapq.heappop(timers)
+            if target.timer_seq == seq:
+                target.timer_seq = 0
+                if type(target) is _Task:
+                    self._schedule(target, None, None)
+                else:
+                    self._expire_scope(target)
             else:
                 self._stale_timers -= 1
+
+    # -- timeouts -----------------------------------------------------------
+
+    def _enter_scope(self, task, seconds):
+        scope = _Scope(task, len(task.stack) if task.stack else 0, seconds)
+        if task.scopes is None:
+            task.scopes = []
+        task.scopes.append(scope)
+        self._add_timer(scope, self._now() + seconds)
+
+    def _leave_scopes(self, task):
+        """Close the timeouts whose body has ended: the chain is back at (or
+        above) the depth that entered them."""
+        depth = len(task.stack) if task.stack else 0
+        scopes = task.scopes
+        while scopes and scopes[-1].depth >= depth:
+            self._drop_timer(scopes.pop())
+        if scopes:
+            task.expired = any(scope.expired for scope in scopes)
+        else:
+            task.scopes = None
+            task.expired = False
+
+    def _expire_scope(self, scope):
+        """A timeout ran out: raise Timeout in its task if it waits now;
+        otherwise at its next scheduling point."""
+        scope.expired = True
+        task = scope.task
+        task.expired = True
+        if task.state >= _S_IO:
+            self._cancel_wait(task)
+            self._schedule(task, None, self._timeout_error(task))
+
+    def _timeout_error(self, task):
+        for scope in reversed(task.scopes):
+            if scope.expired:
+                return Timeout("timed out after %g s" % scope.seconds)
+        raise AssertionError("no expired timeout")
+
+    # -- parked tasks and threads -------------------------------------------
+
+    def _unpark(self, task, value, exc):
+        if task.wait._external:
+            self._external -= 1
+        task.wait = None
+        self._schedule(task, value, exc)
+
+    def _expect_external(self):
+        """A wake-up from outside is due: keep the loop alive, its pipe open."""
+        self._wakeup_fd()
+        self._external += 1
+
+    def _wakeup_fd(self):
+        """The write end of the pipe that wakes this loop (made on demand)."""
+        if self._waker_fd < 0:
+            self._waker_fd, self._waker_write = os.pipe()
+            os.set_blocking(self._waker_fd, False)
+            os.set_blocking(self._waker_write, False)
+            self._poller.set_interest(_FdState(self._waker_fd, None), READ)
+        return self._waker_write
+
+    def _tasks_info(self):
+        now = self._now()
+        return [_task_info(task, now) for task in self._tasks.values()]
+
+    def interrupt(self, exc):
+        """Stop the run the way Ctrl-C does; safe from signal handlers and threads.
+
+        At its next pass the loop closes every coroutine outside the root's
+        call chain and raises ``exc`` in the root's innermost coroutine (if
+        the root has ended, ``run()`` raises ``exc``). Nothing is raised
+        here, so the scheduler's own bookkeeping is never interrupted.
+        """
+        self._interrupts.append(exc)
+        self._wake()
+
+    def _post(self, completion):
+        """Called from any thread: queue ``completion`` and wake the loop."""
+        self._inbox.append(completion)
+        self._wake()
+
+    def _wake(self):
+        # Reentrant: a signal handler may call this while the same thread is
+        # inside it.
+        with self._waker_lock:
+            if self._waker_write >= 0:
+                try:
+                    os.write(self._waker_write, b"\0")
+                except BlockingIOError:
+                    pass  # the pipe is full: a wake-up is pending anyway
+
+    def _drain_inbox(self):
+        try:
+            while os.read(self._waker_fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while self._inbox:
+            completion = self._inbox.popleft()
+            self._external -= 1
+            completion._done = True
+            task = completion._task
+            if task is not None:
+                completion._task = None
+                task.wait = None
+                self._schedule(task, completion._value, completion._exc)
 
 
 _KINDS = {cls: cls._kind for cls in (
     ValueEvent, ReadEvent, WriteEvent, AcceptEvent, ReceiveEvent, SendEvent,
     _FdEvent, SleepEvent, DelegationEvent, ReturnEvent, SpawnEvent, JoinEvent,
-    KillEvent, ExceptionEvent)}
+    KillEvent, ExceptionEvent, _TimeoutEvent, WaitQueue, Completion)}
 _KINDS[_GeneratorType] = _K_CALL
 _kind_of = _KINDS.get
 
@@ -1165,6 +1537,57 @@ else:  # Python < 3.11: a generator that has not started is at instruction -1
         return gen.gi_running or (gen.gi_frame is not None and gen.gi_frame.f_lasti != -1)
 
 
+def _cancel_one(gen, exc):
+    """Throw ``exc`` (Cancelled, or an error from a callee's clean-up) into
+    ``gen``; return what came out, or None if ``gen`` swallowed it."""
+    for _ in range(100):
+        try:
+            gen.throw(exc)
+        except StopIteration:
+            return None
+        except BaseException as raised:
+            return raised
+        # It yielded (a clean-up step in a finally block): that step cannot
+        # run during a kill, so Cancelled is raised at it too.
+        exc = Cancelled()
+    try:
+        gen.close()
+    except BaseException:
+        pass
+    return None
+
+
+def _running_loop():
+    loop = getattr(_local, "loop", None)
+    if loop is None:
+        raise RuntimeError("this needs a running bluelet loop (call it inside a coroutine)")
+    return loop
+
+
+def _task_info(task, now):
+    """A TaskInfo for ``task``: its state in words."""
+    state = task.state
+    chain = list(task.stack or ()) + [task.gen]
+    if state == _S_READY:
+        return TaskInfo(task.base, "ready", "ready to run", chain)
+    if state == _S_RUNNING:
+        return TaskInfo(task.base, "running", "running now", chain)
+    if state == _S_IO:
+        if task.wait_fds is not None:
+            return TaskInfo(task.base, "io", "waiting for %r (fds %s)" % (
+                task.wait, ", ".join(str(pair[0].fd) for pair in task.wait_fds)), chain)
+        return TaskInfo(task.base, "io", "waiting for fd %d to be %s" % (
+            task.wait._fileno, "readable" if task.wait._mask == READ else "writable"), chain)
+    if state == _S_SLEEP:
+        return TaskInfo(task.base, "sleeping", "sleeping until %.3f (%.3f s from now)" % (
+            task.wait, task.wait - now), chain)
+    if state == _S_JOIN:
+        return TaskInfo(task.base, "joining", "joining %r" % (task.wait.base,), chain)
+    if state == _S_PARK:
+        return TaskInfo(task.base, "parked", "parked in %r" % (task.wait,), chain)
+    return TaskInfo(task.base, "thread", "waiting for a result from another thread", chain)
+
+
 def _check_finished(gen, verb):
     """The error for join/kill of a generator the loop does not run, if any."""
     if type(gen) is not _GeneratorType:
@@ -1178,13 +1601,14 @@ def _check_finished(gen, verb):
 # Module-level entry points
 # ---------------------------------------------------------------------------
 
-def run(root_coro):
+def run(root_coro, *, virtual_time=False, slow_step=None):
     """Run generator ``root_coro`` and everything it spawns to completion.
 
     Returns the root's result. If a coroutine raises and nobody called it,
     the other coroutines are closed and the exception propagates from here.
+    ``virtual_time`` and ``slow_step`` are as for ``Loop``.
     """
-    return Loop().run(root_coro)
+    return Loop(virtual_time, slow_step).run(root_coro)
 
 
 def notify_closing(fileobj):
@@ -1196,3 +1620,13 @@ def notify_closing(fileobj):
     loop = getattr(_local, "loop", None)
     if loop is not None:
         loop._close_fd(_fileno(fileobj))
+
+
+def tasks():
+    """A TaskInfo for every live coroutine of the running loop."""
+    return _running_loop()._tasks_info()
+
+
+def wakeup_fd():
+    """The fd whose write wakes the running loop (for signal.set_wakeup_fd)."""
+    return _running_loop()._wakeup_fd()

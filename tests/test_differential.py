@@ -85,8 +85,8 @@ class Boom(Exception):
 #
 # node   = (nid, ops, on_close)
 # op     = (kind, arg, catch)      catch: the op's yield is in try/except Exception
-# on_close: None | "raise" (raise Boom when closed by GeneratorExit)
-#               | "yield" (yield again when closed: close() raises RuntimeError)
+# on_close: None | "raise" (raise Boom when killed (Cancelled) or closed)
+#               | "yield" (yield again when killed or closed)
 # targets: ("spawned", k)  k-th coroutine this one spawned (k = -1: the latest)
 #          ("child", k)    k-th generator this coroutine created (spawned or called)
 #          ("sibling", k)  k-th coroutine its parent spawned so far (maybe itself)
@@ -285,7 +285,7 @@ def coro(node, ctx):
                 trace.append(("got", nid, i, got))
         trace.append(("fell off", nid))
         return "result of " + nid
-    except GeneratorExit:
+    except (GeneratorExit, bluelet.Cancelled):
         trace.append(("closed", nid))
         if on_close == "raise":
             raise boom(-1)
@@ -626,9 +626,11 @@ def test_regression_joiners_wake_in_join_order():
     result = check_same(EX_JOINERS)
     trace = result["trace"]
     after = trace[trace.index(("finally", "r.0")) + 1:]
-    # The root joined first (before r.1 and r.2 even started), then r.1, then r.2.
+    # The root joined first (before r.1 and r.2 even started), then r.1, then
+    # r.2; each join evaluates to r.0's result.
     assert [e for e in after if e[0] == "got" and e[2] == (3 if e[1] == "r" else 0)] == [
-        ("got", "r", 3, None), ("got", "r.1", 0, None), ("got", "r.2", 0, None)]
+        ("got", "r", 3, "result of r.0"), ("got", "r.1", 0, "result of r.0"),
+        ("got", "r.2", 0, "result of r.0")]
 
 
 def test_regression_deadlock():

@@ -645,20 +645,38 @@ def test_connection_errors_end_only_that_coroutine(core, exc_type, caplog):
             events.append("victim finally")
 
     def root():
-        v = victim()
-        yield bluelet.spawn(v)
-        yield bluelet.join(v)
-        events.append("joined")
+        yield bluelet.spawn(victim())
         yield bluelet.sleep(0.01)
+        events.append("root goes on")
         return "root ok"
 
     assert bluelet.run(root()) == "root ok"
-    assert events == ["victim finally", "joined"]
+    assert events == ["victim finally", "root goes on"]
     assert any(
         (r.name == "bluelet" or r.name.startswith("bluelet."))
         and r.levelno == logging.DEBUG
         for r in caplog.records
     ), "expected a DEBUG record on logger 'bluelet'"
+
+
+@pytest.mark.parametrize(
+    "exc_type", [ConnectionResetError, BrokenPipeError, ConnectionAbortedError]
+)
+def test_connection_error_is_raised_in_a_joiner(core, exc_type):
+    def victim():
+        yield bluelet.null()
+        raise exc_type("peer went away")
+
+    def root():
+        v = victim()
+        yield bluelet.spawn(v)
+        try:
+            yield bluelet.join(v)
+        except exc_type as exc:
+            return "join raised %s" % exc
+        return "join returned"
+
+    assert bluelet.run(root()) == "join raised peer went away"
 
 
 def test_connection_error_in_delegate_is_raised_in_caller(core):
@@ -1569,7 +1587,7 @@ def test_thousand_spawned_coroutines_joined(core):
 
     count, results = bluelet.run(root())
     assert count == 1000
-    assert results == [None] * 1000
+    assert results == list(range(1000))
     assert sorted(done) == list(range(1000))
 
 

@@ -1,0 +1,152 @@
+"""Waiting on several coroutines at once: join_all() and first().
+
+Both run a ``_Group``: every coroutine is spawned (unless it already was) and
+joined by a *watcher*, a small coroutine that reports its outcome to the
+waiting parent through a core ``WaitQueue``. A failure thus reaches a joiner
+(the watcher) instead of ending ``run()``, and the parent sees outcomes in
+the order they happen.
+
+When the group is decided -- all done, the first done, a failure, or the
+parent itself timed out -- the parent kills the coroutines still running
+before its ``yield`` returns or raises, so their ``finally`` blocks have run.
+A parent that is being killed cannot yield a kill; a *guard* coroutine,
+parked from the start, is woken instead and kills them on its next turn.
+"""
+
+import collections
+import inspect
+from typing import Any, Generator, Iterable, List
+
+from ._errors import Cancelled
+from ._impl import WaitQueue, join, kill, spawn
+from ._sync import _wake
+
+__all__ = ["join_all", "first"]
+
+_Coroutine = Generator[Any, Any, Any]
+
+
+def _coroutines(coros: Iterable[_Coroutine], verb: str) -> List[_Coroutine]:
+    """``coros`` as a list, checked at the call: ValueError for a non-generator."""
+    coros = list(coros)
+    for coro in coros:
+        if not inspect.isgenerator(coro):
+            raise ValueError("%s() needs generators (coroutines), not %r" % (verb, coro))
+    return coros
+
+
+def join_all(coros: Iterable[_Coroutine]) -> Generator[Any, Any, List[Any]]:
+    """Event: run ``coros`` concurrently; the value is the list of their results.
+
+    Results are in the order of ``coros``. Coroutines not yet spawned are
+    spawned; spawned ones are joined. If one fails, the others are killed
+    and its exception is raised here. If the waiting coroutine is killed or
+    timed out, they are killed too. A coroutine killed by someone else
+    counts as returning None. Failures after the first are ignored.
+
+    A coroutine spawned elsewhere is joined from the next turn on: if it
+    fails before then, its exception ends ``run()`` as an unjoined failure
+    does. Hand over coroutines not yet spawned to have every failure here.
+    """
+    return _Group(_coroutines(coros, "join_all"))._run(want_all=True)
+
+
+def first(coros: Iterable[_Coroutine]) -> _Coroutine:
+    """Event: race ``coros``; the first to finish decides, the rest are killed.
+
+    The value is the winner's result, or its exception is raised here; the
+    losers are killed (their ``finally`` blocks run) before this returns.
+    Spawning and cancellation are as for ``join_all()``. ValueError at the
+    call if ``coros`` is empty.
+    """
+    coros = _coroutines(coros, "first")
+    if not coros:
+        raise ValueError("first() needs at least one coroutine")
+    return _Group(coros)._run(want_all=False)
+
+
+class _Group:
+    """The coroutines of one join_all() or first() call, and their outcomes."""
+
+    def __init__(self, coros):
+        self._coros = coros
+        self._outcomes = collections.deque()   # (index, value, exc), in finishing order
+        self._arrived = WaitQueue()            # the parent waits here for outcomes
+        self._stop = WaitQueue()               # the guard waits here
+        self._done = False                     # decided: outcomes are no longer wanted
+        self._abandoned = False                # the parent was killed: the guard cancels
+
+    def _run(self, want_all):
+        for index, coro in enumerate(self._coros):
+            yield spawn(self._watch(index, coro))
+        yield spawn(self._guard())
+        try:
+            value = yield from self._collect(want_all)
+        except (Cancelled, GeneratorExit):
+            # Being killed (or closed): no yield can run now; the guard kills.
+            self._done = self._abandoned = True
+            _wake(self._stop)
+            raise
+        except BaseException:
+            yield from self._finish()
+            raise
+        yield from self._finish()
+        return value
+
+    def _collect(self, want_all):
+        """Wait for the outcomes needed: every result, or the first one."""
+        results = [None] * len(self._coros)
+        left = len(self._coros)
+        while left:
+            while self._outcomes:
+                index, value, exc = self._outcomes.popleft()
+                if exc is not None:
+                    raise exc
+                if not want_all:
+                    return value
+                results[index] = value
+                left -= 1
+            if left:
+                yield self._arrived.wait()
+        return results
+
+    def _finish(self):
+        """Decided: kill the coroutines still running, release the guard."""
+        self._done = True
+        self._stop.wake()
+        yield from self._cancel()
+
+    def _cancel(self):
+        for coro in self._coros:
+            try:
+                yield kill(coro)
+            except ValueError:
+                pass  # never spawned: its watcher saw the group decided first
+
+    def _watch(self, index, coro):
+        """Spawn ``coro`` if nobody has, join it, report its outcome."""
+        if self._done:
+            return
+        if inspect.getgeneratorstate(coro) == inspect.GEN_CREATED:
+            try:
+                yield spawn(coro)
+            except ValueError:
+                pass  # spawned already, by its owner, and not started yet
+        try:
+            value = yield join(coro)
+        except Exception as exc:
+            self._report(index, None, exc)
+        else:
+            self._report(index, value, None)
+
+    def _report(self, index, value, exc):
+        if not self._done:
+            self._outcomes.append((index, value, exc))
+            self._arrived.wake()
+
+    def _guard(self):
+        """Kill the group's coroutines if the parent is killed while waiting."""
+        if not self._done:
+            yield self._stop.wait()
+        if self._abandoned:
+            yield from self._cancel()

@@ -1,0 +1,123 @@
+"""A readable dump of every live coroutine, like a thread dump.
+
+``dump()`` renders what the core's ``tasks()`` reports: each coroutine's
+name, its state in words, and the chain of generators it is delegating
+through, each with the file, line and source where it is suspended
+(outermost first, as in a Python traceback). ``dump_on()`` prints that dump
+whenever a signal (SIGUSR1 by default) arrives, so a program that seems
+stuck can be asked where its coroutines wait without stopping it.
+"""
+
+import linecache
+import signal
+import sys
+import types
+from typing import Callable, Iterable, Optional, TextIO
+
+from . import _impl
+from ._impl import tasks
+from ._records import TaskInfo
+
+__all__ = ["dump", "dump_on", "format_tasks"]
+
+
+def _code_location(gen) -> str:
+    """'File "...", line N, in name' for ``gen``, without a state."""
+    code = getattr(gen, "gi_code", None)
+    name = getattr(gen, "__qualname__", None) or getattr(code, "co_name", None) or repr(gen)
+    filename = getattr(code, "co_filename", "?")
+    if type(gen) is not types.GeneratorType:
+        # A compiled generator (the Cython core's own helpers) has a code
+        # object for its name but its frame reports no line.
+        return 'File "%s", in %s [compiled]' % (filename, name)
+    # Imported here: dumps are rare, and inspect would add a tenth to the
+    # time ``import bluelet`` takes.
+    import inspect
+    state = inspect.getgeneratorstate(gen)
+    if state == inspect.GEN_CLOSED:
+        return 'File "%s", line %d, in %s [finished]' % (filename, code.co_firstlineno, name)
+    if state == inspect.GEN_CREATED:
+        return 'File "%s", line %d, in %s [not started]' % (filename, code.co_firstlineno, name)
+    line = gen.gi_frame.f_lineno
+    where = 'File "%s", line %d, in %s' % (filename, line, name)
+    if state == inspect.GEN_RUNNING:
+        where += " [running]"
+    source = linecache.getline(filename, line).strip()
+    return where + ("\n    " + source if source else "")
+
+
+def _coroutine_name(coro) -> str:
+    name = getattr(coro, "__qualname__", None) or repr(coro)
+    # Several coroutines often run the same function: the id tells them apart.
+    return "%s (0x%x)" % (name, id(coro))
+
+
+def format_tasks(infos: Iterable[TaskInfo]) -> str:
+    """Render TaskInfo records as the text ``dump()`` returns."""
+    infos = list(infos)
+    lines = ["bluelet: %d live coroutine%s (%s core), innermost call last" % (
+        len(infos), "" if len(infos) == 1 else "s", _impl.IMPLEMENTATION)]
+    for info in infos:
+        lines.append("")
+        lines.append("Coroutine %s: %s" % (_coroutine_name(info.coroutine), info.detail))
+        for gen in info.chain:
+            lines.append("  " + _code_location(gen))
+    return "\n".join(lines) + "\n"
+
+
+def dump(file: Optional[TextIO] = None) -> str:
+    """Return a readable dump of every live coroutine of the running loop.
+
+    For each coroutine: its name, what it is doing ("sleeping until ...",
+    "waiting for fd 5 to be readable", ...) and where each generator of its
+    delegation chain is suspended (file, line, function and source line).
+    Also written to ``file`` when given. Call it from inside a coroutine;
+    outside a running loop it raises RuntimeError, like ``tasks()``.
+    """
+    text = format_tasks(tasks())
+    if file is not None:
+        file.write(text)
+        file.flush()
+    return text
+
+
+def _print_dump(signum, frame) -> None:
+    """Signal handler: the dump on stderr; never raises into the program."""
+    # The handler interrupts whatever the main thread was doing, possibly the
+    # loop itself half-way through a state change: a failed dump is reported
+    # instead of letting an exception escape into arbitrary code.
+    try:
+        text = dump()
+    except RuntimeError:
+        text = "bluelet: no loop is running in the main thread\n"
+    except Exception as error:
+        text = "bluelet: the coroutine dump failed: %r\n" % (error,)
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (OSError, RuntimeError, ValueError):
+        pass  # stderr closed, or the signal interrupted a write to it
+
+
+def dump_on(signum: Optional[int] = None) -> Callable[[], None]:
+    """Print ``dump()`` to stderr whenever signal ``signum`` arrives.
+
+    ``signum`` defaults to SIGUSR1 (``kill -USR1 <pid>``). Like any Python
+    signal handler it must be installed from the main thread (ValueError
+    otherwise) and it sees the loop running in the main thread. Returns a
+    function that puts the previous handler back (the default action if the
+    previous one was not installed from Python); calling it again does
+    nothing.
+    """
+    if signum is None:
+        signum = signal.SIGUSR1
+    previous = signal.signal(signum, _print_dump)
+    installed = True
+
+    def restore() -> None:
+        nonlocal installed
+        if installed:
+            installed = False
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+
+    return restore

@@ -1,0 +1,215 @@
+"""Unix signals for coroutines: ``yield signal(signum)``, and ``run()``'s handle_signals.
+
+Waiting for a signal
+    The first ``yield signal(signum)`` installs a Python handler for that
+    signal which wakes a core ``WaitQueue(external=True)``; while any
+    coroutine waits, ``signal.set_wakeup_fd`` points at the loop's wake
+    pipe. The handler runs when the signal interrupts the loop's poll, and
+    the byte Python's C-level handler writes into that pipe makes the poll
+    return instead of resuming its wait.
+
+    The handler stays installed for the rest of the ``bluelet.run()`` call
+    (only until the last waiter leaves, under a loop started some other
+    way), so a signal arriving between two waits is not lost: if the
+    handler it replaced was a Python function (SIGINT's KeyboardInterrupt)
+    that function is called, otherwise the signal is remembered and the
+    next wait returns at once. Several such arrivals count as one, as
+    POSIX signals do. Previous handlers and the previous wakeup fd are put
+    back afterwards.
+
+Stopping on SIGINT and SIGTERM (``run(root, handle_signals=True)``)
+    The handler raises nothing: it hands KeyboardInterrupt (SIGTERM's
+    carries the text "SIGTERM") to ``Loop.interrupt``, and the byte written
+    to the wake pipe ends the poll. At its next pass the loop cancels every
+    other coroutine (``bluelet.Cancelled`` at its ``yield``, so its
+    ``finally`` blocks run) and raises KeyboardInterrupt in the root
+    coroutine at its ``yield`` -- whether the signal came while the loop
+    waited or while a coroutine ran, on either core. If the root catches
+    it and returns, ``run()`` returns that value; otherwise ``run()``
+    raises KeyboardInterrupt for SIGINT and ``SystemExit(128 + SIGTERM)``
+    for SIGTERM: the process then exits quietly with status 143, the
+    shell's convention for "terminated", which service managers expect.
+    Without ``handle_signals``, Ctrl-C raises KeyboardInterrupt wherever
+    Python happens to be, as in 0.2.0.
+
+Signals reach Python only in the main thread, so both need the loop there.
+"""
+
+import signal as _signal
+import threading
+from typing import Any, Dict, Generator, Optional
+
+from . import _impl
+from ._impl import WaitQueue, wakeup_fd
+
+__all__ = ["run", "signal"]
+
+_Coroutine = Generator[Any, Any, Any]
+
+#: The signals ``handle_signals`` turns into a stop.
+_STOP_SIGNALS = (_signal.SIGINT, _signal.SIGTERM)
+
+
+class _Watch:
+    """One signal that coroutines wait for: its handler and its waiters."""
+
+    __slots__ = ("signum", "waiters", "previous", "pending")
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.waiters = WaitQueue(external=True)
+        self.previous = _signal.getsignal(signum)
+        self.pending = False      # arrived while nobody waited
+
+    def handle(self, signum, frame):
+        """The Python signal handler (main thread, between two bytecodes)."""
+        if self.waiters.wake_all(signum):
+            return
+        if callable(self.previous):
+            self.previous(signum, frame)
+        else:
+            self.pending = True
+
+    def restore(self) -> None:
+        # None: the handler was not set from Python; the default is closest.
+        previous = _signal.SIG_DFL if self.previous is None else self.previous
+        _signal.signal(self.signum, previous)
+
+
+# Module state: signals are delivered to the main thread only, and only the
+# main thread touches it.
+_watches: Dict[int, _Watch] = {}
+_wakeup_users = 0                       # signal waits and handle_signals runs
+_saved_wakeup_fd: Optional[int] = None  # the wakeup fd before the first of them
+# bluelet.run() calls active in the main thread: a count, not a flag, since a
+# nested call fails (one loop per thread) and must not end the outer one's.
+_run_depth = 0
+
+
+def _require_main_thread(what: str) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("%s needs the loop to run in the main thread: "
+                           "Python delivers signals only there" % (what,))
+
+
+def signal(signum: int) -> _Coroutine:
+    """Wait until signal ``signum`` arrives; ``yield`` it (the value is ``signum``).
+
+    Several coroutines may wait for the same signal: one arrival wakes them
+    all. Works with ``bluelet.timeout()`` and ``kill``. The loop must run
+    in the main thread (RuntimeError at the ``yield`` otherwise); ValueError
+    here for a number that is not a signal.
+    """
+    return _wait(_signal.Signals(signum))
+
+
+def _wait(signum):
+    global _waiting, _saved_wakeup_fd
+    _require_main_thread("bluelet.signal()")
+    watch = _watches.get(signum)
+    if watch is None:
+        watch = _Watch(signum)
+        _signal.signal(signum, watch.handle)
+        _watches[signum] = watch
+    if watch.pending:
+        watch.pending = False
+        return signum
+    _use_wakeup_fd()
+    try:
+        return (yield watch.waiters.wait())
+    finally:
+        _release_wakeup_fd()
+        if not _run_depth and not watch.waiters and _watches.get(signum) is watch:
+            _unwatch(watch)
+
+
+def _use_wakeup_fd() -> None:
+    """Point signal.set_wakeup_fd at the running loop's wake pipe.
+
+    The byte Python's C-level handler writes there ends the loop's poll,
+    which otherwise resumes its wait after running the Python handler.
+    """
+    global _wakeup_users, _saved_wakeup_fd
+    if _wakeup_users == 0:
+        _saved_wakeup_fd = _signal.set_wakeup_fd(wakeup_fd(), warn_on_full_buffer=False)
+    _wakeup_users += 1
+
+
+def _release_wakeup_fd() -> None:
+    global _wakeup_users
+    _wakeup_users -= 1
+    if _wakeup_users == 0:
+        # Now, while the loop runs: its pipe closes when run() ends.
+        _signal.set_wakeup_fd(_saved_wakeup_fd)
+
+
+def _unwatch(watch: _Watch) -> None:
+    del _watches[watch.signum]
+    watch.restore()
+
+
+def _stopper(loop):
+    """handle_signals' handler: ask ``loop`` to stop, as Ctrl-C would."""
+    def stop(signum, frame):
+        if signum == _signal.SIGINT:
+            loop.interrupt(KeyboardInterrupt())
+        else:
+            loop.interrupt(KeyboardInterrupt(_signal.Signals(signum).name))
+    return stop
+
+
+def _woken_by_signals(root_coro):
+    """The root under handle_signals: keeps the wakeup fd on this loop's pipe."""
+    _use_wakeup_fd()
+    try:
+        return (yield root_coro)
+    finally:
+        _release_wakeup_fd()
+
+
+def run(root_coro: _Coroutine, *, handle_signals: bool = False, virtual_time: bool = False,
+        slow_step: Optional[float] = None) -> Any:
+    """Run generator ``root_coro`` and everything it spawns; return its result.
+
+    If a coroutine raises and nobody called or joined it, the others are
+    closed and the exception propagates from here. ``virtual_time=True``
+    makes sleeps take no real time (the clock jumps to the next deadline
+    whenever nothing is ready); ``slow_step=seconds`` logs a warning on the
+    "bluelet" logger when a coroutine runs that long without yielding.
+
+    ``handle_signals=True`` (main thread only) turns SIGINT and SIGTERM into
+    a clean stop: the other coroutines are cancelled and KeyboardInterrupt
+    (with the text "SIGTERM" for SIGTERM) is raised in the root at its
+    ``yield``, so every ``finally`` block runs; then this returns the
+    root's result if it caught the interrupt, or raises KeyboardInterrupt
+    (SIGINT) or ``SystemExit(143)`` (SIGTERM); see ``bluelet._signals``.
+    The previous handlers are restored when this returns. With no options
+    this is 0.2.0's ``run``.
+    """
+    global _run_depth
+    loop = _impl.Loop(virtual_time, slow_step)
+    in_main = threading.current_thread() is threading.main_thread()
+    if handle_signals:
+        _require_main_thread("run(handle_signals=True)")
+    stops = {}
+    if in_main:
+        _run_depth += 1
+    try:
+        if handle_signals:
+            stop = _stopper(loop)
+            for signum in _STOP_SIGNALS:
+                stops[signum] = _signal.signal(signum, stop)
+            root_coro = _woken_by_signals(root_coro)
+        return loop.run(root_coro)
+    except KeyboardInterrupt as interrupt:
+        if interrupt.args == (_signal.SIGTERM.name,) and _signal.SIGTERM in stops:
+            raise SystemExit(128 + _signal.SIGTERM) from interrupt
+        raise
+    finally:
+        if in_main:
+            _run_depth -= 1
+            if not _run_depth:
+                for watch in list(_watches.values()):
+                    _unwatch(watch)
+        for signum, previous in stops.items():
+            _signal.signal(signum, previous)

@@ -1,0 +1,160 @@
+"""Blocking calls run in a bounded thread pool while the loop goes on.
+
+``value = yield to_thread(func, *args)`` hands the call to a
+``concurrent.futures.ThreadPoolExecutor`` and parks the coroutine on a core
+``Completion``; the worker delivers the outcome, which wakes the loop
+through its pipe, so nothing polls.
+
+Cancellation
+    A thread cannot be stopped. When the waiting coroutine is killed or its
+    ``timeout()`` runs out, a call that has not started yet is withdrawn
+    from the pool; one that is running goes on to its end in its thread and
+    its result (or exception) is dropped. Until then it holds one of the
+    pool's threads.
+
+Interpreter exit
+    The pool's threads are not daemons: like ``concurrent.futures`` (and
+    ``asyncio.to_thread``) the interpreter waits at exit for calls that are
+    still running, so a blocking call should carry its own timeout. Calls
+    that have not started are withdrawn at exit instead of being run (a
+    loop still running in a daemon thread then stays waiting for them).
+"""
+
+import concurrent.futures
+import os
+import threading
+from typing import Any, Callable, Generator, Optional, TypeVar
+
+from ._impl import Completion
+
+__all__ = ["set_thread_limit", "to_thread"]
+
+_T = TypeVar("_T")
+
+_lock = threading.Lock()     # guards _pool and _limit: any thread may call
+_pool: Optional[concurrent.futures.ThreadPoolExecutor] = None  # made on first use
+_limit: Optional[int] = None  # None: the default size
+
+
+def _default_limit() -> int:
+    # The default of ThreadPoolExecutor: I/O-bound calls, up to 32 at once.
+    return min(32, (os.cpu_count() or 1) + 4)
+
+
+def set_thread_limit(max_threads: Optional[int] = None) -> int:
+    """Let at most ``max_threads`` ``to_thread`` calls run at once.
+
+    ``None`` restores the default, ``min(32, os.cpu_count() + 4)``. Calls
+    beyond the limit wait in line, in order. Returns the previous limit.
+    Calls already handed to the pool finish on the old threads.
+    """
+    global _pool, _limit
+    if max_threads is not None and (not isinstance(max_threads, int) or max_threads < 1):
+        raise ValueError("max_threads must be a positive int or None, not %r" % (max_threads,))
+    with _lock:
+        previous = _limit if _limit is not None else _default_limit()
+        old, _pool, _limit = _pool, None, max_threads
+    if old is not None:
+        old.shutdown(wait=False)
+    return previous
+
+
+def _executor() -> concurrent.futures.ThreadPoolExecutor:
+    global _pool
+    with _lock:
+        if _pool is None:
+            _pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=_limit or _default_limit(), thread_name_prefix="bluelet")
+        return _pool
+
+
+def _withdraw_pending() -> None:
+    """At interpreter exit: drop the calls no thread has started."""
+    with _lock:
+        pool = _pool
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _forget_pool_after_fork() -> None:
+    # The child has none of the parent's threads: it builds its own pool.
+    global _pool, _lock
+    _lock = threading.Lock()
+    _pool = None
+
+
+# Private but made for this (concurrent.futures registers its own join
+# here): these hooks run before the pool's threads are joined, whereas an
+# atexit hook would run after, once every queued call had been run.
+threading._register_atexit(_withdraw_pending)
+os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
+class _Handoff:
+    """The Completion of one call, delivered exactly once.
+
+    Whoever claims it first delivers it: the worker thread with the call's
+    outcome, or the loop thread when the coroutine stops waiting. A call
+    abandoned that way never touches the loop again, which may have closed
+    its wake pipe by the time the call returns.
+    """
+
+    __slots__ = ("completion", "_claim")
+
+    def __init__(self) -> None:
+        self.completion = Completion()
+        self._claim = threading.Lock()  # acquired once, never released
+
+    def from_future(self, future: "concurrent.futures.Future[Any]") -> None:
+        """The call ended (a done-callback: worker thread, or the canceller)."""
+        # Withdrawn before it started: either nobody waits any more (abandon
+        # settles it) or the interpreter is exiting (the waiter goes with it).
+        if future.cancelled() or not self._claim.acquire(blocking=False):
+            return
+        error = future.exception()
+        if error is not None:
+            self.completion.set_exception(error)
+        else:
+            self.completion.set_result(future.result())
+
+    def abandon(self) -> None:
+        """Loop thread, waiter gone: settle the Completion so the loop stops
+        expecting it (nobody reads the value)."""
+        if self._claim.acquire(blocking=False):
+            self.completion.set_result(None)
+
+
+def to_thread(func: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Generator[Any, Any, _T]:
+    """Run ``func(*args, **kwargs)`` in a worker thread; ``yield`` it for the result.
+
+    The coroutine resumes with the return value, or the exception ``func``
+    raised is raised at the ``yield``. Other coroutines run meanwhile. At
+    most ``set_thread_limit()`` calls run at once; more wait in line.
+
+    Returns a coroutine (a generator): yield it, put it under
+    ``bluelet.timeout()``, or spawn it and ``join`` it later. The call is
+    handed to the pool when the coroutine starts. If the coroutine is
+    killed or times out, a call not yet started never runs, and a running
+    one finishes in its thread with its result dropped (threads cannot be
+    stopped).
+    """
+    if not callable(func):
+        raise TypeError("to_thread() needs a callable, not %r" % (func,))
+    return _call_in_thread(func, args, kwargs)
+
+
+def _call_in_thread(func, args, kwargs):
+    handoff = _Handoff()
+    try:
+        future = _executor().submit(func, *args, **kwargs)
+    except BaseException:
+        handoff.abandon()  # e.g. the interpreter is exiting
+        raise
+    future.add_done_callback(handoff.from_future)
+    try:
+        return (yield handoff.completion)
+    finally:
+        # Killed or timed out: a call still in line is withdrawn, a running
+        # one is not waited for.
+        future.cancel()
+        handoff.abandon()

@@ -1,0 +1,197 @@
+"""Run coroutine tests under ``bluelet.run`` with a real-time deadline.
+
+::
+
+    import bluelet
+    from bluelet.testing import coroutine_test
+
+    @coroutine_test(timeout=2.0, virtual_time=True)
+    def test_retry_backs_off():
+        yield bluelet.sleep(3600)      # no real time passes
+        assert (yield fetch()) == b"ok"
+
+The decorated function is an ordinary test function for pytest (or any
+runner): it takes the same arguments (pytest fixtures included), builds the
+generator and runs it with ``run_test``. Pytest is not needed at run time.
+
+How the deadline works
+    The deadline is wall-clock time in both modes. A core ``timeout()`` would
+    not do: under ``virtual_time`` its deadline is virtual, and the clock
+    jumps to it the moment nothing is ready, so a test waiting for a socket
+    or a thread would be failed at once. Instead a ``threading.Timer``
+    delivers a ``Completion`` that a watchdog coroutine waits for; the
+    Completion wakes the loop through its pipe, so it is seen whether the
+    loop is blocked in I/O or racing through virtual sleeps. The watchdog
+    then raises ``DeadlineExceeded``, which ends ``run()``: every coroutine
+    is closed (its ``finally`` blocks run) and the message carries a dump of
+    where each coroutine was waiting.
+
+Limits
+    - A coroutine that blocks the loop without yielding (``time.sleep``, a
+      busy loop) cannot be interrupted by the watchdog; pytest-timeout
+      covers that case.
+    - While the watchdog waits, the loop expects a wake-up from its timer
+      thread, so coroutines that wait for each other forever are reported by
+      the deadline (with the dump) rather than at once as a deadlock.
+    - The test runs as a spawned coroutine next to two of the harness's own
+      (``_supervise``, which joins it, and ``_watchdog``); ``tasks()`` lists
+      them too.
+"""
+
+import functools
+import inspect
+import threading
+import types
+from typing import Any, Callable, Generator, Optional
+
+from ._impl import Completion, current, join, kill, run, spawn, tasks
+from ._introspect import format_tasks
+
+__all__ = ["DeadlineExceeded", "coroutine_test", "run_test"]
+
+_Coroutine = Generator[Any, Any, Any]
+
+
+class DeadlineExceeded(AssertionError):
+    """A coroutine test did not finish within its real-time deadline.
+
+    An AssertionError, so test runners report a failed test. The message
+    names the test and includes a dump of every coroutine still alive.
+    """
+
+
+class _Alarm:
+    """A Completion that a timer thread delivers after ``seconds``.
+
+    ``disarm`` guarantees the timer thread will not touch the loop once it
+    returns: the loop's wake pipe closes when ``run()`` ends, and its fd
+    number may be reused by then.
+    """
+
+    def __init__(self, seconds: float):
+        self._seconds = seconds
+        self._lock = threading.Lock()
+        self._completion = None
+        self._timer = None
+
+    def arm(self):
+        """Start the timer; return the Completion it delivers (loop thread)."""
+        self._completion = Completion()
+        self._timer = threading.Timer(self._seconds, self._ring)
+        self._timer.daemon = True
+        self._timer.start()
+        return self._completion
+
+    def _ring(self):
+        with self._lock:
+            if self._completion is not None:
+                self._completion.set_result(None)
+                self._completion = None
+
+    def disarm(self):
+        """Stop the timer; after this the loop is never woken by it."""
+        with self._lock:
+            self._completion = None
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+def _watchdog(alarm, seconds: float, name: str, supervisor):
+    """Wait for the alarm, then end the run with DeadlineExceeded."""
+    yield alarm
+    harness = (current(), supervisor)
+    report = format_tasks(info for info in tasks() if info.coroutine not in harness)
+    raise DeadlineExceeded(
+        "%s did not finish within %g s of real time; every coroutine was closed "
+        "(their finally blocks ran). Where they were at the deadline:\n\n%s"
+        % (name, seconds, report))
+
+
+def _supervise(body: _Coroutine, alarm: Optional[_Alarm], seconds: Optional[float]):
+    """Run ``body`` and what it spawns, racing them against the alarm."""
+    me = current()
+    watchdog = None
+    try:
+        if alarm is not None:
+            watchdog = _watchdog(alarm.arm(), seconds, _name(body), me)
+            yield spawn(watchdog)
+        yield spawn(body)
+        result = yield join(body)
+        # run() would also wait for coroutines the test left running: they are
+        # part of the test and get the same deadline. A failure among them is
+        # raised here, so it fails the test.
+        while True:
+            others = [info.coroutine for info in tasks()
+                      if info.coroutine is not me and info.coroutine is not watchdog]
+            if not others:
+                break
+            for coro in others:
+                yield join(coro)
+        if watchdog is not None:
+            yield kill(watchdog)
+    finally:
+        if alarm is not None:
+            alarm.disarm()
+    return result
+
+
+def _name(gen) -> str:
+    return getattr(gen, "__qualname__", None) or repr(gen)
+
+
+def run_test(gen: _Coroutine, timeout: Optional[float] = 5.0,
+             virtual_time: bool = False) -> Any:
+    """Run generator ``gen`` (a coroutine test) to completion; return its result.
+
+    Like ``bluelet.run(gen)`` (it also waits for the coroutines ``gen``
+    spawns), plus: if the whole program has not finished after ``timeout``
+    seconds of real time, every coroutine is closed and DeadlineExceeded is
+    raised; ``timeout=None`` sets no deadline. With ``virtual_time=True``
+    sleeps take no real time (the clock jumps to the next deadline whenever
+    no coroutine is ready). An exception that ends ``gen`` is raised here.
+    """
+    __tracebackhide__ = True  # pytest: show the test's frames, not ours
+    if not isinstance(gen, types.GeneratorType):
+        raise ValueError("run_test() needs a generator (a coroutine), not %r" % (gen,))
+    if timeout is not None and not timeout > 0:
+        raise ValueError("timeout must be a positive number of seconds or None, not %r"
+                         % (timeout,))
+    alarm = None if timeout is None else _Alarm(timeout)
+    try:
+        return run(_supervise(gen, alarm, timeout), virtual_time=virtual_time)
+    except DeadlineExceeded as error:
+        # Raised from the watchdog inside the loop's machinery, which says
+        # nothing useful; the message carries where the coroutines were.
+        raise error.with_traceback(None) from None
+    finally:
+        # Normally done by _supervise; again here in case run() failed early.
+        if alarm is not None:
+            alarm.disarm()
+
+
+def coroutine_test(func: Optional[Callable[..., _Coroutine]] = None, *,
+                   timeout: Optional[float] = 5.0,
+                   virtual_time: bool = False) -> Any:
+    """Decorator: turn a generator-function test into a plain test function.
+
+    ``@coroutine_test`` or ``@coroutine_test(timeout=..., virtual_time=...)``.
+    Calling the result calls ``func`` with the same arguments and runs the
+    generator with ``run_test``. The signature is kept (``functools.wraps``),
+    so pytest still passes the fixtures ``func`` asks for.
+    """
+    def decorate(func: Callable[..., _Coroutine]) -> Callable[..., Any]:
+        if not inspect.isgeneratorfunction(func):
+            raise TypeError("coroutine_test needs a generator function (one that "
+                            "yields), not %r" % (func,))
+
+        @functools.wraps(func)
+        def test(*args, **kwargs):
+            __tracebackhide__ = True  # pytest: show the test's frames, not ours
+            return run_test(func(*args, **kwargs), timeout=timeout,
+                            virtual_time=virtual_time)
+
+        return test
+
+    if func is not None:
+        return decorate(func)
+    return decorate
