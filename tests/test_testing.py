@@ -262,7 +262,7 @@ def test_run_test_rejects_a_non_positive_timeout(core, timeout):
         run_test(body(), timeout=timeout)
 
 
-def test_bluelet_testing_does_not_need_pytest(core):
+def test_bluelet_testing_does_not_need_pytest(core, tmp_path):
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(bluelet.__file__)))
     env.pop("BLUELET_PURE_PYTHON", None)
     if core == "python":
@@ -275,7 +275,9 @@ def test_bluelet_testing_does_not_need_pytest(core):
         "    yield bluelet.sleep(10)\n"
         "    return bluelet.IMPLEMENTATION\n"
         "print(run_test(body(), virtual_time=True))\n")
+    # cwd: `python -c` puts it first on sys.path; it must not shadow the
+    # bluelet under test (in CI, the installed one) with a source tree.
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                            text=True, timeout=60)
+                            text=True, timeout=60, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == core
