@@ -17,6 +17,8 @@ What differs, and why
     - On Linux the poller calls epoll directly, with the GIL released while
       it waits; elsewhere it is the same ``selectors`` poller as the twin.
     - Task records are left out of the cyclic garbage collector (see _Task).
+    - On plain sockets, ReceiveEvent and SendEvent call recv()/send() from C
+      instead of the socket's methods (same results, same exceptions).
 
 Twin rule
     ``_loop_py.py`` has the same names, in the same order, with the same
@@ -24,6 +26,7 @@ Twin rule
 """
 
 cimport cython
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF, Py_XDECREF
 from libc.stdlib cimport malloc, realloc, free
 from libc.math cimport isnan, ceil
@@ -35,6 +38,7 @@ import os
 import logging
 import numbers
 import selectors
+import socket
 import threading
 import os
 import time
@@ -87,6 +91,61 @@ cdef extern from *:
         return -1.0;
     }
 
+    /* Socket I/O straight from C for plain sockets, saving the method call
+       and argument parsing of sock.recv/sock.send; errors are the same
+       OSError subclasses Python raises (from errno). Not on Windows. */
+    #if defined(_WIN32)
+    #define BLUELET_HAVE_SOCKIO 0
+    static PyObject *bluelet_sock_recv(int fd, Py_ssize_t n, PyObject *would_block) {
+        PyErr_SetString(PyExc_NotImplementedError, "direct socket I/O");
+        return NULL;
+    }
+    static Py_ssize_t bluelet_sock_send(int fd, const char *data, Py_ssize_t n) {
+        PyErr_SetString(PyExc_NotImplementedError, "direct socket I/O");
+        return -1;
+    }
+    #else
+    #include <sys/socket.h>
+    #define BLUELET_HAVE_SOCKIO 1
+    /* recv() up to n bytes: new bytes, would_block (a new reference), or
+       NULL with OSError set. */
+    static PyObject *bluelet_sock_recv(int fd, Py_ssize_t n, PyObject *would_block) {
+        Py_ssize_t got;
+        PyObject *buf = PyBytes_FromStringAndSize(NULL, n);
+        if (buf == NULL)
+            return NULL;
+        do {
+            got = recv(fd, PyBytes_AS_STRING(buf), (size_t)n, 0);
+        } while (got < 0 && errno == EINTR);
+        if (got < 0) {
+            Py_DECREF(buf);
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                Py_INCREF(would_block);
+                return would_block;
+            }
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        if (got != n && _PyBytes_Resize(&buf, got) < 0)
+            return NULL;
+        return buf;
+    }
+    /* send() data[0:n]: the count sent, -2 if it would block, or -1 with
+       OSError set. */
+    static Py_ssize_t bluelet_sock_send(int fd, const char *data, Py_ssize_t n) {
+        Py_ssize_t sent;
+        do {
+            sent = send(fd, data, (size_t)n, 0);
+        } while (sent < 0 && errno == EINTR);
+        if (sent < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return -2;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        return sent;
+    }
+    #endif
+
     /* PyIter_Send: 1 and a yielded value, 0 and a returned value, or -1 with
        an exception set. Python 3.9 lacks it; its private equivalent serves. */
     static int bluelet_send(PyObject *gen, PyObject *arg, PyObject **result) {
@@ -115,6 +174,9 @@ cdef extern from *:
     int epoll_ctl(int epfd, int op, int fd, epoll_event *event)
     int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout) nogil
     double bluelet_monotonic()
+    int BLUELET_HAVE_SOCKIO
+    object bluelet_sock_recv(int fd, Py_ssize_t n, object would_block)
+    Py_ssize_t bluelet_sock_send(int fd, const char *data, Py_ssize_t n) except -1
     int bluelet_send(object gen, object arg, PyObject **result) except -1
     bint PyGen_CheckExact(object obj)
     int close(int fd)
@@ -507,14 +569,19 @@ cdef class ReceiveEvent(_FdEvent):
 
     cdef public object conn
     cdef public object bufsize
+    cdef bint _direct        # a plain socket: recv() from C
 
     def __init__(self, conn, bufsize):
         self.conn = conn
         self.bufsize = bufsize
         self._watch(conn.sock, _READ)
+        self._direct = _plain_socket(conn.sock)
 
     cdef object _attempt(self):
-        return self.conn.sock.recv(self.bufsize)
+        bufsize = self.bufsize
+        if self._direct and type(bufsize) is int and bufsize >= 0:
+            return bluelet_sock_recv(self._fileno, bufsize, _WOULD_BLOCK)
+        return self.conn.sock.recv(bufsize)
 
 
 cdef class SendEvent(_FdEvent):
@@ -525,6 +592,7 @@ cdef class SendEvent(_FdEvent):
     cdef public bint sendall
     cdef object _view
     cdef Py_ssize_t _sent
+    cdef bint _direct        # a plain socket and contiguous data: send() from C
 
     def __init__(self, conn, data, sendall=False):
         self.conn = conn
@@ -535,8 +603,11 @@ cdef class SendEvent(_FdEvent):
         # Socket buffers usually have room: trying first saves a poll.
         self._try_first = True
         self._watch(conn.sock, _WRITE)
+        self._direct = _plain_socket(conn.sock) and self._view.c_contiguous
 
     cdef object _attempt(self):
+        if self._direct:
+            return self._attempt_direct()
         sock = self.conn.sock
         if not self.sendall:
             return sock.send(self._view)
@@ -544,6 +615,30 @@ cdef class SendEvent(_FdEvent):
         while self._sent < len(view):
             self._sent += sock.send(view[self._sent:])
         return None
+
+    cdef object _attempt_direct(self):
+        cdef Py_buffer buf
+        cdef Py_ssize_t sent
+        PyObject_GetBuffer(self._view, &buf, PyBUF_SIMPLE)
+        try:
+            if not self.sendall:
+                sent = bluelet_sock_send(self._fileno, <char *>buf.buf, buf.len)
+                return _WOULD_BLOCK if sent == -2 else sent
+            while self._sent < buf.len:
+                sent = bluelet_sock_send(self._fileno, <char *>buf.buf + self._sent,
+                                         buf.len - self._sent)
+                if sent == -2:
+                    return _WOULD_BLOCK
+                self._sent += sent
+            return None
+        finally:
+            PyBuffer_Release(&buf)
+
+
+cdef bint _plain_socket(sock) except -1:
+    # Exactly socket.socket: an SSL socket or a user subclass keeps its own
+    # recv/send.
+    return BLUELET_HAVE_SOCKIO and type(sock) is socket.socket
 
 
 cdef double _seconds(duration) except? -1.0:
