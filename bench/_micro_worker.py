@@ -119,10 +119,36 @@ class SwitchState(object):
         self.done = 0
         self.t0 = self.t1 = None
 
+    def open_window(self):
+        """All workers are spinning: let them go, and start the clock."""
+        self.go = True
+        self.t0 = perf_counter()
+
+    def finished_one(self):
+        self.done += 1
+        if self.done == self.n:
+            self.t1 = perf_counter()
+
     def result(self, k):
         if self.done != self.n or self.t1 is None:
             raise RuntimeError("switch: %d of %d coroutines finished" % (self.done, self.n))
         return (self.t1 - self.t0) * 1e9 / (self.n * k)
+
+
+def async_sleeper(st, sleep):
+    """The timers coroutine function for an async peer (asyncio, uvloop, trio).
+
+    ``sleeper(i)`` sleeps ``st``'s intervals for coroutine i with ``await
+    sleep(d)``, recording how late each sleep returned.
+    """
+    async def sleeper(i):
+        late = st.late
+        for d in st.iv[i]:
+            t = monotonic()
+            await sleep(d)
+            late.append(monotonic() - t - d)
+        st.finished_one()
+    return sleeper
 
 
 # -- bluelet (ours and 0.2.0) ------------------------------------------------
@@ -200,16 +226,7 @@ class BlueletKernels(object):
 
 def load_bluelet(spec, old):
     if old:
-        import bluelet
-        where = os.path.realpath(bluelet.__file__)
-        prefix = os.path.realpath(sys.prefix)
-        if not where.startswith(prefix + os.sep):
-            raise RuntimeError("refusing bluelet from %s: not installed under %s" % (where, prefix))
-        try:
-            from importlib.metadata import version
-            ver = version("bluelet")
-        except Exception:
-            ver = None
+        bluelet, where, ver = kernels.import_installed_bluelet()
         return BlueletKernels(bluelet, old=True), {"version": ver, "file": where}
     if spec.get("tree"):
         sys.path.insert(0, spec["tree"])
@@ -243,16 +260,13 @@ class AsyncioKernels(object):
                 await sleep(0)
             for _ in range(k - 1):
                 await sleep(0)
-            st.done += 1
-            if st.done == n:
-                st.t1 = perf_counter()
+            st.finished_one()
 
         async def main():
             tasks = [asyncio.ensure_future(worker()) for _ in range(n)]
             while st.ready < n:
                 await sleep(0)
-            st.go = True
-            st.t0 = perf_counter()
+            st.open_window()
             for t in tasks:
                 await t
 
@@ -282,15 +296,7 @@ class AsyncioKernels(object):
     def timers(self, n, sleeps, max_s, seed):
         asyncio = self.asyncio
         st = TimerState(n, sleeps, max_s, seed)
-        sleep = asyncio.sleep
-
-        async def sleeper(i):
-            late = st.late
-            for d in st.iv[i]:
-                t = monotonic()
-                await sleep(d)
-                late.append(monotonic() - t - d)
-            st.finished_one()
+        sleeper = async_sleeper(st, asyncio.sleep)
 
         async def main():
             create_task = asyncio.get_running_loop().create_task
@@ -351,16 +357,13 @@ class GeventKernels(object):
                 sleep(0)
             for _ in range(k - 1):
                 sleep(0)
-            st.done += 1
-            if st.done == n:
-                st.t1 = perf_counter()
+            st.finished_one()
 
         gc.collect()
         lets = [gevent.spawn(worker) for _ in range(n)]
         while st.ready < n:
             sleep(0)
-        st.go = True
-        st.t0 = perf_counter()
+        st.open_window()
         gevent.joinall(lets, raise_error=True)
         return st.result(k)
 
@@ -423,9 +426,7 @@ class TrioKernels(object):
                 await checkpoint()
             for _ in range(k - 1):
                 await checkpoint()
-            st.done += 1
-            if st.done == n:
-                st.t1 = perf_counter()
+            st.finished_one()
 
         async def main():
             async with trio.open_nursery() as nursery:
@@ -433,8 +434,7 @@ class TrioKernels(object):
                     nursery.start_soon(worker)
                 while st.ready < n:
                     await checkpoint()
-                st.go = True
-                st.t0 = perf_counter()
+                st.open_window()
 
         gc.collect()
         trio.run(main)
@@ -462,15 +462,7 @@ class TrioKernels(object):
     def timers(self, n, sleeps, max_s, seed):
         trio = self.trio
         st = TimerState(n, sleeps, max_s, seed)
-        sleep = trio.sleep
-
-        async def sleeper(i):
-            late = st.late
-            for d in st.iv[i]:
-                t = monotonic()
-                await sleep(d)
-                late.append(monotonic() - t - d)
-            st.finished_one()
+        sleeper = async_sleeper(st, trio.sleep)
 
         async def main():
             st.start()
@@ -558,8 +550,7 @@ def main(argv):
         return 3
     result["impl"] = impl
     result["info"] = info
-    result["python"] = sys.version.split()[0]
-    sys.stdout.write(json.dumps(result) + "\n")
+    kernels.emit(result)
     return 0
 
 

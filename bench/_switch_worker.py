@@ -54,15 +54,15 @@ def _fan_out(bl, make, n):
 
 # -- the floor: a bare round robin of generator.send ------------------------
 
-def floor_a(n, k):
-    """ns per switch of n generators each yielding k times, round robin."""
-    def worker():
-        for _ in range(k):
-            yield
+def _timed_round_robin(gens):
+    """Seconds to run ``gens`` round robin (deque: popleft, send, append) to the end.
 
-    gens = [worker() for _ in range(n)]
+    Each generator is first advanced to its first yield, outside the timed
+    window. That loop also warms this function's code up (CPython
+    specializes it as it runs), so the window does not pay for that.
+    """
     for g in gens:
-        g.send(None)  # to the first yield, outside the timed window
+        g.send(None)
     queue = deque(gens)
     popleft, append = queue.popleft, queue.append
     gc.collect()
@@ -75,7 +75,16 @@ def floor_a(n, k):
             continue
         append(g)
     t1 = perf_counter()
-    return (t1 - t0) * 1e9 / (n * k)
+    return t1 - t0
+
+
+def floor_a(n, k):
+    """ns per switch of n generators each yielding k times, round robin."""
+    def worker():
+        for _ in range(k):
+            yield
+
+    return _timed_round_robin([worker() for _ in range(n)]) * 1e9 / (n * k)
 
 
 def floor_b(n, k):
@@ -94,22 +103,9 @@ def floor_b(n, k):
     others = [parked() for _ in range(n)]
     for g in others:
         g.send(None)
-    busy = worker()
-    busy.send(None)
-    queue = deque([busy])
-    popleft, append = queue.popleft, queue.append
-    gc.collect()
-    t0 = perf_counter()
-    while queue:
-        g = popleft()
-        try:
-            g.send(None)
-        except StopIteration:
-            continue
-        append(g)
-    t1 = perf_counter()
+    seconds = _timed_round_robin([worker()])
     del others
-    return (t1 - t0) * 1e9 / k
+    return seconds * 1e9 / k
 
 
 # -- bluelet ------------------------------------------------------------------
@@ -222,24 +218,44 @@ def measure(bl, spec):
     return out
 
 
-def _main(argv):
-    spec = json.loads(argv[1])
+# -- running as a worker script (also used by _micro_worker.py) ---------------
+
+def import_installed_bluelet():
+    """Import ``bluelet``; return (module, its realpath, its dist version or None).
+
+    Raises RuntimeError if it is not installed under this interpreter's own
+    prefix (so a worker never picks up the repository's package by accident).
+    """
     import bluelet
     where = os.path.realpath(bluelet.__file__)
     prefix = os.path.realpath(sys.prefix)
     if not where.startswith(prefix + os.sep):
-        sys.stderr.write("refusing bluelet from %s: not installed under %s\n" % (where, prefix))
-        return 2
+        raise RuntimeError("refusing bluelet from %s: not installed under %s" % (where, prefix))
     try:
         from importlib.metadata import version
         dist_version = version("bluelet")
     except Exception:  # importlib.metadata is 3.8+; the figure is only a label
         dist_version = None
+    return bluelet, where, dist_version
+
+
+def emit(result):
+    """Add the interpreter's version to ``result`` and print it as one JSON line."""
+    result["python"] = sys.version.split()[0]
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+def _main(argv):
+    spec = json.loads(argv[1])
+    try:
+        bluelet, where, dist_version = import_installed_bluelet()
+    except RuntimeError as exc:
+        sys.stderr.write("%s\n" % exc)
+        return 2
     result = measure(bluelet, spec)
     result["bluelet_file"] = where
     result["bluelet_version"] = dist_version
-    result["python"] = sys.version.split()[0]
-    sys.stdout.write(json.dumps(result) + "\n")
+    emit(result)
     return 0
 
 

@@ -120,8 +120,10 @@ GOAL_CELL = (100, 1024)
 SERVER_MAX_SECONDS = 1800  # a server never outlives this, whatever happens to the bench
 
 
-def say(*args):
-    print(*args, file=sys.stderr, flush=True)
+if HERE not in sys.path:  # run as a script it is there already; append shadows nothing
+    sys.path.append(HERE)
+from _common import (add_run_args, cpu_model as _cpu_model, default_rounds,  # noqa: E402
+                     json_header, markdown_rows, median, say, write_json)
 
 
 # ============================================================================
@@ -483,11 +485,6 @@ def measure(loadgen, server, conns, size, args, idle=0, budget=None):
     return best
 
 
-def median(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-
 def cell_key(conns, size):
     return "%dx%d" % (conns, size)
 
@@ -515,14 +512,7 @@ def fmt_pct(v):
 
 
 def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    return _cpu_model(fallback="unknown CPU")
 
 
 def children_of_self():
@@ -541,10 +531,8 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--serve", metavar="KIND", help=argparse.SUPPRESS)
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: 3 cells, 1 round, short intervals (well under a minute)")
-    p.add_argument("--json", metavar="PATH", help="also write every figure as JSON to PATH")
-    p.add_argument("--rounds", type=int, help="rounds per figure (default 3; --quick 1)")
+    add_run_args(p, rounds_help="rounds per figure (default 3; --quick 1)",
+                 quick_help="smoke run: 3 cells, 1 round, short intervals (well under a minute)")
     p.add_argument("--seconds", type=float, help="measured interval per cell (default 1.2; --quick 0.5)")
     p.add_argument("--warmup", type=float, help="warm-up before each interval (default 0.3; --quick 0.2)")
     p.add_argument("--idle", type=int, default=10000, help="idle connections for idle scaling (10000)")
@@ -560,8 +548,7 @@ def parse_args(argv):
     p.add_argument("--retries", type=int, default=2, help="at most this many re-measurements per cell (2)")
     p.add_argument("--retry-budget", type=int, help="re-measurements in the whole run (default 40; --quick 5)")
     args = p.parse_args(argv)
-    if args.rounds is None:
-        args.rounds = 1 if args.quick else 3
+    default_rounds(args, 3)
     if args.seconds is None:
         args.seconds = 0.5 if args.quick else 1.2
     if args.warmup is None:
@@ -629,16 +616,22 @@ def main(argv=None):
         say("  ! " + msg)
         failures.append(msg)
 
+    def start_server(kind, what=""):
+        """A Server for kind, or None (the failure recorded) if it does not start."""
+        try:
+            return Server(kind, loadgen)
+        except Exception as exc:
+            fail("%s%s: %s" % (NAMES[kind], what, exc))
+            return None
+
     for r in range(args.rounds):
         say("round %d/%d" % (r + 1, args.rounds))
         order = kinds[r % len(kinds):] + kinds[:r % len(kinds)] if kinds else []
         for kind in order:
             if kind == REFERENCE and r > 0:
                 continue
-            try:
-                srv = Server(kind, loadgen)
-            except Exception as exc:
-                fail("%s: %s" % (NAMES[kind], exc))
+            srv = start_server(kind)
+            if srv is None:
                 continue
             info[kind] = {k: v for k, v in srv.info.items() if k not in ("port", "pid")}
             try:
@@ -664,10 +657,8 @@ def main(argv=None):
         for kind in (order if idle_kinds else []):
             if kind not in idle_kinds:
                 continue
-            try:
-                srv = Server(kind, loadgen)
-            except Exception as exc:
-                fail("%s (idle): %s" % (NAMES[kind], exc))
+            srv = start_server(kind, " (idle)")
+            if srv is None:
                 continue
             try:
                 prime(loadgen, srv)
@@ -804,7 +795,7 @@ def main(argv=None):
     for kind in shown:
         res = results[NAMES[kind]]
         rows.append([NAMES[kind]] + [fmt_rps(res[cell_key(c, s)]["median_rps"]) for c, s in cells])
-    print("\n".join("| " + " | ".join(r) + " |" for r in rows))
+    print(markdown_rows(rows))
     print()
     paths = sorted({i.get("path") for i in info.values() if i and i.get("path")})
     if paths:
@@ -835,7 +826,7 @@ def main(argv=None):
                 a, b = res[cell_key(c, s)]["median_rps"], base[cell_key(c, s)]["median_rps"]
                 row.append(fmt_ratio(a / b) if a and b else "n/a")
             rows.append(row)
-        print("\n".join("| " + " | ".join(r) + " |" for r in rows))
+        print(markdown_rows(rows))
         print()
 
     if any(gk in results[NAMES[k]] for k in kinds):
@@ -856,7 +847,7 @@ def main(argv=None):
                          "n/a" if x["server_cpu_us_per_request"] is None
                          else "%.1f µs" % x["server_cpu_us_per_request"],
                          fmt_pct(x["loadgen_cpu"]), fmt_pct(x["other_cpu"])])
-        print("\n".join("| " + " | ".join(r) + " |" for r in rows))
+        print(markdown_rows(rows))
         print()
         print("CPU use = CPU seconds / wall seconds of the measured interval (100% = one CPU); "
               "other = what the rest of the machine kept busy meanwhile (other processes, "
@@ -878,7 +869,7 @@ def main(argv=None):
                          "%s / %s" % tuple("n/a" if v is None else "%.1f µs" % v for v in (
                              x["server_cpu_us_per_request_alone"], x["server_cpu_us_per_request_with_idle"])),
                          "n/a" if x["idle_open_seconds"] is None else "%.1f s" % x["idle_open_seconds"]])
-        print("\n".join("| " + " | ".join(r) + " |" for r in rows))
+        print(markdown_rows(rows))
         print()
         print("ratio: median over rounds of (with idle / alone), both measured back to back on one "
               "server process. RLIMIT_NOFILE soft limit raised to %d (hard) in bench, load generator "
@@ -901,13 +892,8 @@ def main(argv=None):
     print("- took %.0f s" % elapsed)
 
     if args.json:
-        doc = {
-            "benchmark": "bench/echo.py",
-            "unit": "requests per second (median of rounds)",
-            "argv": sys.argv[1:] if argv is None else list(argv),
-            "python": platform.python_version(),
-            "implementation": platform.python_implementation(),
-            "machine": platform.machine(),
+        doc = json_header("bench/echo.py", "requests per second (median of rounds)", argv)
+        doc.update({
             "cpu": cpu_model(),
             "cpus": os.cpu_count(),
             "kernel": platform.release(),
@@ -929,11 +915,8 @@ def main(argv=None):
             "raw": {"echo": {NAMES[k]: raw[k] for k in kinds},
                     "idle": {NAMES[k]: idle_raw[k] for k in idle_kinds}},
             "elapsed_seconds": elapsed,
-        }
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
-        say("wrote %s" % args.json)
+        })
+        write_json(args.json, doc)
     return 1 if failures else 0
 
 

@@ -44,7 +44,6 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,6 +55,8 @@ WORKER = os.path.join(HERE, "_micro_worker.py")
 
 sys.path.insert(0, HERE)
 import switch as switchbench  # noqa: E402  (the bluelet 0.2.0 side-venv machinery)
+from _common import (add_run_args, cpu_model, default_rounds, markdown_rows,  # noqa: E402
+                     median, say, write_json)
 
 #: (key, label), in table order.
 IMPLS = [
@@ -75,22 +76,7 @@ WORKER_IMPL = {"floor": "floor", "cython": "bluelet", "python": "bluelet", "old"
 MISSING_STATUS = 3
 
 
-def say(*args):
-    print(*args, file=sys.stderr, flush=True)
-
-
 # -- machine ------------------------------------------------------------------
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def machine_info():
     return {
@@ -109,10 +95,8 @@ def parse_args(argv):
     p = argparse.ArgumentParser(
         description="switch / spawn / timers micro-benchmarks: bluelet's two cores, "
                     "bluelet 0.2.0, asyncio, uvloop, gevent, trio and the bare floor.")
-    p.add_argument("--rounds", type=int, default=None,
-                   help="rounds; each figure is the median (default 5, 1 with --quick)")
-    p.add_argument("--quick", action="store_true", help="smoke run: 1 round, small sizes")
-    p.add_argument("--json", metavar="PATH", help="also write every figure as JSON to PATH")
+    add_run_args(p, rounds_help="rounds; each figure is the median (default 5, 1 with --quick)",
+                 quick_help="smoke run: 1 round, small sizes")
     p.add_argument("--only", metavar="KEYS",
                    help="comma-separated subset of: " + ", ".join(k for k, _ in IMPLS))
     p.add_argument("--no-old", action="store_true", help="leave bluelet 0.2.0 out")
@@ -133,8 +117,7 @@ def parse_args(argv):
     p.add_argument("--timeout", type=float, default=300,
                    help="seconds one worker process may take (default 300)")
     args = p.parse_args(argv)
-    if args.rounds is None:
-        args.rounds = 1 if args.quick else 5
+    default_rounds(args, 5)
     if args.switch_k is None:
         args.switch_k = 100 if args.quick else 1000
     if args.old_switch_k is None:
@@ -215,11 +198,6 @@ def run_worker(py, key, spec, timeout):
 
 # -- formatting ---------------------------------------------------------------------
 
-def median(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-
 def fmt(v, unit, digits=None):
     if v is None:
         return "n/a"
@@ -241,11 +219,21 @@ def ratio(a, b):
     return a / b
 
 
+def fmt_range(values):
+    """'min–max' of a figure's rounds."""
+    return "%s–%s" % (fmt(min(values), ""), fmt(max(values), ""))
+
+
 def table(head, rows, align=None):
     align = align or ["---"] + ["---:"] * (len(head) - 1)
-    out = ["| " + " | ".join(head) + " |", "| " + " | ".join(align) + " |"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
+    return markdown_rows([head, align] + rows)
+
+
+def measured(section):
+    """(label, result) for each implementation in ``section``, in table order."""
+    for key, label in IMPLS:
+        if key in section:
+            yield label, section[key]
 
 
 def render_markdown(doc, heading="##", machine=True, with_goals=True):
@@ -270,13 +258,9 @@ def render_markdown(doc, heading="##", machine=True, with_goals=True):
         p["switch"]["n"], p["switch"]["k"]) % h)
     lines.append("")
     rows = []
-    for key, label in IMPLS:
-        if key not in sw:
-            continue
-        r = sw[key]
+    for label, r in measured(sw):
         rows.append([label + ("" if r["k"] == p["switch"]["k"] else " ({:,} yields)".format(r["k"])),
-                     fmt(r["median_ns"], "ns"),
-                     "%s–%s" % (fmt(min(r["rounds_ns"]), ""), fmt(max(r["rounds_ns"]), "")),
+                     fmt(r["median_ns"], "ns"), fmt_range(r["rounds_ns"]),
                      fmt_ratio(ratio(r["median_ns"], floor)),
                      fmt_ratio(ratio(r["median_ns"], cy))])
     lines.append(table(["implementation", "ns/switch", "range (rounds)", "× floor",
@@ -291,12 +275,8 @@ def render_markdown(doc, heading="##", machine=True, with_goals=True):
                  .format(p["spawn"]["n"]) % h)
     lines.append("")
     rows = []
-    for key, label in IMPLS:
-        if key not in sp:
-            continue
-        r = sp[key]
-        rows.append([label, fmt(r["median_us"], "µs"),
-                     "%s–%s" % (fmt(min(r["rounds_us"]), ""), fmt(max(r["rounds_us"]), "")),
+    for label, r in measured(sp):
+        rows.append([label, fmt(r["median_us"], "µs"), fmt_range(r["rounds_us"]),
                      fmt_ratio(ratio(r["median_us"], cy)),
                      fmt(r["median_us_nogc"], "µs"), fmt_ratio(ratio(r["median_us_nogc"], cyn))])
     lines.append(table(["implementation", "µs/coroutine", "range (rounds)", "× bluelet (cython)",
@@ -311,10 +291,7 @@ def render_markdown(doc, heading="##", machine=True, with_goals=True):
                  .format(t["n"], t["sleeps"], t["max_ms"]) % h)
     lines.append("")
     rows = []
-    for key, label in IMPLS:
-        if key not in tm:
-            continue
-        r = tm[key]
+    for label, r in measured(tm):
         rows.append([label, fmt(r["cpu_s"], "s", 3), fmt_ratio(ratio(r["cpu_s"], cy)),
                      fmt(r["wall_s"], "s", 3), fmt(r["late_median_ms"], "ms", 2),
                      fmt(r["late_p99_ms"], "ms", 2)])
@@ -479,12 +456,7 @@ def main(argv=None):
     doc["notes"].append("took %.0f s" % doc["seconds"])
     print(render_markdown(doc))
     if args.json:
-        d = os.path.dirname(os.path.abspath(args.json))
-        os.makedirs(d, exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        say("wrote %s" % args.json)
+        write_json(args.json, doc, ensure_ascii=False)
     return 0
 
 

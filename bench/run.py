@@ -39,10 +39,7 @@ DEFAULT_OUT = os.path.join(HERE, "results")
 
 sys.path.insert(0, HERE)
 import micro  # noqa: E402
-
-
-def say(*args):
-    print(*args, file=sys.stderr, flush=True)
+from _common import say  # noqa: E402
 
 
 def parse_args(argv):

@@ -52,7 +52,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,13 +65,11 @@ OLD_REQUIREMENT = "bluelet==0.2.0"
 
 sys.path.insert(0, HERE)
 import _switch_worker as kernels  # noqa: E402
+from _common import (add_run_args, default_rounds, json_header, markdown_rows,  # noqa: E402
+                     median, say, write_json)
 
 FLOOR = "floor"
 OLD = "bluelet 0.2.0"
-
-
-def say(*args):
-    print(*args, file=sys.stderr, flush=True)
 
 
 # -- configuration ------------------------------------------------------------
@@ -81,11 +78,9 @@ def parse_args(argv):
     p = argparse.ArgumentParser(
         description="Cost of one `yield bluelet.null()` switch (ns): floor, "
                     "our cores and bluelet 0.2.0, in two shapes.")
-    p.add_argument("--rounds", type=int, default=None,
-                   help="rounds per figure; the median is shown (default 5, 1 with --quick)")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: 1 round, K divided by 10")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    add_run_args(p, rounds_help="rounds per figure; the median is shown (default 5, 1 with --quick)",
+                 quick_help="smoke run: 1 round, K divided by 10",
+                 json_help="also write the results as JSON to PATH")
     p.add_argument("--busy", type=int, default=1000,
                    help="(a): number of busy coroutines (default 1000)")
     p.add_argument("--k-a", type=int, default=200,
@@ -104,8 +99,7 @@ def parse_args(argv):
                    help="measure this repository's source tree (built in place) "
                         "instead of the installed bluelet")
     args = p.parse_args(argv)
-    if args.rounds is None:
-        args.rounds = 1 if args.quick else 5
+    default_rounds(args, 5)
     if args.quick:
         args.k_a = max(2, args.k_a // 10)
         args.k_b = max(10, args.k_b // 10)
@@ -256,10 +250,6 @@ def fmt_ratio(r):
     return "{:,.0f}×".format(r)
 
 
-def median(values):
-    return statistics.median(values) if values else None
-
-
 def build_table(args, results):
     lo, hi = args.sizes[0], args.sizes[-1]
     head = ["implementation", "(a) {:,} busy".format(args.busy)]
@@ -277,7 +267,7 @@ def build_table(args, results):
             row.append(fmt_ratio(b[str(hi)]["median_ns"] / b[str(lo)]["median_ns"]))
         row.append(fmt_ratio(res["a"]["median_ns"] / old_a) if old_a else "n/a")
         rows.append(row)
-    return "\n".join("| " + " | ".join(r) + " |" for r in rows)
+    return markdown_rows(rows)
 
 
 # -- main -------------------------------------------------------------------
@@ -370,13 +360,8 @@ def main(argv=None):
     print("- took %.0f s" % elapsed)
 
     if args.json:
-        doc = {
-            "benchmark": "bench/switch.py",
-            "unit": "ns per switch (median of rounds)",
-            "argv": sys.argv[1:] if argv is None else list(argv),
-            "python": platform.python_version(),
-            "implementation": platform.python_implementation(),
-            "machine": platform.machine(),
+        doc = json_header("bench/switch.py", "ns per switch (median of rounds)", argv)
+        doc.update({
             "cpus": os.cpu_count(),
             "rounds": args.rounds,
             "quick": args.quick,
@@ -387,11 +372,8 @@ def main(argv=None):
             "notes": notes,
             "results": results,
             "seconds": elapsed,
-        }
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
-        say("wrote %s" % args.json)
+        })
+        write_json(args.json, doc)
     return 0
 
 
