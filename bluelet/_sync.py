@@ -58,8 +58,9 @@ _SWEEP_FLOOR = 64
 def _wake(park: WaitQueue, value: Any = None, exc: Optional[BaseException] = None) -> None:
     """Wake whoever is parked in ``park``.
 
-    Not while ``run()`` closes the coroutines left at its end: no loop is
-    running then, and every waiter is about to be closed anyway.
+    Not from outside a coroutine: a generator closed by the garbage
+    collector after its loop ended has no loop to wake anyone in, and its
+    waiters are gone with that loop.
     """
     if current() is not None:
         park.wake(value, exc)
