@@ -4,6 +4,10 @@ Both twins import these, so ``except bluelet.SocketClosedError`` catches the
 error whichever core raised it.
 """
 
+from typing import Any, NoReturn
+
+from ._records import ExcInfo
+
 __all__ = [
     "Cancelled", "ChannelClosed", "QueueEmpty", "QueueFull", "SocketClosedError",
     "ThreadException", "Timeout",
@@ -25,12 +29,12 @@ class ThreadException(Exception):
     unwrapped) but programs may still import or catch it.
     """
 
-    def __init__(self, coro, exc_info):
+    def __init__(self, coro: Any, exc_info: ExcInfo) -> None:
         super().__init__(coro, exc_info)
         self.coro = coro
         self.exc_info = exc_info
 
-    def reraise(self):
+    def reraise(self) -> NoReturn:
         """Raise the wrapped exception with its original traceback."""
         raise self.exc_info[1].with_traceback(self.exc_info[2])
 
@@ -45,7 +49,7 @@ class Cancelled(BaseException):
 
 
 class Timeout(TimeoutError):
-    """A ``bluelet.timeout()`` (or an operation's ``timeout=``) ran out."""
+    """A ``bluelet.timeout()`` ran out."""
 
 
 class QueueFull(Exception):

@@ -37,14 +37,18 @@ Signals reach Python only in the main thread, so both need the loop there.
 
 import signal as _signal
 import threading
-from typing import Any, Dict, Generator, Optional
+from types import FrameType
+from typing import Any, Callable, Dict, Optional, Union
 
 from . import _impl
 from ._impl import WaitQueue, wakeup_fd
+from ._records import Coro
 
 __all__ = ["run", "signal"]
 
-_Coroutine = Generator[Any, Any, Any]
+#: What signal.signal() takes and returns: a function, SIG_DFL/SIG_IGN, or
+#: None (a handler not installed from Python).
+_Handler = Union[Callable[[int, Optional[FrameType]], Any], int, _signal.Handlers, None]
 
 #: The signals ``handle_signals`` turns into a stop.
 _STOP_SIGNALS = (_signal.SIGINT, _signal.SIGTERM)
@@ -61,7 +65,7 @@ class _Watch:
         self.previous = _signal.getsignal(signum)
         self.pending = False      # arrived while nobody waited
 
-    def handle(self, signum, frame):
+    def handle(self, signum: int, frame: Optional[FrameType]) -> None:
         """The Python signal handler (main thread, between two bytecodes)."""
         if self.waiters.wake_all(signum):
             return
@@ -80,7 +84,7 @@ class _Watch:
 # main thread touches it.
 _watches: Dict[int, _Watch] = {}
 _wakeup_users = 0                       # signal waits and handle_signals runs
-_saved_wakeup_fd: Optional[int] = None  # the wakeup fd before the first of them
+_saved_wakeup_fd = -1                   # the wakeup fd before the first of them
 # bluelet.run() calls active in the main thread: a count, not a flag, since a
 # nested call fails (one loop per thread) and must not end the outer one's.
 _run_depth = 0
@@ -92,7 +96,7 @@ def _require_main_thread(what: str) -> None:
                            "Python delivers signals only there" % (what,))
 
 
-def signal(signum: int) -> _Coroutine:
+def signal(signum: int) -> Coro:
     """Wait until signal ``signum`` arrives; ``yield`` it (the value is ``signum``).
 
     Several coroutines may wait for the same signal: one arrival wakes them
@@ -103,8 +107,7 @@ def signal(signum: int) -> _Coroutine:
     return _wait(_signal.Signals(signum))
 
 
-def _wait(signum):
-    global _waiting, _saved_wakeup_fd
+def _wait(signum: int) -> Coro:
     _require_main_thread("bluelet.signal()")
     watch = _watches.get(signum)
     if watch is None:
@@ -148,9 +151,9 @@ def _unwatch(watch: _Watch) -> None:
     watch.restore()
 
 
-def _stopper(loop):
+def _stopper(loop: _impl.Loop) -> Callable[[int, Optional[FrameType]], None]:
     """handle_signals' handler: ask ``loop`` to stop, as Ctrl-C would."""
-    def stop(signum, frame):
+    def stop(signum: int, frame: Optional[FrameType]) -> None:
         if signum == _signal.SIGINT:
             loop.interrupt(KeyboardInterrupt())
         else:
@@ -158,7 +161,7 @@ def _stopper(loop):
     return stop
 
 
-def _woken_by_signals(root_coro):
+def _woken_by_signals(root_coro: Coro) -> Coro:
     """The root under handle_signals: keeps the wakeup fd on this loop's pipe."""
     _use_wakeup_fd()
     try:
@@ -167,7 +170,7 @@ def _woken_by_signals(root_coro):
         _release_wakeup_fd()
 
 
-def run(root_coro: _Coroutine, *, handle_signals: bool = False, virtual_time: bool = False,
+def run(root_coro: Coro, *, handle_signals: bool = False, virtual_time: bool = False,
         slow_step: Optional[float] = None) -> Any:
     """Run generator ``root_coro`` and everything it spawns; return its result.
 
@@ -182,16 +185,18 @@ def run(root_coro: _Coroutine, *, handle_signals: bool = False, virtual_time: bo
     (with the text "SIGTERM" for SIGTERM) is raised in the root at its
     ``yield``, so every ``finally`` block runs; then this returns the
     root's result if it caught the interrupt, or raises KeyboardInterrupt
-    (SIGINT) or ``SystemExit(143)`` (SIGTERM); see ``bluelet._signals``.
-    The previous handlers are restored when this returns. With no options
-    this is 0.2.0's ``run``.
+    (SIGINT) or ``SystemExit(143)`` (SIGTERM), the exit status service
+    managers expect. The signal may arrive while the loop waits or while a
+    coroutine runs: the handler only asks the loop to stop, and the loop
+    does so between two steps. The previous handlers are restored when
+    this returns. With no options this is 0.2.0's ``run``.
     """
     global _run_depth
     loop = _impl.Loop(virtual_time, slow_step)
     in_main = threading.current_thread() is threading.main_thread()
     if handle_signals:
         _require_main_thread("run(handle_signals=True)")
-    stops = {}
+    stops: Dict[_signal.Signals, _Handler] = {}
     if in_main:
         _run_depth += 1
     try:

@@ -39,10 +39,9 @@ from typing import Any, Callable, Deque, Dict, Generator, Optional, Tuple
 
 from ._errors import ChannelClosed, QueueEmpty, QueueFull
 from ._impl import WaitQueue, current
+from ._records import Coro
 
 __all__ = ["Lock", "Semaphore", "Condition", "Flag", "Queue", "Channel"]
-
-_Op = Generator[Any, Any, Any]
 
 # Slot states.
 _WAITING = 0    # in its line; parked (or a timed-out waiter that has not run yet)
@@ -76,7 +75,7 @@ class _Slot:
 
     __slots__ = ("park", "line", "task", "value", "state", "holds_place", "key")
 
-    def __init__(self, line, task, value):
+    def __init__(self, line: "_Line", task: Any, value: Any) -> None:
         self.park = WaitQueue()   # its own queue: at most this one coroutine
         self.line = line          # the line it stands in now
         self.task = task          # the spawned coroutine waiting (Lock owners)
@@ -85,7 +84,7 @@ class _Slot:
         # A place in a Lock's line that stays when its coroutine stops
         # waiting: a Condition waiter must hold the lock again (see Lock).
         self.holds_place = False
-        self.key = None           # Lock: who may give the kept place up
+        self.key: Any = None      # Lock: who may give the kept place up
 
     def grant(self, value: Any) -> None:
         """Hand ``value`` to this waiter and wake it with it."""
@@ -99,7 +98,7 @@ class _Line:
 
     __slots__ = ("_slots", "_gone")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._slots: Deque[_Slot] = collections.deque()
         self._gone = 0            # slots in _slots that have left
 
@@ -148,7 +147,7 @@ class _Line:
             slot.state = _GONE
             _wake(slot.park, None, error())
 
-    def wait(self, give_back: Callable[[Any], None], task: Any = None, value: Any = None) -> _Op:
+    def wait(self, give_back: Callable[[Any], None], task: Any = None, value: Any = None) -> Coro:
         """Wait at the back of the line; the value is what the waiter is handed.
 
         If the wait is interrupted after the hand-over, ``give_back(handed)``
@@ -174,7 +173,7 @@ def _keep(_handed: Any) -> None:
 # ---------------------------------------------------------------------------
 
 class Lock:
-    """Mutual exclusion across ``yield``s; FIFO, not re-entrant.
+    """Mutual exclusion across ``yield`` points; FIFO, not re-entrant.
 
     ``yield lock.acquire()`` waits until the lock is free; ``lock.release()``
     (a plain call, usually in ``finally``) hands it to the coroutine that has
@@ -267,7 +266,7 @@ class Lock:
         slot.key = current()
         self._kept[slot.key] = slot
 
-    def _await_turn(self, place: _Slot) -> _Op:
+    def _await_turn(self, place: _Slot) -> Coro:
         """Wait in a kept place until the lock is handed to it."""
         del self._kept[place.key]
         place.key = None
@@ -402,7 +401,7 @@ class Condition:
             raise
         return True
 
-    def wait_for(self, predicate: Callable[[], Any]) -> _Op:
+    def wait_for(self, predicate: Callable[[], Any]) -> Coro:
         """Event: ``wait()`` until ``predicate()`` is true; the value is its result."""
         result = predicate()
         while not result:
@@ -534,7 +533,7 @@ class _Exchange:
         if not self._offer(item):
             yield from self._putters.wait(_keep, value=item)
 
-    def _get(self) -> _Op:
+    def _get(self) -> Coro:
         found, item = self._take()
         if found:
             return item
@@ -574,7 +573,7 @@ class Queue(_Exchange):
         """Event: add ``item``, waiting for room if the queue is full."""
         return self._put(item)
 
-    def get(self) -> _Op:
+    def get(self) -> Coro:
         """Event: the oldest item, waiting for one if the queue is empty."""
         return self._get()
 
@@ -628,7 +627,7 @@ class Channel(_Exchange):
         """Event: hand ``item`` to a receiver, waiting for one if needed."""
         return self._put(item)
 
-    def recv(self) -> _Op:
+    def recv(self) -> Coro:
         """Event: the next item sent, waiting for a sender if needed."""
         return self._get()
 
