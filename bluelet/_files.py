@@ -11,29 +11,30 @@ import os
 import stat
 from typing import Any, Generator, Optional, Union
 
-from ._impl import Event, ReadEvent, WriteEvent
+from ._impl import ReadEvent, WriteEvent
+from ._records import Bytes, Coro
 from ._threads import to_thread
 
 __all__ = ["read", "write"]
 
 
-def _is_regular_file(fileobj) -> bool:
+def _is_regular_file(fileobj: Any) -> bool:
     # One fstat per call: cheap next to the poll or thread hand-off after it.
     fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
     return stat.S_ISREG(os.fstat(fd).st_mode)
 
 
-def _read_file(fileobj, bufsize):
+def _read_file(fileobj: Any, bufsize: Optional[int]) -> Any:
     return fileobj.read() if bufsize is None else fileobj.read(bufsize)
 
 
-def _write_file(fileobj, view):
+def _write_file(fileobj: Any, view: memoryview) -> None:
     while view:
         # Raw (unbuffered) files may write less than asked.
         view = view[fileobj.write(view):]
 
 
-def read(fileobj: Any, bufsize: Optional[int] = None) -> Union[Event, Generator[Any, Any, Any]]:
+def read(fileobj: Any, bufsize: Optional[int] = None) -> Union[ReadEvent, Coro]:
     """Read up to ``bufsize`` from a file-like object (None: to EOF); ``yield`` it.
 
     The value is the data read; empty at end of file. Regular files are
@@ -45,7 +46,7 @@ def read(fileobj: Any, bufsize: Optional[int] = None) -> Union[Event, Generator[
     return ReadEvent(fileobj, bufsize)
 
 
-def write(fileobj: Any, data: Any) -> Union[Event, Generator[Any, Any, None]]:
+def write(fileobj: Any, data: Bytes) -> Union[WriteEvent, Generator[Any, Any, None]]:
     """Write all of ``data`` (bytes-like) to a file-like object; ``yield`` it.
 
     Regular files are written in a worker thread (see ``to_thread``; the

@@ -15,18 +15,17 @@ parked from the start, is woken instead and kills them on its next turn.
 
 import collections
 import inspect
-from typing import Any, Generator, Iterable, List
+from typing import Any, Deque, Generator, Iterable, List, Optional, Tuple
 
 from ._errors import Cancelled
 from ._impl import WaitQueue, join, kill, spawn
+from ._records import Coro
 from ._sync import _wake
 
 __all__ = ["join_all", "first"]
 
-_Coroutine = Generator[Any, Any, Any]
 
-
-def _coroutines(coros: Iterable[_Coroutine], verb: str) -> List[_Coroutine]:
+def _coroutines(coros: Iterable[Coro], verb: str) -> List[Coro]:
     """``coros`` as a list, checked at the call: ValueError for a non-generator."""
     coros = list(coros)
     for coro in coros:
@@ -35,7 +34,7 @@ def _coroutines(coros: Iterable[_Coroutine], verb: str) -> List[_Coroutine]:
     return coros
 
 
-def join_all(coros: Iterable[_Coroutine]) -> Generator[Any, Any, List[Any]]:
+def join_all(coros: Iterable[Coro]) -> Generator[Any, Any, List[Any]]:
     """Event: run ``coros`` concurrently; the value is the list of their results.
 
     Results are in the order of ``coros``. Coroutines not yet spawned are
@@ -51,7 +50,7 @@ def join_all(coros: Iterable[_Coroutine]) -> Generator[Any, Any, List[Any]]:
     return _Group(_coroutines(coros, "join_all"))._run(want_all=True)
 
 
-def first(coros: Iterable[_Coroutine]) -> _Coroutine:
+def first(coros: Iterable[Coro]) -> Coro:
     """Event: race ``coros``; the first to finish decides, the rest are killed.
 
     The value is the winner's result, or its exception is raised here; the
@@ -68,15 +67,16 @@ def first(coros: Iterable[_Coroutine]) -> _Coroutine:
 class _Group:
     """The coroutines of one join_all() or first() call, and their outcomes."""
 
-    def __init__(self, coros):
+    def __init__(self, coros: List[Coro]) -> None:
         self._coros = coros
-        self._outcomes = collections.deque()   # (index, value, exc), in finishing order
+        # (index, value, exc), in finishing order
+        self._outcomes: Deque[Tuple[int, Any, Optional[Exception]]] = collections.deque()
         self._arrived = WaitQueue()            # the parent waits here for outcomes
         self._stop = WaitQueue()               # the guard waits here
         self._done = False                     # decided: outcomes are no longer wanted
         self._abandoned = False                # the parent was killed: the guard cancels
 
-    def _run(self, want_all):
+    def _run(self, want_all: bool) -> Coro:
         for index, coro in enumerate(self._coros):
             yield spawn(self._watch(index, coro))
         yield spawn(self._guard())
@@ -93,9 +93,9 @@ class _Group:
         yield from self._finish()
         return value
 
-    def _collect(self, want_all):
+    def _collect(self, want_all: bool) -> Coro:
         """Wait for the outcomes needed: every result, or the first one."""
-        results = [None] * len(self._coros)
+        results: List[Any] = [None] * len(self._coros)
         left = len(self._coros)
         while left:
             while self._outcomes:
@@ -110,20 +110,20 @@ class _Group:
                 yield self._arrived.wait()
         return results
 
-    def _finish(self):
+    def _finish(self) -> Generator[Any, Any, None]:
         """Decided: kill the coroutines still running, release the guard."""
         self._done = True
         self._stop.wake()
         yield from self._cancel()
 
-    def _cancel(self):
+    def _cancel(self) -> Generator[Any, Any, None]:
         for coro in self._coros:
             try:
                 yield kill(coro)
             except ValueError:
                 pass  # never spawned: its watcher saw the group decided first
 
-    def _watch(self, index, coro):
+    def _watch(self, index: int, coro: Coro) -> Generator[Any, Any, None]:
         """Spawn ``coro`` if nobody has, join it, report its outcome."""
         if self._done:
             return
@@ -139,12 +139,12 @@ class _Group:
         else:
             self._report(index, value, None)
 
-    def _report(self, index, value, exc):
+    def _report(self, index: int, value: Any, exc: Optional[Exception]) -> None:
         if not self._done:
             self._outcomes.append((index, value, exc))
             self._arrived.wake()
 
-    def _guard(self):
+    def _guard(self) -> Generator[Any, Any, None]:
         """Kill the group's coroutines if the parent is killed while waiting."""
         if not self._done:
             yield self._stop.wait()

@@ -14,8 +14,15 @@ in place, so tests and benchmarks can run both twins in one process.
 import os
 import platform
 import sys
+import types
+from typing import TYPE_CHECKING
 
 from . import _loop_py
+
+if TYPE_CHECKING:
+    # The names bound by globals().update() below, as a type checker sees
+    # them: from the core's stub, _loop.pyi, which describes both twins.
+    from ._loop import *  # noqa: F401,F403
 
 #: The names every core defines; the public API re-exports them.
 CORE_NAMES = (
@@ -28,11 +35,11 @@ CORE_NAMES = (
 )
 
 
-def _flag(name):
+def _flag(name: str) -> bool:
     return os.environ.get(name, "") not in ("", "0")
 
 
-def load(name):
+def load(name: str) -> types.ModuleType:
     """Return the core module called ``name`` ("cython" or "python")."""
     if name == "python":
         return _loop_py
@@ -42,7 +49,7 @@ def load(name):
     raise ValueError("unknown bluelet core %r (expected 'cython' or 'python')" % (name,))
 
 
-def _choose():
+def _choose() -> str:
     if _flag("BLUELET_PURE_PYTHON") or platform.python_implementation() != "CPython":
         return "python"
     try:
@@ -59,7 +66,7 @@ core = load(IMPLEMENTATION)
 globals().update((name, getattr(core, name)) for name in CORE_NAMES)
 
 
-def use(name):
+def use(name: str) -> str:
     """Make core ``name`` the one every bluelet module uses; return the old name.
 
     Rebinds, in each loaded ``bluelet`` module, the names that still point at

@@ -12,7 +12,8 @@ import linecache
 import signal
 import sys
 import types
-from typing import Callable, Iterable, Optional, TextIO
+from types import FrameType
+from typing import Any, Callable, Iterable, Optional, TextIO
 
 from . import _impl
 from ._impl import tasks
@@ -21,9 +22,9 @@ from ._records import TaskInfo
 __all__ = ["dump", "dump_on", "format_tasks"]
 
 
-def _code_location(gen) -> str:
+def _code_location(gen: Any) -> str:
     """'File "...", line N, in name' for ``gen``, without a state."""
-    code = getattr(gen, "gi_code", None)
+    code: Any = getattr(gen, "gi_code", None)
     name = getattr(gen, "__qualname__", None) or getattr(code, "co_name", None) or repr(gen)
     filename = getattr(code, "co_filename", "?")
     if type(gen) is not types.GeneratorType:
@@ -34,11 +35,12 @@ def _code_location(gen) -> str:
     # time ``import bluelet`` takes.
     import inspect
     state = inspect.getgeneratorstate(gen)
-    if state == inspect.GEN_CLOSED:
+    frame = gen.gi_frame
+    if frame is None:  # inspect.GEN_CLOSED: a finished generator has no frame
         return 'File "%s", line %d, in %s [finished]' % (filename, code.co_firstlineno, name)
     if state == inspect.GEN_CREATED:
         return 'File "%s", line %d, in %s [not started]' % (filename, code.co_firstlineno, name)
-    line = gen.gi_frame.f_lineno
+    line = frame.f_lineno
     where = 'File "%s", line %d, in %s' % (filename, line, name)
     if state == inspect.GEN_RUNNING:
         where += " [running]"
@@ -46,7 +48,7 @@ def _code_location(gen) -> str:
     return where + ("\n    " + source if source else "")
 
 
-def _coroutine_name(coro) -> str:
+def _coroutine_name(coro: Any) -> str:
     name = getattr(coro, "__qualname__", None) or repr(coro)
     # Several coroutines often run the same function: the id tells them apart.
     return "%s (0x%x)" % (name, id(coro))
@@ -81,7 +83,7 @@ def dump(file: Optional[TextIO] = None) -> str:
     return text
 
 
-def _print_dump(signum, frame) -> None:
+def _print_dump(signum: int, frame: Optional[FrameType]) -> None:
     """Signal handler: the dump on stderr; never raises into the program."""
     # The handler interrupts whatever the main thread was doing, possibly the
     # loop itself half-way through a state change: a failed dump is reported

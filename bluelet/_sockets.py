@@ -7,7 +7,7 @@ non-blocking from the moment bluelet owns them.
 
 import errno
 import socket
-from typing import Any, Callable, Generator
+from typing import Any, Callable, Generator, Tuple, Union
 
 from ._errors import SocketClosedError
 from ._impl import (
@@ -20,21 +20,20 @@ from ._impl import (
     spawn,
     wait_writable,
 )
+from ._records import Bytes, Coro
 
 __all__ = ["Listener", "Connection", "connect", "server"]
-
-_Coroutine = Generator[Any, Any, Any]
 
 _IN_PROGRESS = (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, errno.EALREADY)
 
 
-def _close_socket(sock):
+def _close_socket(sock: socket.socket) -> None:
     # Tell the loop first: waiters must be woken while the fd is still ours.
     notify_closing(sock)
     sock.close()
 
 
-def _bind_address(host, port):
+def _bind_address(host: str, port: int) -> Tuple[int, Any]:
     """Family and address to bind; '' means every IPv4 address, as in 0.2.0."""
     if not host:
         return socket.AF_INET, ("", port)
@@ -64,7 +63,7 @@ class Listener:
             raise
         self._closed = False
         self.host = host
-        self.port = sock.getsockname()[1]
+        self.port: int = sock.getsockname()[1]
         self.sock = sock
 
     def accept(self) -> AcceptEvent:
@@ -106,11 +105,11 @@ class Connection:
             self._closed = True
             _close_socket(self.sock)
 
-    def _check_open(self, verb):
+    def _check_open(self, verb: str) -> None:
         if self._closed:
             raise SocketClosedError("%s() on a closed Connection" % verb)
 
-    def recv(self, size: int) -> Any:
+    def recv(self, size: int) -> Union[ValueEvent, ReceiveEvent]:
         """Event: up to ``size`` bytes; b'' at end of stream."""
         self._check_open("recv")
         if size < 0:
@@ -122,12 +121,12 @@ class Connection:
             return ValueEvent(out)
         return ReceiveEvent(self, size)
 
-    def send(self, data: Any) -> SendEvent:
+    def send(self, data: Bytes) -> SendEvent:
         """Event: send some of ``data``; the value is the number of bytes sent."""
         self._check_open("send")
         return SendEvent(self, data)
 
-    def sendall(self, data: Any) -> SendEvent:
+    def sendall(self, data: Bytes) -> SendEvent:
         """Event: send all of ``data``, waiting for room as needed."""
         self._check_open("sendall")
         return SendEvent(self, data, True)
@@ -139,7 +138,7 @@ class Connection:
             raise ValueError("readline() terminator must not be empty")
         return DelegationEvent(self._readline(terminator, bufsize))
 
-    def _readline(self, terminator, bufsize):
+    def _readline(self, terminator: bytes, bufsize: int) -> Generator[Any, Any, bytes]:
         buf = self._buf
         start = 0
         while True:
@@ -159,9 +158,9 @@ class Connection:
             buf += data
 
 
-def _connect(host, port):
+def _connect(host: str, port: int) -> Generator[Any, Any, Connection]:
     """Try each address of ``host`` in turn; the first that accepts wins."""
-    error = OSError("getaddrinfo returned no address for %r" % (host,))
+    error: Exception = OSError("getaddrinfo returned no address for %r" % (host,))
     for family, type_, proto, _, address in socket.getaddrinfo(
             host, port, socket.AF_UNSPEC, socket.SOCK_STREAM):
         sock = socket.socket(family, type_, proto)
@@ -194,14 +193,14 @@ def connect(host: str, port: int) -> DelegationEvent:
     return DelegationEvent(_connect(host, port))
 
 
-def _serve_one(handler, conn):
+def _serve_one(handler: Callable[[Connection], Coro], conn: Connection) -> Coro:
     try:
         yield handler(conn)
     finally:
         conn.close()
 
 
-def server(host: str, port: int, handler: Callable[["Connection"], _Coroutine]) -> _Coroutine:
+def server(host: str, port: int, handler: Callable[[Connection], Coro]) -> Coro:
     """Coroutine: listen on ``(host, port)`` and spawn ``handler(conn)`` per client.
 
     Each connection is closed when its handler ends. KeyboardInterrupt stops

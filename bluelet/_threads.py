@@ -23,9 +23,10 @@ Interpreter exit
 import concurrent.futures
 import os
 import threading
-from typing import Any, Callable, Generator, Optional, TypeVar
+from typing import Any, Callable, Dict, Generator, Optional, Tuple, TypeVar
 
 from ._impl import Completion
+from ._records import Coro
 
 __all__ = ["set_thread_limit", "to_thread"]
 
@@ -85,8 +86,9 @@ def _forget_pool_after_fork() -> None:
 
 # Private but made for this (concurrent.futures registers its own join
 # here): these hooks run before the pool's threads are joined, whereas an
-# atexit hook would run after, once every queued call had been run.
-threading._register_atexit(_withdraw_pending)
+# atexit hook would run after, once every queued call had been run. Being
+# private, it is not in typeshed.
+threading._register_atexit(_withdraw_pending)  # type: ignore[attr-defined]
 os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
@@ -143,7 +145,8 @@ def to_thread(func: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Generato
     return _call_in_thread(func, args, kwargs)
 
 
-def _call_in_thread(func, args, kwargs):
+def _call_in_thread(func: Callable[..., Any], args: Tuple[Any, ...],
+                    kwargs: Dict[str, Any]) -> Coro:
     handoff = _Handoff()
     try:
         future = _executor().submit(func, *args, **kwargs)

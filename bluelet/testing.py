@@ -42,14 +42,13 @@ import functools
 import inspect
 import threading
 import types
-from typing import Any, Callable, Generator, Optional
+from typing import Any, Callable, Optional, overload
 
 from ._impl import Completion, current, join, kill, run, spawn, tasks
 from ._introspect import format_tasks
+from ._records import Coro
 
 __all__ = ["DeadlineExceeded", "coroutine_test", "run_test"]
-
-_Coroutine = Generator[Any, Any, Any]
 
 
 class DeadlineExceeded(AssertionError):
@@ -68,27 +67,27 @@ class _Alarm:
     number may be reused by then.
     """
 
-    def __init__(self, seconds: float):
-        self._seconds = seconds
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
         self._lock = threading.Lock()
-        self._completion = None
-        self._timer = None
+        self._completion: Optional[Completion] = None
+        self._timer: Optional[threading.Timer] = None
 
-    def arm(self):
+    def arm(self) -> Completion:
         """Start the timer; return the Completion it delivers (loop thread)."""
         self._completion = Completion()
-        self._timer = threading.Timer(self._seconds, self._ring)
+        self._timer = threading.Timer(self.seconds, self._ring)
         self._timer.daemon = True
         self._timer.start()
         return self._completion
 
-    def _ring(self):
+    def _ring(self) -> None:
         with self._lock:
             if self._completion is not None:
                 self._completion.set_result(None)
                 self._completion = None
 
-    def disarm(self):
+    def disarm(self) -> None:
         """Stop the timer; after this the loop is never woken by it."""
         with self._lock:
             self._completion = None
@@ -96,7 +95,8 @@ class _Alarm:
             self._timer.cancel()
 
 
-def _watchdog(alarm, seconds: float, name: str, supervisor):
+def _watchdog(alarm: Completion, seconds: float, name: str,
+              supervisor: Optional[Coro]) -> Coro:
     """Wait for the alarm, then end the run with DeadlineExceeded."""
     yield alarm
     harness = (current(), supervisor)
@@ -107,13 +107,13 @@ def _watchdog(alarm, seconds: float, name: str, supervisor):
         % (name, seconds, report))
 
 
-def _supervise(body: _Coroutine, alarm: Optional[_Alarm], seconds: Optional[float]):
+def _supervise(body: Coro, alarm: Optional[_Alarm]) -> Coro:
     """Run ``body`` and what it spawns, racing them against the alarm."""
     me = current()
     watchdog = None
     try:
         if alarm is not None:
-            watchdog = _watchdog(alarm.arm(), seconds, _name(body), me)
+            watchdog = _watchdog(alarm.arm(), alarm.seconds, _name(body), me)
             yield spawn(watchdog)
         yield spawn(body)
         result = yield join(body)
@@ -135,11 +135,11 @@ def _supervise(body: _Coroutine, alarm: Optional[_Alarm], seconds: Optional[floa
     return result
 
 
-def _name(gen) -> str:
+def _name(gen: Any) -> str:
     return getattr(gen, "__qualname__", None) or repr(gen)
 
 
-def run_test(gen: _Coroutine, timeout: Optional[float] = 5.0,
+def run_test(gen: Coro, timeout: Optional[float] = 5.0,
              virtual_time: bool = False) -> Any:
     """Run generator ``gen`` (a coroutine test) to completion; return its result.
 
@@ -158,7 +158,7 @@ def run_test(gen: _Coroutine, timeout: Optional[float] = 5.0,
                          % (timeout,))
     alarm = None if timeout is None else _Alarm(timeout)
     try:
-        return run(_supervise(gen, alarm, timeout), virtual_time=virtual_time)
+        return run(_supervise(gen, alarm), virtual_time=virtual_time)
     except DeadlineExceeded as error:
         # Raised from the watchdog inside the loop's machinery, which says
         # nothing useful; the message carries where the coroutines were.
@@ -169,9 +169,25 @@ def run_test(gen: _Coroutine, timeout: Optional[float] = 5.0,
             alarm.disarm()
 
 
-def coroutine_test(func: Optional[Callable[..., _Coroutine]] = None, *,
+# What coroutine_test decorates, and what it returns: a test function
+# taking the same arguments, which runs the generator and returns its result.
+_GeneratorFunction = Callable[..., Coro]
+_TestFunction = Callable[..., Any]
+
+
+@overload
+def coroutine_test(func: _GeneratorFunction, *, timeout: Optional[float] = ...,
+                   virtual_time: bool = ...) -> _TestFunction: ...
+
+
+@overload
+def coroutine_test(*, timeout: Optional[float] = ..., virtual_time: bool = ...
+                   ) -> Callable[[_GeneratorFunction], _TestFunction]: ...
+
+
+def coroutine_test(func: Optional[_GeneratorFunction] = None, *,
                    timeout: Optional[float] = 5.0,
-                   virtual_time: bool = False) -> Any:
+                   virtual_time: bool = False) -> _TestFunction:
     """Decorator: turn a generator-function test into a plain test function.
 
     ``@coroutine_test`` or ``@coroutine_test(timeout=..., virtual_time=...)``.
@@ -179,13 +195,13 @@ def coroutine_test(func: Optional[Callable[..., _Coroutine]] = None, *,
     generator with ``run_test``. The signature is kept (``functools.wraps``),
     so pytest still passes the fixtures ``func`` asks for.
     """
-    def decorate(func: Callable[..., _Coroutine]) -> Callable[..., Any]:
+    def decorate(func: _GeneratorFunction) -> _TestFunction:
         if not inspect.isgeneratorfunction(func):
             raise TypeError("coroutine_test needs a generator function (one that "
                             "yields), not %r" % (func,))
 
         @functools.wraps(func)
-        def test(*args, **kwargs):
+        def test(*args: Any, **kwargs: Any) -> Any:
             __tracebackhide__ = True  # pytest: show the test's frames, not ours
             return run_test(func(*args, **kwargs), timeout=timeout,
                             virtual_time=virtual_time)
