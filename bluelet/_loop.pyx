@@ -153,7 +153,12 @@ cdef extern from *:
         PySendResult r = PyIter_Send(gen, arg, result);
         return r == PYGEN_NEXT ? 1 : (r == PYGEN_RETURN ? 0 : -1);
     #else
-        *result = _PyGen_Send((PyGenObject *)gen, arg);
+        /* _PyGen_Send takes real generators only; the core's own generators
+           (timeout's wrapper) are Cython's type and are sent to by method. */
+        if (PyGen_CheckExact(gen))
+            *result = _PyGen_Send((PyGenObject *)gen, arg);
+        else
+            *result = PyObject_CallMethod(gen, "send", "O", arg);
         if (*result != NULL)
             return 1;
         if (_PyGen_FetchStopIterationValue(result) == 0)
