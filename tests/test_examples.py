@@ -1,0 +1,143 @@
+"""Every script in examples/ runs, as ``python examples/X.py``, on every core.
+
+The core is chosen through the environment (BLUELET_PURE_PYTHON), as a user
+would. Servers listen on 127.0.0.1 port 0 and print the port; every example
+is given a count, a scale or a flag that makes it end by itself, and every
+wait is bounded.
+"""
+
+import http.client
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from _helpers import HOST, free_port
+from conftest import CORES
+from test_cli import WAIT, Running, core_env
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(params=CORES)
+def env(request):
+    """The environment that runs the examples on one core."""
+    return core_env(request.param)
+
+
+def run_example(name, env, tmp_path, *arguments):
+    """The stdout of ``examples/name`` run to its end; it must succeed."""
+    done = subprocess.run([sys.executable, str(EXAMPLES / name), *arguments], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.fixture
+def example(env, tmp_path):
+    """example(name, *arguments): the example running, as a ``Running``."""
+    started = []
+
+    def start(name, *arguments):
+        running = Running([sys.executable, str(EXAMPLES / name), *arguments], env, tmp_path)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.close()
+
+
+def test_every_example_is_tested():
+    tested = {"echo.py", "httpd.py", "sleepy.py", "delegation.py", "ipc.py", "fetch.py"}
+    assert {path.name for path in EXAMPLES.glob("*.py")} == tested
+
+
+def test_echo(example):
+    server = example("echo.py", "--port", "0", "--clients", "2")
+    port = int(server.expect(r"listening on 127\.0\.0\.1:(\d+)").group(1))
+    # Both clients connected at once: served concurrently.
+    with socket.create_connection((HOST, port), timeout=WAIT) as first, \
+            socket.create_connection((HOST, port), timeout=WAIT) as second:
+        for sock, message in ((second, b"second"), (first, b"first")):
+            sock.sendall(message)
+            assert sock.recv(100) == message
+    assert server.wait() == 0
+    assert sum(line.startswith("disconnected") for line in server.seen + server.rest()) == 2
+
+
+def test_httpd(example, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "hello.txt").write_bytes(b"hello from the example\n")
+    (tmp_path / "secret.txt").write_bytes(b"secret")
+    server = example("httpd.py", "--port", "0", "--directory", str(site), "--requests", "5")
+    port = int(server.expect(r"serving .* on http://127\.0\.0\.1:(\d+)/").group(1))
+    conn = http.client.HTTPConnection(HOST, port, timeout=WAIT)
+    conn.request("GET", "/hello.txt")
+    response = conn.getresponse()
+    assert (response.status, response.read()) == (200, b"hello from the example\n")
+    assert response.getheader("Content-Type") == "text/plain"
+    conn.close()
+    conn.request("GET", "/")
+    assert b'<a href="hello.txt">' in conn.getresponse().read()
+    conn.close()
+    conn.request("GET", "/missing")
+    assert conn.getresponse().status == 404
+    conn.close()
+    replies = []
+    for path in (b"/../secret.txt", b"/%00"):  # outside; a failing request
+        with socket.create_connection((HOST, port), timeout=WAIT) as sock:
+            sock.sendall(b"GET %s HTTP/1.0\r\n\r\n" % path)
+            replies.append(sock.recv(100))
+    assert replies[0].startswith(b"HTTP/1.0 403 ") and replies[1] == b""
+    assert server.wait() == 0  # the failure was reported, not fatal
+    assert any(line.startswith("error: ValueError") for line in server.rest())
+
+
+def test_sleepy(env, tmp_path):
+    lines = run_example("sleepy.py", env, tmp_path, "--scale", "0.02").splitlines()
+    assert [line.split(" (")[0] for line in lines[:8]] == [
+        "going to sleep for 0 s", "going to sleep for 0.02 s",
+        "going to sleep for 0.06 s", "going to sleep for 0.1 s",
+        "woke up after 0 s", "woke up after 0.02 s",
+        "woke up after 0.06 s", "woke up after 0.1 s"]
+    assert lines[8].startswith("all awake after")
+
+
+def test_delegation(env, tmp_path):
+    # Deeper than the recursion limit: the scheduler keeps the chain.
+    out = run_example("delegation.py", env, tmp_path, "--depth", "3000")
+    assert out.splitlines()[:6] == [
+        "parent started", "child started", "child resumed", "child returned 42",
+        "old-style child returned an end() value", "caught: raised two calls down"]
+    assert "total(3000) = 4501500, 3000 calls deep" in out
+
+
+def test_ipc(env, tmp_path):
+    lines = run_example("ipc.py", env, tmp_path, "--count", "5").splitlines()
+    replies = [re.fullmatch(r"child (\d+) says (\d+) squared is (\d+)", line)
+               for line in lines[:-1]]
+    assert [(int(m[2]), int(m[3])) for m in replies] == [(n, n * n) for n in range(1, 6)]
+    assert str(os.getpid()) not in {m[1] for m in replies}  # another process answered
+    assert lines[-1] == "child exited with status 0"
+
+
+def test_fetch(env, tmp_path):
+    lines = run_example("fetch.py", env, tmp_path, "--count", "8", "--delay", "0.05").splitlines()
+    pages = sorted(int(line.rsplit("/", 1)[1]) for line in lines[:-1])
+    assert pages == list(range(8))
+    assert all(line.startswith("HTTP/1.0 200 OK") for line in lines[:-1])
+    assert lines[-1].startswith("8 URLs in")
+
+
+def test_fetch_reports_failures(env, tmp_path):
+    refused = "http://127.0.0.1:%d/" % free_port()
+    lines = run_example("fetch.py", env, tmp_path, refused, "ftp://example.invalid/").splitlines()
+    assert len(lines) == 3 and all(line.startswith("failed:") for line in lines[:2])
