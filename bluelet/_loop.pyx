@@ -993,9 +993,9 @@ cdef class Loop:
     cdef object _results        # finished gen -> result (weak keys)
     cdef object _inbox          # Completions delivered by threads
     cdef Py_ssize_t _external   # Completions not yet delivered
-    cdef int _waker_fd          # read end of the pipe threads write to
-    cdef int _waker_write
-    cdef object _waker_lock     # so no thread writes to the pipe once closed
+    cdef int _waker_fd          # read end of the socket pair threads write to
+    cdef tuple _waker           # (read end, write end), made on demand
+    cdef object _waker_lock     # so no thread writes to the waker once closed
     cdef object _interrupts     # exceptions from interrupt(), for the root
     cdef bint _virtual_time
     cdef double _clock          # the time under virtual_time
@@ -1018,7 +1018,7 @@ cdef class Loop:
         self._results = weakref.WeakKeyDictionary()
         self._inbox = collections.deque()
         self._external = 0
-        self._waker_fd = self._waker_write = -1
+        self._waker_fd = -1
         self._waker_lock = threading.RLock()
         self._interrupts = collections.deque()
 
@@ -1411,10 +1411,11 @@ cdef class Loop:
         for state in self._fds.values():
             self._poller.forget(state)
         with self._waker_lock:
-            if self._waker_fd >= 0:
-                os.close(self._waker_fd)
-                os.close(self._waker_write)
-                self._waker_fd = self._waker_write = -1
+            if self._waker is not None:
+                for end in self._waker:
+                    end.close()
+                self._waker = None
+                self._waker_fd = -1
         self._fds.clear()
         self._poller.close()
         return 0
@@ -1781,12 +1782,15 @@ cdef class Loop:
         return 0
 
     cdef int _wakeup_fd(self) except -1:
-        if self._waker_fd < 0:
-            self._waker_fd, self._waker_write = os.pipe()
-            os.set_blocking(self._waker_fd, False)
-            os.set_blocking(self._waker_write, False)
+        if self._waker is None:
+            # A socket pair, not a pipe: Windows can poll only sockets, and
+            # signal.set_wakeup_fd takes only a socket there.
+            self._waker = socket.socketpair()
+            for end in self._waker:
+                end.setblocking(False)
+            self._waker_fd = self._waker[0].fileno()
             self._poller.set_interest(_FdState(self._waker_fd, None), _READ)
-        return self._waker_write
+        return self._waker[1].fileno()
 
     def _tasks_info(self):
         cdef _Task task
@@ -1806,18 +1810,18 @@ cdef class Loop:
         # Reentrant: a signal handler may call this while the same thread is
         # inside it.
         with self._waker_lock:
-            if self._waker_write >= 0:
+            if self._waker is not None:
                 try:
-                    os.write(self._waker_write, b"\0")
+                    self._waker[1].send(b"\0")
                 except BlockingIOError:
-                    pass  # the pipe is full: a wake-up is pending anyway
+                    pass  # the buffer is full: a wake-up is pending anyway
         return 0
 
     cdef int _drain_inbox(self) except -1:
         cdef Completion completion
         cdef _Task task
         try:
-            while os.read(self._waker_fd, 4096):
+            while self._waker[0].recv(4096):
                 pass
         except BlockingIOError:
             pass

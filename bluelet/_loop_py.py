@@ -45,6 +45,7 @@ import numbers
 import math
 import select
 import selectors
+import socket
 import threading
 import os
 import time
@@ -267,7 +268,7 @@ class WaitQueue(Event):
     def __init__(self, external=False):
         self._waiters = collections.deque()
         # Whether something outside the loop (a signal) wakes it: while a
-        # coroutine waits here the loop stays alive and its wake pipe open.
+        # coroutine waits here the loop stays alive and its waker open.
         self._external = external
 
     def __len__(self):
@@ -300,7 +301,7 @@ class Completion(Event):
 
     Create it inside a running coroutine; then, from any thread, call
     ``set_result`` or ``set_exception`` exactly once. The loop is woken
-    through a pipe, so nothing polls.
+    through a socket pair, so nothing polls.
     """
 
     __slots__ = ("_loop", "_task", "_done", "_delivered", "_value", "_exc")
@@ -774,7 +775,7 @@ class Loop:
     __slots__ = ("_virtual_time", "_slow_step", "_clock", "_ready", "_batch", "_tasks",
                  "_timers", "_timer_seq", "_stale_timers", "_fds", "_fd_waiters",
                  "_poller", "_root", "_current", "_failure", "_results", "_inbox",
-                 "_external", "_waker_fd", "_waker_write", "_waker_lock", "_interrupts")
+                 "_external", "_waker_fd", "_waker", "_waker_lock", "_interrupts")
 
     def __init_subclass__(cls, **kwargs):
         # The compiled Loop is final; the pure one must not allow more.
@@ -799,9 +800,9 @@ class Loop:
         self._results = weakref.WeakKeyDictionary()  # finished gen -> result
         self._inbox = collections.deque()  # Completions delivered by threads
         self._external = 0          # Completions not yet delivered
-        self._waker_fd = -1         # read end of the pipe threads write to
-        self._waker_write = -1
-        self._waker_lock = threading.RLock()  # no write to the pipe once closed
+        self._waker_fd = -1         # read end of the socket pair threads write to
+        self._waker = None          # (read end, write end), made on demand
+        self._waker_lock = threading.RLock()  # no write to the waker once closed
         self._interrupts = collections.deque()  # from interrupt(), for the root
 
     # -- entry point --------------------------------------------------------
@@ -1177,10 +1178,11 @@ class Loop:
         for state in self._fds.values():
             self._poller.forget(state)
         with self._waker_lock:
-            if self._waker_fd >= 0:
-                os.close(self._waker_fd)
-                os.close(self._waker_write)
-                self._waker_fd = self._waker_write = -1
+            if self._waker is not None:
+                for end in self._waker:
+                    end.close()
+                self._waker = None
+                self._waker_fd = -1
         self._fds.clear()
         self._poller.close()
 
@@ -1452,18 +1454,21 @@ class Loop:
         self._schedule(task, value, exc)
 
     def _expect_external(self):
-        """A wake-up from outside is due: keep the loop alive, its pipe open."""
+        """A wake-up from outside is due: keep the loop alive, its waker open."""
         self._wakeup_fd()
         self._external += 1
 
     def _wakeup_fd(self):
-        """The write end of the pipe that wakes this loop (made on demand)."""
-        if self._waker_fd < 0:
-            self._waker_fd, self._waker_write = os.pipe()
-            os.set_blocking(self._waker_fd, False)
-            os.set_blocking(self._waker_write, False)
+        """The fd of the socket whose write wakes this loop (made on demand)."""
+        if self._waker is None:
+            # A socket pair, not a pipe: Windows can poll only sockets, and
+            # signal.set_wakeup_fd takes only a socket there.
+            self._waker = socket.socketpair()
+            for end in self._waker:
+                end.setblocking(False)
+            self._waker_fd = self._waker[0].fileno()
             self._poller.set_interest(_FdState(self._waker_fd, None), READ)
-        return self._waker_write
+        return self._waker[1].fileno()
 
     def _tasks_info(self):
         now = self._now()
@@ -1489,15 +1494,15 @@ class Loop:
         # Reentrant: a signal handler may call this while the same thread is
         # inside it.
         with self._waker_lock:
-            if self._waker_write >= 0:
+            if self._waker is not None:
                 try:
-                    os.write(self._waker_write, b"\0")
+                    self._waker[1].send(b"\0")
                 except BlockingIOError:
-                    pass  # the pipe is full: a wake-up is pending anyway
+                    pass  # the buffer is full: a wake-up is pending anyway
 
     def _drain_inbox(self):
         try:
-            while os.read(self._waker_fd, 4096):
+            while self._waker[0].recv(4096):
                 pass
         except BlockingIOError:
             pass

@@ -3,9 +3,9 @@
 Waiting for a signal
     The first ``yield signal(signum)`` installs a Python handler for that
     signal which wakes a core ``WaitQueue(external=True)``; while any
-    coroutine waits, ``signal.set_wakeup_fd`` points at the loop's wake
-    pipe. The handler runs when the signal interrupts the loop's poll, and
-    the byte Python's C-level handler writes into that pipe makes the poll
+    coroutine waits, ``signal.set_wakeup_fd`` points at the loop's wake-up
+    socket. The handler runs when the signal interrupts the loop's poll, and
+    the byte Python's C-level handler writes into that socket makes the poll
     return instead of resuming its wait.
 
     The handler stays installed for the rest of the ``bluelet.run()`` call
@@ -20,7 +20,7 @@ Waiting for a signal
 Stopping on SIGINT and SIGTERM (``run(root, handle_signals=True)``)
     The handler raises nothing: it hands KeyboardInterrupt (SIGTERM's
     carries the text "SIGTERM") to ``Loop.interrupt``, and the byte written
-    to the wake pipe ends the poll. At its next pass the loop cancels every
+    to the wake-up socket ends the poll. At its next pass the loop cancels every
     other coroutine (``bluelet.Cancelled`` at its ``yield``, so its
     ``finally`` blocks run) and raises KeyboardInterrupt in the root
     coroutine at its ``yield`` -- whether the signal came while the loop
@@ -127,7 +127,7 @@ def _wait(signum: int) -> Coro:
 
 
 def _use_wakeup_fd() -> None:
-    """Point signal.set_wakeup_fd at the running loop's wake pipe.
+    """Point signal.set_wakeup_fd at the running loop's wake-up socket.
 
     The byte Python's C-level handler writes there ends the loop's poll,
     which otherwise resumes its wait after running the Python handler.
@@ -142,7 +142,7 @@ def _release_wakeup_fd() -> None:
     global _wakeup_users
     _wakeup_users -= 1
     if _wakeup_users == 0:
-        # Now, while the loop runs: its pipe closes when run() ends.
+        # Now, while the loop runs: its wake-up socket closes when run() ends.
         _signal.set_wakeup_fd(_saved_wakeup_fd)
 
 
@@ -162,7 +162,7 @@ def _stopper(loop: _impl.Loop) -> Callable[[int, Optional[FrameType]], None]:
 
 
 def _woken_by_signals(root_coro: Coro) -> Coro:
-    """The root under handle_signals: keeps the wakeup fd on this loop's pipe."""
+    """The root under handle_signals: keeps the wakeup fd on this loop's wake-up socket."""
     _use_wakeup_fd()
     try:
         return (yield root_coro)

@@ -3,7 +3,7 @@
 ``value = yield to_thread(func, *args)`` hands the call to a
 ``concurrent.futures.ThreadPoolExecutor`` and parks the coroutine on a core
 ``Completion``; the worker delivers the outcome, which wakes the loop
-through its pipe, so nothing polls.
+through its wake-up socket, so nothing polls.
 
 Cancellation
     A thread cannot be stopped. When the waiting coroutine is killed or its
@@ -98,7 +98,7 @@ class _Handoff:
     Whoever claims it first delivers it: the worker thread with the call's
     outcome, or the loop thread when the coroutine stops waiting. A call
     abandoned that way never touches the loop again, which may have closed
-    its wake pipe by the time the call returns.
+    its wake-up socket by the time the call returns.
     """
 
     __slots__ = ("completion", "_claim")

@@ -20,7 +20,7 @@ How the deadline works
     jumps to it the moment nothing is ready, so a test waiting for a socket
     or a thread would be failed at once. Instead a ``threading.Timer``
     delivers a ``Completion`` that a watchdog coroutine waits for; the
-    Completion wakes the loop through its pipe, so it is seen whether the
+    Completion wakes the loop through its wake-up socket, so it is seen whether the
     loop is blocked in I/O or racing through virtual sleeps. The watchdog
     then raises ``DeadlineExceeded``, which ends ``run()``: every coroutine
     is closed (its ``finally`` blocks run) and the message carries a dump of
@@ -63,7 +63,7 @@ class _Alarm:
     """A Completion that a timer thread delivers after ``seconds``.
 
     ``disarm`` guarantees the timer thread will not touch the loop once it
-    returns: the loop's wake pipe closes when ``run()`` ends, and its fd
+    returns: the loop's wake-up socket closes when ``run()`` ends, and its fd
     number may be reused by then.
     """
 
