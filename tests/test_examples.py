@@ -96,9 +96,16 @@ def test_httpd(example, tmp_path):
         with socket.create_connection((HOST, port), timeout=WAIT) as sock:
             sock.sendall(b"GET %s HTTP/1.0\r\n\r\n" % path)
             replies.append(sock.recv(100))
-    assert replies[0].startswith(b"HTTP/1.0 403 ") and replies[1] == b""
-    assert server.wait() == 0  # the failure was reported, not fatal
-    assert any(line.startswith("error: ValueError") for line in server.rest())
+    assert replies[0].startswith(b"HTTP/1.0 403 ")
+    assert server.wait() == 0
+    if sys.version_info >= (3, 10):
+        # os.path.realpath raises ValueError for the NUL: the failure was
+        # reported, not fatal.
+        assert replies[1] == b""
+        assert any(line.startswith("error: ValueError") for line in server.rest())
+    else:
+        # Python 3.9's realpath lets a NUL through, to a plain 404.
+        assert replies[1].startswith(b"HTTP/1.0 404 ")
 
 
 def test_sleepy(env, tmp_path):
