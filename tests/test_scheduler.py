@@ -16,6 +16,7 @@ core that hangs).
 
 import logging
 import os
+import socket
 import sys
 import time
 
@@ -1667,3 +1668,36 @@ def test_keyboard_interrupt_uncaught_propagates_out_of_run(core):
     with sigint_soon(), pytest.raises(KeyboardInterrupt):
         bluelet.run(root())
     assert events == ["root finally"]
+
+
+# ---------------------------------------------------------------------------
+# timeout() around a single event (the body runs in a core-made wrapper)
+# ---------------------------------------------------------------------------
+
+
+def test_timeout_around_an_event_gives_its_value_or_raises_timeout(core):
+    def root():
+        got = [(yield bluelet.timeout(1.0, bluelet.ValueEvent("v")))]
+        got.append((yield bluelet.timeout(1.0, bluelet.sleep(0.001))))
+        try:
+            yield bluelet.timeout(0.01, bluelet.sleep(5))
+        except bluelet.Timeout as exc:
+            got.append(str(exc))
+        return got
+
+    assert bluelet.run(root()) == ["v", None, "timed out after 0.01 s"]
+
+
+def test_timeout_around_a_socket_send_completes(core):
+    a, b = socket.socketpair()
+    conn = bluelet.Connection(a, None)
+
+    def root():
+        try:
+            yield bluelet.timeout(5, conn.sendall(b"x" * 10))
+            return b.recv(10)
+        finally:
+            conn.close()
+            b.close()
+
+    assert bluelet.run(root()) == b"x" * 10
