@@ -8,9 +8,13 @@ with ``from``, because the ``core`` fixture swaps them.
 
 import contextlib
 import os
+import queue
+import random
+import re
 import signal
 import socket
 import struct
+import subprocess
 import threading
 import time
 
@@ -247,3 +251,91 @@ def echo_round_trip(port, message, host=HOST, pieces=1, pause=0.0):
         return (yield recv_exactly(conn, len(message)))
     finally:
         conn.close()
+
+
+# ---------------------------------------------------------------------------
+# Subprocesses: a command running bluelet, read with time bounds
+# ---------------------------------------------------------------------------
+
+WAIT = 10.0  # seconds: a bound for anything that should happen promptly
+
+
+def core_env(core):
+    """The environment that runs bluelet, the one under test, on ``core``."""
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(bluelet.__file__)))
+    env.pop("BLUELET_PURE_PYTHON", None)
+    if core == "python":
+        env["BLUELET_PURE_PYTHON"] = "1"
+    return env
+
+
+class Running:
+    """A command running in its own session; its output read with time bounds.
+
+    stdout is read line by line by a thread (``expect``); stderr goes to a
+    file, shown when an expectation fails. ``close()`` kills the whole
+    session (the command and its workers) if it is still there.
+    """
+
+    def __init__(self, args, env, tmp_path):
+        self.errors = tmp_path / ("stderr-%d.txt" % random.randrange(1 << 30))
+        with open(self.errors, "w") as stderr:
+            # cwd: sys.path[0] for -m; it must not be a source tree that
+            # shadows the bluelet under test (in CI, the installed one).
+            self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr, env=env,
+                                         cwd=tmp_path, text=True, start_new_session=True)
+        self.lines = queue.Queue()
+        self.seen = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def expect(self, pattern, timeout=WAIT):
+        """The match of the next line of output matching ``pattern``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(deadline - time.monotonic(), 0))
+            except queue.Empty:
+                line = None
+            if line is None:
+                raise AssertionError("no line matching %r in %r; stderr:\n%s"
+                                     % (pattern, self.seen, self.errors.read_text()))
+            self.seen.append(line)
+            match = re.search(pattern, line)
+            if match:
+                return match
+
+    def rest(self):
+        """The lines of output not read yet, once the command has ended."""
+        lines = []
+        while True:
+            line = self.lines.get(timeout=WAIT)
+            if line is None:
+                return lines
+            lines.append(line)
+
+    def wait(self, timeout=WAIT):
+        """The exit status, once the command has ended."""
+        return self.proc.wait(timeout)
+
+    def close(self):
+        if self.proc.poll() is None or alive_group(self.proc.pid):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(WAIT)
+        self.proc.stdout.close()
+
+
+def alive_group(pgid):
+    """Whether process group ``pgid`` still has a member."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True

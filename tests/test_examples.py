@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from _helpers import HOST, free_port
+from _helpers import HOST, WAIT, Running, core_env, free_port
 from conftest import CORES
-from test_cli import WAIT, Running, core_env
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -15,7 +15,6 @@ import inspect
 import os
 import types
 
-import pytest
 
 import bluelet
 from bluelet import _impl

@@ -8,6 +8,7 @@ import time
 import pytest
 
 import bluelet
+from _helpers import core_env
 from bluelet import _impl
 from bluelet.testing import DeadlineExceeded, coroutine_test, run_test
 
@@ -263,10 +264,7 @@ def test_run_test_rejects_a_non_positive_timeout(core, timeout):
 
 
 def test_bluelet_testing_does_not_need_pytest(core, tmp_path):
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(bluelet.__file__)))
-    env.pop("BLUELET_PURE_PYTHON", None)
-    if core == "python":
-        env["BLUELET_PURE_PYTHON"] = "1"
+    env = core_env(core)
     script = (
         "import sys; sys.modules['pytest'] = None\n"
         "import bluelet\n"

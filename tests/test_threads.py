@@ -14,6 +14,7 @@ import threading
 import pytest
 
 import bluelet
+from _helpers import core_env
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -266,10 +267,7 @@ def test_pending_calls_are_withdrawn_at_interpreter_exit(core, tmp_path):
         started.wait(5)
         print(bluelet.IMPLEMENTATION, "main thread exits", flush=True)
     """))
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(bluelet.__file__)))
-    env.pop("BLUELET_PURE_PYTHON", None)
-    if core == "python":
-        env["BLUELET_PURE_PYTHON"] = "1"
+    env = core_env(core)
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           timeout=8, env=env)
     assert done.returncode == 0, done.stderr
