@@ -24,15 +24,9 @@ if TYPE_CHECKING:
     # them: from the core's stub, _loop.pyi, which describes both twins.
     from ._loop import *  # noqa: F401,F403
 
-#: The names every core defines; the public API re-exports them.
-CORE_NAMES = (
-    "Event", "WaitableEvent", "ValueEvent", "ExceptionEvent", "SpawnEvent",
-    "JoinEvent", "KillEvent", "DelegationEvent", "ReturnEvent", "SleepEvent",
-    "ReadEvent", "WriteEvent", "AcceptEvent", "ReceiveEvent", "SendEvent",
-    "Loop", "run", "null", "sleep", "spawn", "call", "end", "join", "kill",
-    "wait_readable", "wait_writable", "notify_closing",
-    "timeout", "WaitQueue", "Completion", "current", "tasks", "wakeup_fd",
-)
+#: The names every core defines (tests/test_parity.py checks the twins agree);
+#: the public API re-exports them.
+CORE_NAMES = tuple(_loop_py.__all__)
 
 
 def _flag(name: str) -> bool:
