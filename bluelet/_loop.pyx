@@ -677,9 +677,16 @@ cdef object _byte_view(data):
 cdef ValueEvent _NULL = ValueEvent(None)
 
 
+cdef object _generator_error(obj, verb):
+    if PyGen_CheckExact(obj):
+        return None
+    return ValueError("%s() needs a generator (a coroutine), not %r" % (verb, obj))
+
+
 cdef int _require_generator(obj, verb) except -1:
-    if not PyGen_CheckExact(obj):
-        raise ValueError("%s() needs a generator (a coroutine), not %r" % (verb, obj))
+    error = _generator_error(obj, verb)
+    if error is not None:
+        raise error
     return 0
 
 
@@ -1307,11 +1314,10 @@ cdef class Loop:
         return self._tasks.get(gen) if PyGen_CheckExact(gen) else None
 
     cdef object _check_new(self, gen, verb):
-        if not PyGen_CheckExact(gen):
-            return ValueError("%s() needs a generator (a coroutine), not %r" % (verb, gen))
-        if gen in self._tasks or _driven(gen):
-            return ValueError("%s(): %r is already running" % (verb, gen))
-        return None
+        error = _generator_error(gen, verb)
+        if error is None and (gen in self._tasks or _driven(gen)):
+            error = ValueError("%s(): %r is already running" % (verb, gen))
+        return error
 
     # -- ending tasks -------------------------------------------------------
 
@@ -1897,11 +1903,10 @@ cdef object _task_info(_Task task, double now):
 
 
 cdef object _check_finished(gen, verb):
-    if not PyGen_CheckExact(gen):
-        return ValueError("%s() needs a generator (a coroutine), not %r" % (verb, gen))
-    if gen.gi_frame is None:
-        return None
-    return ValueError("%s(): %r was never spawned" % (verb, gen))
+    error = _generator_error(gen, verb)
+    if error is None and gen.gi_frame is not None:
+        error = ValueError("%s(): %r was never spawned" % (verb, gen))
+    return error
 
 
 def _new_poller():

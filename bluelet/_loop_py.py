@@ -511,9 +511,17 @@ def _byte_view(data):
 _NULL = ValueEvent(None)
 
 
+def _generator_error(obj, verb):
+    """The ValueError for ``verb`` given ``obj`` if it is not a generator, else None."""
+    if type(obj) is _GeneratorType:
+        return None
+    return ValueError("%s() needs a generator (a coroutine), not %r" % (verb, obj))
+
+
 def _require_generator(obj, verb):
-    if not isinstance(obj, _GeneratorType):
-        raise ValueError("%s() needs a generator (a coroutine), not %r" % (verb, obj))
+    error = _generator_error(obj, verb)
+    if error is not None:
+        raise error
 
 
 def null():
@@ -1068,11 +1076,10 @@ class Loop:
 
     def _check_new(self, gen, verb):
         """The error to raise when ``gen`` cannot start as a new coroutine."""
-        if type(gen) is not _GeneratorType:
-            return ValueError("%s() needs a generator (a coroutine), not %r" % (verb, gen))
-        if gen in self._tasks or _driven(gen):
-            return ValueError("%s(): %r is already running" % (verb, gen))
-        return None
+        error = _generator_error(gen, verb)
+        if error is None and (gen in self._tasks or _driven(gen)):
+            error = ValueError("%s(): %r is already running" % (verb, gen))
+        return error
 
     # -- ending tasks -------------------------------------------------------
 
@@ -1595,11 +1602,10 @@ def _task_info(task, now):
 
 def _check_finished(gen, verb):
     """The error for join/kill of a generator the loop does not run, if any."""
-    if type(gen) is not _GeneratorType:
-        return ValueError("%s() needs a generator (a coroutine), not %r" % (verb, gen))
-    if gen.gi_frame is None:
-        return None
-    return ValueError("%s(): %r was never spawned" % (verb, gen))
+    error = _generator_error(gen, verb)
+    if error is None and gen.gi_frame is not None:
+        error = ValueError("%s(): %r was never spawned" % (verb, gen))
+    return error
 
 
 # ---------------------------------------------------------------------------
