@@ -1004,6 +1004,7 @@ cdef class Loop:
     cdef tuple _waker           # (read end, write end), made on demand
     cdef object _waker_lock     # so no thread writes to the waker once closed
     cdef object _interrupts     # exceptions from interrupt(), for the root
+    cdef bint _stopping         # an interrupt reached the root: end with it
     cdef bint _virtual_time
     cdef double _clock          # the time under virtual_time
     cdef object _slow_step      # seconds; a longer step is logged
@@ -1084,7 +1085,7 @@ cdef class Loop:
                         return 0
             del batch[:]
             self._batch = batch
-            if not self._tasks:
+            if not self._tasks or self._stopping and self._root.state == _S_DONE:
                 return 0
 
             # ---- phase 2: poll I/O, blocking only if nothing is ready.
@@ -1396,14 +1397,14 @@ cdef class Loop:
 
     cdef int _interrupt(self, exc) except -1:
         cdef _Task root = self._root
-        cdef _Task task
         if root.state == _S_DONE:
             self._failure = exc
             return 0
+        # The others stay alive: a root that catches it may wind them down
+        # (a server finishing its requests). Once the root has ended, the
+        # run ends too, closing the rest, rather than waiting for them.
+        self._stopping = True
         self._cancel_wait(root)
-        for task in list(self._tasks.values()):
-            if task is not root:
-                self._kill(task)
         self._schedule(root, None, exc)
         return 0
 

@@ -783,7 +783,8 @@ class Loop:
     __slots__ = ("_virtual_time", "_slow_step", "_clock", "_ready", "_batch", "_tasks",
                  "_timers", "_timer_seq", "_stale_timers", "_fds", "_fd_waiters",
                  "_poller", "_root", "_current", "_failure", "_results", "_inbox",
-                 "_external", "_waker_fd", "_waker", "_waker_lock", "_interrupts")
+                 "_external", "_waker_fd", "_waker", "_waker_lock", "_interrupts",
+                 "_stopping")
 
     def __init_subclass__(cls, **kwargs):
         # The compiled Loop is final; the pure one must not allow more.
@@ -812,6 +813,7 @@ class Loop:
         self._waker = None          # (read end, write end), made on demand
         self._waker_lock = threading.RLock()  # no write to the waker once closed
         self._interrupts = collections.deque()  # from interrupt(), for the root
+        self._stopping = False      # an interrupt reached the root: end with it
 
     # -- entry point --------------------------------------------------------
 
@@ -858,7 +860,7 @@ class Loop:
                         return
             batch.clear()
             self._batch = batch
-            if not self._tasks:
+            if not self._tasks or self._stopping and self._root.state == _S_DONE:
                 return
 
             # ---- phase 2: poll I/O, blocking only if nothing is ready.
@@ -1165,15 +1167,16 @@ class Loop:
         task.state = _S_RUNNING
 
     def _interrupt(self, exc):
-        """KeyboardInterrupt while waiting: close the others, raise it in root."""
+        """KeyboardInterrupt while waiting: raise it in the root."""
         root = self._root
         if root.state == _S_DONE:
             self._failure = exc
             return
+        # The others stay alive: a root that catches it may wind them down
+        # (a server finishing its requests). Once the root has ended, the
+        # run ends too, closing the rest, rather than waiting for them.
+        self._stopping = True
         self._cancel_wait(root)
-        for task in list(self._tasks.values()):
-            if task is not root:
-                self._kill(task)
         self._schedule(root, None, exc)
 
     def _shutdown(self):
@@ -1484,10 +1487,12 @@ class Loop:
     def interrupt(self, exc):
         """Stop the run the way Ctrl-C does; safe from signal handlers and threads.
 
-        At its next pass the loop closes every coroutine outside the root's
-        call chain and raises ``exc`` in the root's innermost coroutine (if
-        the root has ended, ``run()`` raises ``exc``). Nothing is raised
-        here, so the scheduler's own bookkeeping is never interrupted.
+        At its next pass the loop raises ``exc`` in the root's innermost
+        coroutine (if the root has ended, ``run()`` raises ``exc``). The
+        other coroutines go on until the root ends, so a root that catches
+        it can wind them down; whatever is still alive then is closed, as
+        at any end of ``run()``. Nothing is raised here, so the scheduler's
+        own bookkeeping is never interrupted.
         """
         self._interrupts.append(exc)
         self._wake()

@@ -20,12 +20,14 @@ Waiting for a signal
 Stopping on SIGINT and SIGTERM (``run(root, handle_signals=True)``)
     The handler raises nothing: it hands KeyboardInterrupt (SIGTERM's
     carries the text "SIGTERM") to ``Loop.interrupt``, and the byte written
-    to the wake-up socket ends the poll. At its next pass the loop cancels every
-    other coroutine (``bluelet.Cancelled`` at its ``yield``, so its
-    ``finally`` blocks run) and raises KeyboardInterrupt in the root
-    coroutine at its ``yield`` -- whether the signal came while the loop
-    waited or while a coroutine ran, on either core. If the root catches
-    it and returns, ``run()`` returns that value; otherwise ``run()``
+    to the wake-up socket ends the poll. At its next pass the loop raises
+    KeyboardInterrupt in the root coroutine at its ``yield`` -- whether the
+    signal came while the loop waited or while a coroutine ran, on either
+    core. The other coroutines carry on meanwhile, so the root can wind
+    them down (``server()`` lets its handlers finish); when the root ends,
+    those still alive are cancelled (``bluelet.Cancelled`` at their
+    ``yield``, so their ``finally`` blocks run). If the root caught it and
+    returned, ``run()`` returns that value; otherwise ``run()``
     raises KeyboardInterrupt for SIGINT and ``SystemExit(128 + SIGTERM)``
     for SIGTERM: the process then exits quietly with status 143, the
     shell's convention for "terminated", which service managers expect.
@@ -181,9 +183,10 @@ def run(root_coro: Coro, *, handle_signals: bool = False, virtual_time: bool = F
     "bluelet" logger when a coroutine runs that long without yielding.
 
     ``handle_signals=True`` (main thread only) turns SIGINT and SIGTERM into
-    a clean stop: the other coroutines are cancelled and KeyboardInterrupt
-    (with the text "SIGTERM" for SIGTERM) is raised in the root at its
-    ``yield``, so every ``finally`` block runs; then this returns the
+    a clean stop: KeyboardInterrupt (with the text "SIGTERM" for SIGTERM)
+    is raised in the root at its ``yield``; the others carry on until the
+    root ends, and are then cancelled, so every ``finally`` block runs;
+    then this returns the
     root's result if it caught the interrupt, or raises KeyboardInterrupt
     (SIGINT) or ``SystemExit(143)`` (SIGTERM), the exit status service
     managers expect. The signal may arrive while the loop waits or while a
