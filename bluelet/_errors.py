@@ -4,13 +4,13 @@ Both twins import these, so ``except bluelet.SocketClosedError`` catches the
 error whichever core raised it.
 """
 
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Optional
 
 from ._records import ExcInfo
 
 __all__ = [
-    "Cancelled", "ChannelClosed", "QueueEmpty", "QueueFull", "SocketClosedError",
-    "ThreadException", "Timeout",
+    "Cancelled", "ChannelClosed", "IncompleteRead", "LimitExceeded", "QueueEmpty",
+    "QueueFull", "SocketClosedError", "ThreadException", "Timeout",
 ]
 
 
@@ -49,7 +49,31 @@ class Cancelled(BaseException):
 
 
 class Timeout(TimeoutError):
-    """A ``bluelet.timeout()`` ran out."""
+    """A ``bluelet.timeout()``, or an operation's ``timeout=``, ran out."""
+
+
+class LimitExceeded(Exception):
+    """A line or a delimited record grew past its ``limit`` before its end came.
+
+    Raised by ``Connection.readline`` and ``readuntil`` so that a peer that
+    never sends the separator cannot make the reader buffer without bound.
+    The bytes read so far stay buffered in the connection.
+    """
+
+
+class IncompleteRead(EOFError):
+    """The stream ended before ``readexactly`` or ``readuntil`` had its data.
+
+    ``partial`` holds the bytes that did arrive (they are no longer in the
+    connection's buffer); ``expected`` is the count asked for, or None when
+    a separator was awaited.
+    """
+
+    def __init__(self, partial: bytes, expected: Optional[int]) -> None:
+        wanted = "%d bytes" % expected if expected is not None else "the separator"
+        super().__init__("the stream ended after %d bytes, before %s" % (len(partial), wanted))
+        self.partial = partial
+        self.expected = expected
 
 
 class QueueFull(Exception):

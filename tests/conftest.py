@@ -9,7 +9,9 @@ With ``BLUELET_REQUIRE_EXTENSIONS=1`` (CI) a missing compiled core fails the
 ``cython`` runs instead of skipping them.
 """
 
+import gc
 import os
+import time
 
 import pytest
 
@@ -41,6 +43,38 @@ def core(request):
         yield name
     finally:
         _impl.use(previous)
+
+
+def _open_fds():
+    """``{fd: what it points at}`` for this process (Linux's /proc)."""
+    found = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            found[int(name)] = os.readlink("/proc/self/fd/" + name)
+        except OSError:
+            pass  # the listing's own descriptor, already gone
+    return found
+
+
+@pytest.fixture
+def no_fd_leak():
+    """Fail the test if it leaves a descriptor open that it did not find.
+
+    Network test modules use it for every test (``pytestmark``). Before
+    failing it collects garbage and waits up to a second: a descriptor held
+    by a reference cycle, or by a thread still finishing, is not a leak.
+    """
+    before = _open_fds()
+    yield
+    leaked = {}
+    for _ in range(50):
+        gc.collect()
+        leaked = {fd: what for fd, what in _open_fds().items() if before.get(fd) != what}
+        if not leaked:
+            return
+        time.sleep(0.02)
+    pytest.fail("descriptors leaked: %s" % ", ".join(
+        "%d -> %s" % item for item in sorted(leaked.items())))
 
 
 def pytest_report_header(config):
