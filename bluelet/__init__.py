@@ -22,6 +22,8 @@ otherwise (``"python"``, or forced with ``BLUELET_PURE_PYTHON=1``).
 from ._errors import (
     Cancelled,
     ChannelClosed,
+    IncompleteRead,
+    LimitExceeded,
     QueueEmpty,
     QueueFull,
     SocketClosedError,
@@ -66,9 +68,13 @@ from ._group import first, join_all
 from ._introspect import dump, dump_on
 from ._records import TaskInfo
 from ._signals import run, signal
-from ._sockets import Connection, Listener, connect, server
+from ._connect import connect, connect_unix
+from ._connection import Connection
+from ._listener import Listener
+from ._server import server
 from ._sync import Channel, Condition, Flag, Lock, Queue, Semaphore
 from ._threads import set_thread_limit, to_thread
+from ._tls import TLSConnection
 
 __version__ = "0.3.0.dev0"
 
@@ -85,8 +91,10 @@ __all__ = [
     "Event",
     "ExceptionEvent",
     "Flag",
+    "IncompleteRead",
     "JoinEvent",
     "KillEvent",
+    "LimitExceeded",
     "Listener",
     "Lock",
     "Queue",
@@ -100,6 +108,7 @@ __all__ = [
     "SleepEvent",
     "SocketClosedError",
     "SpawnEvent",
+    "TLSConnection",
     "TaskInfo",
     "ThreadException",
     "Timeout",
@@ -109,6 +118,7 @@ __all__ = [
     "WriteEvent",
     "call",
     "connect",
+    "connect_unix",
     "current",
     "dump",
     "dump_on",

@@ -1,0 +1,152 @@
+"""connect() and connect_unix(): outgoing stream connections that never block the loop.
+
+Three steps, each a wait the loop can serve others through:
+
+1. Name resolution. A literal address is parsed on the spot
+   (``AI_NUMERICHOST`` does no I/O); a host name goes to
+   ``socket.getaddrinfo`` in a worker thread (``to_thread``), because the
+   system resolver blocks and cannot be made not to.
+2. The TCP handshake: a non-blocking ``connect`` and a wait for
+   writability, on each resolved address in turn (IPv6 and IPv4, in the
+   order the resolver prefers) until one answers.
+3. With ``ssl=``, the TLS handshake.
+
+``timeout=`` bounds all three together. Every socket that does not become
+the connection is closed, however the attempt ends.
+"""
+
+import errno
+import socket
+from typing import TYPE_CHECKING, Any, Generator, List, Optional, Sequence, Tuple
+
+from ._connection import Connection, close_socket, with_timeout
+from ._impl import DelegationEvent, Event, sleep, wait_writable
+from ._threads import to_thread
+from ._tls import wrap_client
+
+if TYPE_CHECKING:
+    import ssl
+
+__all__ = ["connect", "connect_unix"]
+
+_AddrInfo = Tuple[int, int, int, str, Any]
+
+_IN_PROGRESS = (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, errno.EALREADY)
+_TRY_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
+_AF_UNIX = getattr(socket, "AF_UNIX", None)  # Windows has none
+
+
+def connect(host: str, port: int, timeout: Optional[float] = None, *,
+            ssl: "Optional[ssl.SSLContext]" = None,
+            server_hostname: Optional[str] = None) -> Event:
+    """Event: connect to ``(host, port)``; the value is a Connection.
+
+    Nothing here blocks other coroutines: a host name is resolved in a
+    worker thread, and each of its addresses is tried in turn. Failures
+    raise at the ``yield``: ``socket.gaierror`` for a name that does not
+    resolve, ``ConnectionRefusedError`` and the like when no address
+    accepts, ``bluelet.Timeout`` (a ``TimeoutError``) when ``timeout``
+    seconds pass first.
+
+    With ``ssl`` (an ``ssl.SSLContext``) the value is a ``TLSConnection``
+    whose handshake is done; ``server_hostname`` (default: ``host``) is
+    the name its certificate is checked against.
+    """
+    if ssl is None and server_hostname is not None:
+        raise ValueError("server_hostname is only meaningful with ssl")
+    if ssl is not None and server_hostname is None:
+        server_hostname = host
+    return with_timeout(DelegationEvent(_connect(host, port, ssl, server_hostname)), timeout)
+
+
+def connect_unix(path: str, timeout: Optional[float] = None) -> Event:
+    """Event: connect to the Unix stream socket at ``path``; the value is a Connection."""
+    if not path:
+        raise ValueError("connect_unix() needs a path")
+    return with_timeout(DelegationEvent(_connect_unix(path)), timeout)
+
+
+def _connect(host: str, port: int, context: "Optional[ssl.SSLContext]",
+             server_hostname: Optional[str]) -> Generator[Any, Any, Connection]:
+    addresses = yield from _resolve(host, port)
+    errors: List[OSError] = []
+    for family, type_, proto, _, address in addresses:
+        sock = socket.socket(family, type_, proto)
+        try:
+            yield from _handshake(sock, address)
+        except OSError as error:
+            close_socket(sock)
+            errors.append(error)
+            continue
+        except BaseException:
+            close_socket(sock)
+            raise
+        if context is None:
+            return Connection(sock, (host, port))
+        try:
+            conn = wrap_client(context, sock, (host, port), server_hostname)
+        except BaseException:
+            if sock.fileno() >= 0:  # else the failed SSLSocket took it and closed it
+                close_socket(sock)
+            raise
+        try:
+            yield conn.handshake()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+    raise _failure(host, port, errors)
+
+
+def _resolve(host: str, port: int) -> Generator[Any, Any, Sequence[_AddrInfo]]:
+    """The addresses to try for ``host``, resolved off the loop if it is a name."""
+    try:
+        return socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM,
+                                  0, socket.AI_NUMERICHOST)
+    except socket.gaierror as error:
+        if error.errno != socket.EAI_NONAME:
+            raise
+    addresses: Sequence[_AddrInfo] = yield to_thread(
+        socket.getaddrinfo, host, port, socket.AF_UNSPEC, socket.SOCK_STREAM)
+    return addresses
+
+
+def _handshake(sock: socket.socket, address: Any) -> Generator[Any, Any, None]:
+    """A non-blocking ``connect`` of ``sock`` to ``address``; OSError if refused."""
+    sock.setblocking(False)
+    code = sock.connect_ex(address)
+    pause = 0.001
+    while code in _TRY_AGAIN and sock.family == _AF_UNIX:
+        # A Unix listener's backlog is full: Linux says "try again" -- nothing
+        # is in progress, so there is no readiness to wait for. Back off.
+        yield sleep(pause)
+        pause = min(pause * 2, 0.1)
+        code = sock.connect_ex(address)
+    if code in _IN_PROGRESS:
+        yield wait_writable(sock)
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if code:
+        # OSError picks the subclass: ConnectionRefusedError, ...
+        raise OSError(code, "connect to %r: %s" % (address, errno.errorcode.get(code, code)))
+
+
+def _failure(host: str, port: int, errors: List[OSError]) -> OSError:
+    """The error to raise when no address would connect."""
+    if not errors:
+        return OSError("getaddrinfo returned no address for %r" % (host,))
+    if all(type(error) is type(errors[0]) for error in errors):
+        # One kind of failure (say, refused on ::1 and on 127.0.0.1): raise
+        # that kind, so ``except ConnectionRefusedError`` works.
+        return errors[0]
+    return OSError("cannot connect to %s port %d: %s" % (
+        host, port, "; ".join(str(error) for error in errors)))
+
+
+def _connect_unix(path: str) -> Generator[Any, Any, Connection]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        yield from _handshake(sock, path)
+    except BaseException:
+        close_socket(sock)
+        raise
+    return Connection(sock, path)

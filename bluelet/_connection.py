@@ -1,0 +1,295 @@
+"""Connection: a connected stream socket whose methods return events.
+
+Plain TCP and Unix connections use the core's own socket events
+(``ReceiveEvent``, ``SendEvent``), the per-event hot path; ``_tls.py``
+subclasses ``Connection`` and swaps the two hooks ``_receive`` and
+``_transmit`` for TLS-aware ones, so every helper here (``readline``,
+``readexactly``, ...) works over TLS unchanged.
+
+The read buffer
+    ``readline``, ``readuntil`` and ``readexactly`` read in chunks and keep
+    what they read past what they return; the next read of any kind serves
+    that first. A timeout or a limit leaves the buffered bytes in place, so
+    the stream stays consistent and the connection usable.
+"""
+
+import os
+import socket
+from typing import Any, BinaryIO, Generator, Optional
+
+from ._errors import IncompleteRead, LimitExceeded, SocketClosedError
+from ._impl import (
+    DelegationEvent,
+    Event,
+    ReceiveEvent,
+    SendEvent,
+    ValueEvent,
+    notify_closing,
+    timeout,
+    wait_writable,
+)
+from ._nonblocking import retry
+from ._records import Bytes
+from ._threads import to_thread
+
+__all__ = ["Connection", "DEFAULT_LIMIT", "close_socket", "with_timeout"]
+
+#: The longest line or record ``readline``/``readuntil`` accept by default.
+DEFAULT_LIMIT = 64 * 1024
+
+# How much readexactly/readuntil ask the kernel for at a time: big enough to
+# take a whole burst in one call, bounded so a huge n does not allocate n.
+_CHUNK = 64 * 1024
+_MAX_CHUNK = 1024 * 1024
+
+
+def close_socket(sock: socket.socket) -> None:
+    """Close ``sock``, telling the loop first: its waiters must be woken
+    (with SocketClosedError) while the descriptor still belongs to us."""
+    notify_closing(sock)
+    sock.close()
+
+
+def with_timeout(event: Event, seconds: Optional[float]) -> Event:
+    """``event``, or ``event`` bounded by ``seconds`` (raising Timeout)."""
+    return event if seconds is None else timeout(seconds, event)
+
+
+class Connection:
+    """A connected socket; its methods return events to ``yield``.
+
+    Every waiting method takes ``timeout=`` (seconds): when it runs out,
+    ``bluelet.Timeout`` is raised at the ``yield``. After a timed-out read
+    the connection is intact (what arrived stays buffered); after a
+    timed-out ``send``/``sendall``/``sendfile`` an unknown part of the data
+    has gone out, so the stream is only good for closing.
+
+    Usable as a context manager, which closes it.
+    """
+
+    def __init__(self, sock: socket.socket, addr: Any) -> None:
+        sock.setblocking(False)
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+            # Request/response protocols must not wait for Nagle's timer.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self.addr = addr
+        self._buf = bytearray()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return "<%s closed>" % type(self).__name__
+        return "<%s fd=%d peer=%r>" % (type(self).__name__, self.sock.fileno(), self.addr)
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection now (not an event); closing twice is harmless.
+
+        Coroutines waiting on it get ``SocketClosedError`` at their ``yield``.
+        """
+        if not self._closed:
+            self._closed = True
+            close_socket(self.sock)
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` has been called."""
+        return self._closed
+
+    def fileno(self) -> int:
+        """The socket's descriptor."""
+        self._check_open("fileno")
+        return self.sock.fileno()
+
+    @property
+    def peername(self) -> Any:
+        """The address of the other end, as ``socket.getpeername()`` gives it."""
+        self._check_open("peername")
+        return self.sock.getpeername()
+
+    @property
+    def sockname(self) -> Any:
+        """This end's address, as ``socket.getsockname()`` gives it."""
+        self._check_open("sockname")
+        return self.sock.getsockname()
+
+    def _check_open(self, verb: str) -> None:
+        if self._closed:
+            raise SocketClosedError("%s on a closed %s" % (verb, type(self).__name__))
+
+    # -- the two hooks TLS replaces ----------------------------------------
+
+    def _receive(self, size: int) -> Event:
+        """Event: up to ``size`` bytes from the socket (not the buffer)."""
+        return ReceiveEvent(self, size)
+
+    def _transmit(self, data: Bytes, whole: bool) -> Event:
+        """Event: send some of ``data`` (value: the count), or all of it."""
+        return SendEvent(self, data, whole)
+
+    # -- reading -------------------------------------------------------------
+
+    def recv(self, size: int, timeout: Optional[float] = None) -> Event:
+        """Event: up to ``size`` bytes; b'' at end of stream."""
+        self._check_open("recv()")
+        if size < 0:
+            raise ValueError("recv() size must be >= 0, not %d" % size)
+        buf = self._buf
+        if buf:
+            out = bytes(buf[:size])
+            del buf[:size]
+            return ValueEvent(out)
+        return with_timeout(self._receive(size), timeout)
+
+    def readline(self, terminator: bytes = b"\n", bufsize: int = 1024, *,
+                 limit: int = DEFAULT_LIMIT, timeout: Optional[float] = None) -> Event:
+        """Event: one line, terminator included; at EOF, whatever is left.
+
+        A line longer than ``limit`` bytes raises ``bluelet.LimitExceeded``
+        (the bytes stay buffered), so a peer that never sends the
+        terminator cannot make this buffer without bound. ``bufsize`` is
+        how much to ask the socket for at a time.
+        """
+        self._check_open("readline()")
+        _check_separator(terminator, limit, "readline")
+        return with_timeout(DelegationEvent(self._read_until(terminator, limit, bufsize, True)),
+                            timeout)
+
+    def readuntil(self, separator: bytes = b"\n", *, limit: int = DEFAULT_LIMIT,
+                  timeout: Optional[float] = None) -> Event:
+        """Event: the bytes up to and including ``separator``.
+
+        Raises ``bluelet.IncompleteRead`` if the stream ends first (its
+        ``partial`` holds what came) and ``bluelet.LimitExceeded`` if
+        ``limit`` bytes pass without the separator.
+        """
+        self._check_open("readuntil()")
+        _check_separator(separator, limit, "readuntil")
+        return with_timeout(DelegationEvent(self._read_until(separator, limit, _CHUNK, False)),
+                            timeout)
+
+    def _read_until(self, separator: bytes, limit: int, bufsize: int,
+                    eof_ends_line: bool) -> Generator[Any, Any, bytes]:
+        buf = self._buf
+        start = 0
+        while True:
+            end = buf.find(separator, start)
+            if end >= 0:
+                end += len(separator)
+                if end > limit:
+                    raise LimitExceeded("a %d-byte record is over the limit of %d bytes"
+                                        % (end, limit))
+                line = bytes(buf[:end])
+                del buf[:end]
+                return line
+            if len(buf) >= limit:
+                raise LimitExceeded("no %r in the first %d bytes (the limit)" % (separator, limit))
+            # Resume the search where a separator could still begin.
+            start = max(len(buf) - len(separator) + 1, 0)
+            data = yield self._receive(bufsize)
+            if not data:
+                rest = bytes(buf)
+                buf.clear()
+                if eof_ends_line:
+                    return rest
+                raise IncompleteRead(rest, None)
+            buf += data
+
+    def readexactly(self, n: int, *, timeout: Optional[float] = None) -> Event:
+        """Event: exactly ``n`` bytes.
+
+        Raises ``bluelet.IncompleteRead`` if the stream ends first; its
+        ``partial`` holds the bytes that came.
+        """
+        self._check_open("readexactly()")
+        if n < 0:
+            raise ValueError("readexactly() needs n >= 0, not %d" % n)
+        if len(self._buf) >= n:
+            out = bytes(self._buf[:n])
+            del self._buf[:n]
+            return ValueEvent(out)
+        return with_timeout(DelegationEvent(self._readexactly(n)), timeout)
+
+    def _readexactly(self, n: int) -> Generator[Any, Any, bytes]:
+        buf = self._buf
+        while len(buf) < n:
+            data = yield self._receive(min(max(n - len(buf), _CHUNK), _MAX_CHUNK))
+            if not data:
+                partial = bytes(buf)
+                buf.clear()
+                raise IncompleteRead(partial, n)
+            buf += data
+        out = bytes(buf[:n])
+        del buf[:n]
+        return out
+
+    # -- writing -------------------------------------------------------------
+
+    def send(self, data: Bytes, timeout: Optional[float] = None) -> Event:
+        """Event: send some of ``data``; the value is the number of bytes sent."""
+        self._check_open("send()")
+        return with_timeout(self._transmit(data, False), timeout)
+
+    def sendall(self, data: Bytes, timeout: Optional[float] = None) -> Event:
+        """Event: send all of ``data``, waiting for room as needed.
+
+        Nothing is copied or queued: while the peer does not read, the
+        coroutine waits, so a slow reader costs no memory beyond ``data``.
+        """
+        self._check_open("sendall()")
+        return with_timeout(self._transmit(data, True), timeout)
+
+    def sendfile(self, file: BinaryIO, offset: int = 0, count: Optional[int] = None, *,
+                 timeout: Optional[float] = None) -> Event:
+        """Event: send ``count`` bytes of regular file ``file`` from ``offset``
+        (to its end if ``count`` is None); the value is the number sent.
+
+        Uses ``os.sendfile`` where the platform has it (the kernel copies
+        the data); otherwise reads in a worker thread and sends. The file's
+        position is not used or moved.
+        """
+        self._check_open("sendfile()")
+        fd = file.fileno()
+        if offset < 0 or (count is not None and count < 0):
+            raise ValueError("sendfile() needs offset and count >= 0")
+        return with_timeout(DelegationEvent(self._sendfile(fd, offset, count)), timeout)
+
+    def _sendfile(self, fd: int, offset: int, count: Optional[int]) -> Generator[Any, Any, int]:
+        sent = 0
+        while count is None or sent < count:
+            size = _MAX_CHUNK if count is None else min(count - sent, _MAX_CHUNK)
+            done = yield from self._send_file_chunk(fd, offset + sent, size)
+            if not done:
+                break  # end of file
+            sent += done
+        return sent
+
+    def _send_file_chunk(self, fd: int, offset: int, size: int) -> Generator[Any, Any, int]:
+        """Send up to ``size`` bytes of ``fd`` at ``offset``; 0 at end of file."""
+        if hasattr(os, "sendfile") and type(self.sock) is socket.socket:
+            return (yield from retry(self.sock, wait_writable, os.sendfile,
+                                     self.sock.fileno(), fd, offset, size))
+        data = yield to_thread(os.pread, fd, size, offset)
+        if data:
+            yield self._transmit(data, True)
+        return len(data)
+
+    def shutdown_write(self) -> None:
+        """Half-close: tell the peer no more data comes (it reads EOF);
+        reading goes on. Not an event."""
+        self._check_open("shutdown_write()")
+        self.sock.shutdown(socket.SHUT_WR)
+
+
+def _check_separator(separator: bytes, limit: int, verb: str) -> None:
+    if not separator:
+        raise ValueError("%s() needs a non-empty separator" % verb)
+    if limit < len(separator):
+        raise ValueError("%s() limit %d is shorter than the separator" % (verb, limit))
+

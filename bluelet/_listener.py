@@ -1,0 +1,162 @@
+"""Listener: a listening TCP or Unix stream socket; ``yield listener.accept()``.
+
+Accepting is the core's ``AcceptEvent`` (tried at once, then on
+readiness); the listener only says how to wrap each accepted socket: a
+``Connection``, or a ``TLSConnection`` when it was made with ``ssl=``.
+"""
+
+import os
+import socket
+import stat
+from typing import TYPE_CHECKING, Any, Optional, Tuple
+
+from ._connection import Connection, close_socket, with_timeout
+from ._errors import SocketClosedError
+from ._impl import AcceptEvent, Event
+from ._tls import wrap_server
+
+if TYPE_CHECKING:
+    import ssl
+
+__all__ = ["Listener"]
+
+
+def _bind_address(host: str, port: int) -> Tuple[int, Any]:
+    """Family and address to bind; '' means every IPv4 address, as in 0.2.0."""
+    if not host:
+        return socket.AF_INET, ("", port)
+    family, _, _, _, address = socket.getaddrinfo(
+        host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)[0]
+    return family, address
+
+
+def _listening(family: int, address: Any, backlog: int, reuse_port: bool) -> socket.socket:
+    """A non-blocking socket listening on ``address``, or the error (closed)."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family != socket.AF_UNIX:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            # Several processes, one port: the kernel spreads connections.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class Listener:
+    """A listening socket (not an event); ``yield listener.accept()``.
+
+    ``Listener(host, port)`` listens on TCP: port 0 binds an ephemeral
+    port and ``self.port`` is the real one; IPv6 addresses work; the
+    backlog defaults to ``socket.SOMAXCONN`` so bursts of connections are
+    queued, not refused. ``Listener.unix(path)`` listens on a Unix socket.
+
+    ``ssl=`` (an ``ssl.SSLContext`` with the server's certificate) makes
+    every accepted connection a ``TLSConnection``; its handshake runs on
+    its first read or write, or at ``yield conn.handshake()``, never inside
+    ``accept``. ``reuse_port=True`` sets ``SO_REUSEPORT`` so that several
+    processes can each listen on the same port.
+
+    Usable as a context manager, which closes it.
+    """
+
+    def __init__(self, host: str, port: int, backlog: int = socket.SOMAXCONN, *,
+                 ssl: "Optional[ssl.SSLContext]" = None, reuse_port: bool = False) -> None:
+        family, address = _bind_address(host, port)
+        self._adopt(_listening(family, address, backlog, reuse_port), ssl)
+        self.host = host
+        self.port: int = self.sock.getsockname()[1]
+        self.path: Optional[str] = None
+
+    @classmethod
+    def unix(cls, path: str, backlog: int = socket.SOMAXCONN, *,
+             ssl: "Optional[ssl.SSLContext]" = None) -> "Listener":
+        """A listener on the Unix socket at ``path`` (``port`` is 0).
+
+        A socket file left at ``path`` by an earlier process is replaced;
+        any other file there is an error. The file is removed again by
+        ``close()`` in the process that made it. A path starting with a
+        NUL byte is in Linux's abstract namespace and has no file.
+        """
+        if not path:
+            raise ValueError("Listener.unix() needs a path")
+        if path[0] != "\0":
+            _remove_stale_socket(path)
+        self = cls.__new__(cls)
+        self._adopt(_listening(socket.AF_UNIX, path, backlog, False), ssl)
+        self.host = ""
+        self.port = 0
+        self.path = path
+        return self
+
+    def _adopt(self, sock: socket.socket, ssl: "Optional[ssl.SSLContext]") -> None:
+        self.sock = sock
+        self._ssl = ssl
+        self._closed = False
+        # Only the creating process removes a Unix socket's file: forked
+        # workers share the listener and must not unlink it under the others.
+        self._owner = os.getpid()
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return "<Listener closed>"
+        return "<Listener %r%s>" % (self.sockname, " TLS" if self._ssl is not None else "")
+
+    def __enter__(self) -> "Listener":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    @property
+    def sockname(self) -> Any:
+        """The address listened on, as ``socket.getsockname()`` gives it."""
+        if self._closed:
+            raise SocketClosedError("sockname of a closed Listener")
+        return self.sock.getsockname()
+
+    def fileno(self) -> int:
+        """The listening socket's descriptor."""
+        return self.sock.fileno()
+
+    def accept(self, timeout: Optional[float] = None) -> Event:
+        """Event: wait for a connection; the value is a Connection.
+
+        ``timeout`` (seconds) raises ``bluelet.Timeout`` at the ``yield``
+        if none comes; the listener stays usable.
+        """
+        if self._closed:
+            raise SocketClosedError("accept() on a closed Listener")
+        return with_timeout(AcceptEvent(self), timeout)
+
+    def _accepted(self, sock: socket.socket, addr: Any) -> Connection:
+        if self._ssl is None:
+            return Connection(sock, addr)
+        return wrap_server(self._ssl, sock, addr)
+
+    def close(self) -> None:
+        """Close the listening socket now (not an event); twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
+        close_socket(self.sock)
+        if self.path and self.path[0] != "\0" and os.getpid() == self._owner:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+
+def _remove_stale_socket(path: str) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise FileExistsError("Listener.unix(): %s exists and is not a socket" % path)
+    os.unlink(path)
