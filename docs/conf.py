@@ -53,7 +53,7 @@ myst_heading_anchors = 4
 suppress_warnings = ["myst.header"]
 
 # Core events and classes are defined in private modules (bluelet._loop_py,
-# bluelet._sockets, ...); in signatures show them as their public short names.
+# bluelet._connection, ...); in signatures show them as their public short names.
 python_use_unqualified_type_names = True
 autodoc_member_order = "bysource"
 autodoc_default_options = {"members": True}
