@@ -75,6 +75,7 @@ from ._server import server
 from ._sync import Channel, Condition, Flag, Lock, Queue, Semaphore
 from ._threads import set_thread_limit, to_thread
 from ._tls import TLSConnection
+from ._udp import UDPEndpoint, udp
 
 __version__ = "0.3.0.dev0"
 
@@ -112,6 +113,7 @@ __all__ = [
     "TaskInfo",
     "ThreadException",
     "Timeout",
+    "UDPEndpoint",
     "ValueEvent",
     "WaitQueue",
     "WaitableEvent",
@@ -139,6 +141,7 @@ __all__ = [
     "tasks",
     "timeout",
     "to_thread",
+    "udp",
     "wait_readable",
     "wait_writable",
     "write",

@@ -62,6 +62,23 @@ def fd_count():
     return len(os.listdir("/proc/self/fd"))
 
 
+def _ipv6_loopback():
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+#: Skips a test only where ::1 really cannot be bound.
+needs_ipv6 = pytest.mark.skipif(
+    not _ipv6_loopback(), reason="this machine has no IPv6 loopback (cannot bind ::1)"
+)
+
+
 # ---------------------------------------------------------------------------
 # Coroutines
 # ---------------------------------------------------------------------------

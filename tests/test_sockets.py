@@ -31,6 +31,7 @@ from _helpers import (
     echoer,
     fd_count,
     free_port,
+    needs_ipv6,
     open_pair,
     recv_all,
     recv_exactly,
@@ -57,21 +58,6 @@ BROKEN = (ConnectionResetError, BrokenPipeError)
 def payload(size, seed=1):
     return random.Random(seed).randbytes(size)
 
-
-def _ipv6_loopback():
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-needs_ipv6 = pytest.mark.skipif(
-    not _ipv6_loopback(), reason="this machine has no IPv6 loopback (cannot bind ::1)"
-)
 
 
 @contextlib.contextmanager
