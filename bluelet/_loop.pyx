@@ -34,7 +34,6 @@ from libc.errno cimport errno, EINTR
 
 import collections
 import errno as errno_module
-import os
 import logging
 import numbers
 import selectors
@@ -946,6 +945,11 @@ class _SelectorsPoller:
                 pass
 
     def poll(self, timeout):
+        if not self._selector.get_map():
+            # Only sleepers: Windows' select() refuses three empty sets.
+            if timeout > 0:
+                time.sleep(timeout)
+            return []
         ready = []
         for key, events in self._selector.select(None if timeout < 0 else timeout):
             ready.append((key.fd, (_READ if events & selectors.EVENT_READ else 0) |

@@ -747,6 +747,11 @@ class _SelectorsPoller:
                 pass
 
     def poll(self, timeout):
+        if not self._selector.get_map():
+            # Only sleepers: Windows' select() refuses three empty sets.
+            if timeout > 0:
+                time.sleep(timeout)
+            return []
         ready = []
         for key, events in self._selector.select(None if timeout < 0 else timeout):
             ready.append((key.fd, (READ if events & selectors.EVENT_READ else 0) |
