@@ -16,10 +16,12 @@ the connection is closed, however the attempt ends.
 """
 
 import errno
+import os
 import socket
-from typing import TYPE_CHECKING, Any, Generator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Generator, List, Optional, Sequence, Tuple, Union
 
 from ._connection import Connection, close_socket, with_timeout
+from ._errors import Timeout
 from ._impl import DelegationEvent, Event, sleep, wait_writable
 from ._threads import to_thread
 from ._tls import wrap_client
@@ -31,12 +33,14 @@ __all__ = ["connect", "connect_unix"]
 
 _AddrInfo = Tuple[int, int, int, str, Any]
 
-_IN_PROGRESS = (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, errno.EALREADY)
+# Windows reports a handshake under way as WSAEWOULDBLOCK; on POSIX, EAGAIN
+# from a TCP connect is a failure (no local port left), not progress.
+_IN_PROGRESS = (errno.EINPROGRESS, errno.EALREADY, getattr(errno, "WSAEWOULDBLOCK", -1))
 _TRY_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
 _AF_UNIX = getattr(socket, "AF_UNIX", None)  # Windows has none
 
 
-def connect(host: str, port: int, timeout: Optional[float] = None, *,
+def connect(host: str, port: Union[int, str], timeout: Optional[float] = None, *,
             ssl: "Optional[ssl.SSLContext]" = None,
             server_hostname: Optional[str] = None) -> Event:
     """Event: connect to ``(host, port)``; the value is a Connection.
@@ -51,7 +55,11 @@ def connect(host: str, port: int, timeout: Optional[float] = None, *,
     With ``ssl`` (an ``ssl.SSLContext``) the value is a ``TLSConnection``
     whose handshake is done; ``server_hostname`` (default: ``host``) is
     the name its certificate is checked against.
+
+    ``port`` is an int (0-65535, else OverflowError as in ``socket``) or
+    a service name such as ``"http"``; anything else raises at the call.
     """
+    _check_address(host, port)
     if ssl is None and server_hostname is not None:
         raise ValueError("server_hostname is only meaningful with ssl")
     if ssl is not None and server_hostname is None:
@@ -61,26 +69,47 @@ def connect(host: str, port: int, timeout: Optional[float] = None, *,
 
 def connect_unix(path: str, timeout: Optional[float] = None) -> Event:
     """Event: connect to the Unix stream socket at ``path``; the value is a Connection."""
+    path = os.fspath(path)  # a TypeError at the call, not at the yield
     if not path:
         raise ValueError("connect_unix() needs a path")
     return with_timeout(DelegationEvent(_connect_unix(path)), timeout)
 
 
-def _connect(host: str, port: int, context: "Optional[ssl.SSLContext]",
+def _check_address(host: Any, port: Any) -> None:
+    """Raise at the call for what ``getaddrinfo`` would reject at the
+    yield, or worse, accept: it takes port 65537 as port 1."""
+    if not isinstance(host, str):
+        raise TypeError("connect() needs the host as a str, not %r" % (host,))
+    if isinstance(port, str):
+        return  # a service name; getaddrinfo says whether it knows it
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError("connect() needs the port as an int, not %r" % (port,))
+    if not 0 <= port <= 65535:
+        raise OverflowError("connect() port must be 0-65535, not %d" % port)
+
+
+def _connect(host: str, port: Union[int, str], context: "Optional[ssl.SSLContext]",
              server_hostname: Optional[str]) -> Generator[Any, Any, Connection]:
     addresses = yield from _resolve(host, port)
     errors: List[OSError] = []
     for family, type_, proto, _, address in addresses:
-        sock = socket.socket(family, type_, proto)
         try:
-            yield from _handshake(sock, address)
+            sock = socket.socket(family, type_, proto)
         except OSError as error:
-            close_socket(sock)
+            # This host cannot make such a socket (say, IPv6 is off): the
+            # next address may well do.
             errors.append(error)
             continue
-        except BaseException:
+        try:
+            yield from _handshake(sock, address)
+        except BaseException as error:
             close_socket(sock)
-            raise
+            # Timeout is an OSError too, but it is the whole connect()'s:
+            # it must not pass for one address's failure.
+            if isinstance(error, Timeout) or not isinstance(error, OSError):
+                raise
+            errors.append(error)
+            continue
         if context is None:
             return Connection(sock, (host, port))
         try:
@@ -98,7 +127,7 @@ def _connect(host: str, port: int, context: "Optional[ssl.SSLContext]",
     raise _failure(host, port, errors)
 
 
-def _resolve(host: str, port: int) -> Generator[Any, Any, Sequence[_AddrInfo]]:
+def _resolve(host: str, port: Union[int, str]) -> Generator[Any, Any, Sequence[_AddrInfo]]:
     """The addresses to try for ``host``, resolved off the loop if it is a name."""
     try:
         return socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM,
@@ -130,7 +159,7 @@ def _handshake(sock: socket.socket, address: Any) -> Generator[Any, Any, None]:
         raise OSError(code, "connect to %r: %s" % (address, errno.errorcode.get(code, code)))
 
 
-def _failure(host: str, port: int, errors: List[OSError]) -> OSError:
+def _failure(host: str, port: Union[int, str], errors: List[OSError]) -> OSError:
     """The error to raise when no address would connect."""
     if not errors:
         return OSError("getaddrinfo returned no address for %r" % (host,))
@@ -138,7 +167,7 @@ def _failure(host: str, port: int, errors: List[OSError]) -> OSError:
         # One kind of failure (say, refused on ::1 and on 127.0.0.1): raise
         # that kind, so ``except ConnectionRefusedError`` works.
         return errors[0]
-    return OSError("cannot connect to %s port %d: %s" % (
+    return OSError("cannot connect to %s port %s: %s" % (
         host, port, "; ".join(str(error) for error in errors)))
 
 

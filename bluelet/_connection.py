@@ -13,6 +13,7 @@ The read buffer
     the stream stays consistent and the connection usable.
 """
 
+import operator
 import os
 import socket
 from typing import Any, BinaryIO, Generator, Optional
@@ -135,16 +136,24 @@ class Connection:
 
     # -- reading -------------------------------------------------------------
 
+    def _more(self, size: int) -> Event:
+        """``_receive`` for a helper's next step. Between steps another
+        coroutine may have closed the connection: say so, as a waiter
+        would be told, rather than fail on the dead descriptor."""
+        self._check_open("read")
+        return self._receive(size)
+
     def recv(self, size: int, timeout: Optional[float] = None) -> Event:
         """Event: up to ``size`` bytes; b'' at end of stream."""
         self._check_open("recv()")
-        if size < 0:
-            raise ValueError("recv() size must be >= 0, not %d" % size)
+        size = _count(size, "recv() size")
         buf = self._buf
         if buf:
-            out = bytes(buf[:size])
+            # Wrapped all the same, so that a bad timeout raises whether or
+            # not bytes happen to be buffered -- and before any is taken.
+            event = with_timeout(ValueEvent(bytes(buf[:size])), timeout)
             del buf[:size]
-            return ValueEvent(out)
+            return event
         return with_timeout(self._receive(size), timeout)
 
     def readline(self, terminator: bytes = b"\n", bufsize: int = 1024, *,
@@ -158,6 +167,9 @@ class Connection:
         """
         self._check_open("readline()")
         _check_separator(terminator, limit, "readline")
+        if _count(bufsize, "readline() bufsize") == 0:
+            # A 0-byte receive returns b'', which would pass for end of stream.
+            raise ValueError("readline() bufsize must be >= 1")
         return with_timeout(DelegationEvent(self._read_until(terminator, limit, bufsize, True)),
                             timeout)
 
@@ -192,7 +204,7 @@ class Connection:
                 raise LimitExceeded("no %r in the first %d bytes (the limit)" % (separator, limit))
             # Resume the search where a separator could still begin.
             start = max(len(buf) - len(separator) + 1, 0)
-            data = yield self._receive(bufsize)
+            data = yield self._more(bufsize)
             if not data:
                 rest = bytes(buf)
                 buf.clear()
@@ -208,18 +220,17 @@ class Connection:
         ``partial`` holds the bytes that came.
         """
         self._check_open("readexactly()")
-        if n < 0:
-            raise ValueError("readexactly() needs n >= 0, not %d" % n)
+        n = _count(n, "readexactly() n")
         if len(self._buf) >= n:
-            out = bytes(self._buf[:n])
+            event = with_timeout(ValueEvent(bytes(self._buf[:n])), timeout)
             del self._buf[:n]
-            return ValueEvent(out)
+            return event
         return with_timeout(DelegationEvent(self._readexactly(n)), timeout)
 
     def _readexactly(self, n: int) -> Generator[Any, Any, bytes]:
         buf = self._buf
         while len(buf) < n:
-            data = yield self._receive(min(max(n - len(buf), _CHUNK), _MAX_CHUNK))
+            data = yield self._more(min(max(n - len(buf), _CHUNK), _MAX_CHUNK))
             if not data:
                 partial = bytes(buf)
                 buf.clear()
@@ -271,12 +282,19 @@ class Connection:
         return sent
 
     def _send_file_chunk(self, fd: int, offset: int, size: int) -> Generator[Any, Any, int]:
-        """Send up to ``size`` bytes of ``fd`` at ``offset``; 0 at end of file."""
+        """Send up to ``size`` bytes of ``fd`` at ``offset``; 0 at end of file.
+
+        Another coroutine may close the connection while this one is between
+        two steps (or reading in a thread): each step checks first, so that
+        is a SocketClosedError, not an error about a dead descriptor.
+        """
+        self._check_open("sendfile()")
         if hasattr(os, "sendfile") and type(self.sock) is socket.socket:
             return (yield from retry(self.sock, wait_writable, os.sendfile,
                                      self.sock.fileno(), fd, offset, size))
         data = yield to_thread(os.pread, fd, size, offset)
         if data:
+            self._check_open("sendfile()")
             yield self._transmit(data, True)
         return len(data)
 
@@ -287,7 +305,21 @@ class Connection:
         self.sock.shutdown(socket.SHUT_WR)
 
 
+def _count(value: Any, what: str) -> int:
+    """``value`` as an int >= 0, or TypeError/ValueError naming ``what``."""
+    try:
+        count = operator.index(value)
+    except TypeError:
+        raise TypeError("%s must be an int, not %r" % (what, value)) from None
+    if count < 0:
+        raise ValueError("%s must be >= 0, not %d" % (what, count))
+    return count
+
+
 def _check_separator(separator: bytes, limit: int, verb: str) -> None:
+    if not isinstance(separator, (bytes, bytearray)):
+        raise TypeError("%s() needs the separator as bytes, not %r" % (verb, separator))
+    _count(limit, "%s() limit" % verb)
     if not separator:
         raise ValueError("%s() needs a non-empty separator" % verb)
     if limit < len(separator):
