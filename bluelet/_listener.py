@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Optional, Tuple
 from ._connection import Connection, close_socket, with_timeout
 from ._errors import SocketClosedError
 from ._impl import AcceptEvent, Event
-from ._tls import wrap_server
+from ._tls import check_server_context, wrap_server
 
 if TYPE_CHECKING:
     import ssl
@@ -23,6 +23,11 @@ __all__ = ["Listener"]
 
 def _bind_address(host: str, port: int) -> Tuple[int, Any]:
     """Family and address to bind; '' means every IPv4 address, as in 0.2.0."""
+    # Checked here because getaddrinfo would take 70000 as 70000 % 65536.
+    if not isinstance(port, int):
+        raise TypeError("port must be an int, not %r" % (port,))
+    if not 0 <= port <= 65535:
+        raise OverflowError("port must be 0-65535, not %d" % port)
     if not host:
         return socket.AF_INET, ("", port)
     family, _, _, _, address = socket.getaddrinfo(
@@ -67,6 +72,9 @@ class Listener:
 
     def __init__(self, host: str, port: int, backlog: int = socket.SOMAXCONN, *,
                  ssl: "Optional[ssl.SSLContext]" = None, reuse_port: bool = False) -> None:
+        check_server_context(ssl)
+        if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
+            raise ValueError("reuse_port=True needs SO_REUSEPORT, which this platform lacks")
         family, address = _bind_address(host, port)
         self._adopt(_listening(family, address, backlog, reuse_port), ssl)
         self.host = host
@@ -85,6 +93,7 @@ class Listener:
         """
         if not path:
             raise ValueError("Listener.unix() needs a path")
+        check_server_context(ssl)
         if path[0] != "\0":
             _remove_stale_socket(path)
         self = cls.__new__(cls)
@@ -137,7 +146,14 @@ class Listener:
     def _accepted(self, sock: socket.socket, addr: Any) -> Connection:
         if self._ssl is None:
             return Connection(sock, addr)
-        return wrap_server(self._ssl, sock, addr)
+        while True:
+            try:
+                return wrap_server(self._ssl, sock, addr)
+            except ConnectionAbortedError:
+                # That client left before we took it; it must not fail the
+                # accept. Take the next one: BlockingIOError if there is
+                # none tells the core to wait on.
+                sock, addr = self.sock.accept()
 
     def close(self) -> None:
         """Close the listening socket now (not an event); twice is harmless."""
