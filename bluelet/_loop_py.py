@@ -108,7 +108,7 @@ _ERRORS = 0x018   # EPOLLERR | EPOLLHUP: wake both directions, the I/O reports i
 # A sendall or write that made progress but must wait for more room.
 _WOULD_BLOCK = object()
 
-# Errors that end only the coroutine they escape from, as in 0.2.0.
+# Errors that end only the coroutine they escape from (not the root), as in 0.2.0.
 _QUIET = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 
 # The largest value a descriptor can have (a C int).
@@ -1113,7 +1113,8 @@ class Loop:
             task.joiners = None
             return
         if exc is not None:
-            if isinstance(exc, _QUIET):
+            # The root's failure is the program's: run() raises it, whatever it is.
+            if isinstance(exc, _QUIET) and task is not self._root:
                 log.debug("coroutine %r ended by %r", task.base, exc)
             elif self._failure is None:
                 self._failure = exc

@@ -680,6 +680,29 @@ def test_connection_error_is_raised_in_a_joiner(core, exc_type):
     assert bluelet.run(root()) == "join raised peer went away"
 
 
+@pytest.mark.parametrize(
+    "exc_type", [ConnectionResetError, BrokenPipeError, ConnectionAbortedError]
+)
+def test_connection_error_escaping_the_root_ends_run(core, exc_type):
+    """The root's failure is the program's: run() raises it and closes the rest."""
+    events = []
+
+    def bystander():
+        try:
+            yield bluelet.sleep(30)
+        finally:
+            events.append("bystander closed")
+
+    def root():
+        yield bluelet.spawn(bystander())
+        yield bluelet.null()
+        raise exc_type("peer went away")
+
+    with pytest.raises(exc_type, match="peer went away"):
+        bluelet.run(root())
+    assert events == ["bystander closed"]
+
+
 def test_connection_error_in_delegate_is_raised_in_caller(core):
     def child():
         yield bluelet.null()
