@@ -71,7 +71,7 @@ from ._signals import run, signal
 from ._connect import connect, connect_unix
 from ._connection import Connection
 from ._listener import Listener
-from ._server import server
+from ._server import serve, server
 from ._sync import Channel, Condition, Flag, Lock, Queue, Semaphore
 from ._threads import set_thread_limit, to_thread
 from ._tls import TLSConnection
@@ -133,6 +133,7 @@ __all__ = [
     "null",
     "read",
     "run",
+    "serve",
     "server",
     "set_thread_limit",
     "signal",

@@ -1,7 +1,7 @@
 """The servers behind ``python -m bluelet``: echo, and static files over HTTP.
 
-Both are connection handlers for ``serve()``, an accept loop over a
-``Listener`` that several processes may share (``--workers``). Only the
+Both are connection handlers for ``bluelet.serve()``, the accept loop that
+``bluelet.server()`` runs too (and each ``--workers`` process). Only the
 public bluelet API is used, so this is also a worked example of a protocol
 server written with it.
 
@@ -26,7 +26,6 @@ The HTTP server speaks HTTP/1.0 and 1.1, methods GET and HEAD:
 """
 
 import email.utils
-import errno
 import html
 import logging
 import mimetypes
@@ -35,72 +34,16 @@ import re
 import socket
 import stat
 from http import HTTPStatus
-from typing import Any, BinaryIO, Callable, Dict, Generator, List, NamedTuple, Optional, Tuple
+from typing import Any, BinaryIO, Dict, Generator, List, NamedTuple, Optional, Tuple
 from urllib.parse import quote, unquote, unquote_to_bytes, urlsplit
 
 import bluelet
 
-__all__ = ["serve", "echo", "StaticFiles"]
+__all__ = ["echo", "StaticFiles"]
 
 _Coroutine = Generator[Any, Any, Any]
-Handler = Callable[[bluelet.Connection], _Coroutine]
 
-log = logging.getLogger("bluelet.server")
 access_log = logging.getLogger("bluelet.http")
-
-#: accept() errors that mean "out of a resource for now", not "broken".
-_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-#: accept() errors about the one connection being accepted, not the listener
-#: (Linux's accept(2) says to retry on these as on EAGAIN).
-_PEER_ERRORS = {getattr(errno, name) for name in (
-    "EPROTO", "ENOPROTOOPT", "ENETDOWN", "ENETUNREACH", "EHOSTDOWN", "EHOSTUNREACH",
-    "ENONET", "EOPNOTSUPP", "EPERM") if hasattr(errno, name)}
-
-
-# ---------------------------------------------------------------------------
-# The accept loop
-# ---------------------------------------------------------------------------
-
-def serve(listener: bluelet.Listener, handler: Handler) -> _Coroutine:
-    """Coroutine: accept connections on ``listener``, one ``handler(conn)`` each.
-
-    Unlike ``bluelet.server()``, a handler's exception is logged and ends
-    only its connection, and the listener may be shared between processes.
-    Returns on KeyboardInterrupt (Ctrl-C or SIGTERM under
-    ``run(handle_signals=True)``); the listener is closed in every case.
-    """
-    try:
-        while True:
-            try:
-                conn = yield listener.accept()
-            except ConnectionAbortedError:
-                continue  # the client gave up before we accepted
-            except OSError as error:
-                if error.errno in _PEER_ERRORS:
-                    continue
-                if error.errno not in _RESOURCE_ERRORS:
-                    raise
-                # Out of descriptors: accepting again at once would spin.
-                log.warning("accept: %s; pausing", error)
-                yield bluelet.sleep(0.1)
-                continue
-            yield bluelet.spawn(_guarded(handler, conn))
-    except KeyboardInterrupt:
-        pass  # the handlers have been cancelled already
-    finally:
-        listener.close()
-
-
-def _guarded(handler: Handler, conn: bluelet.Connection) -> _Coroutine:
-    try:
-        yield handler(conn)
-    except OSError as error:
-        # Resets, timeouts, a client gone: routine for a server.
-        log.debug("%s: %r", conn.addr, error)
-    except Exception:
-        log.exception("handler failed for %s", conn.addr)
-    finally:
-        conn.close()
 
 
 def echo(conn: bluelet.Connection) -> _Coroutine:

@@ -18,10 +18,10 @@ from ._tls import check_server_context, wrap_server
 if TYPE_CHECKING:
     import ssl
 
-__all__ = ["Listener"]
+__all__ = ["Listener", "bind_address", "stream_socket"]
 
 
-def _bind_address(host: str, port: int) -> Tuple[int, Any]:
+def bind_address(host: str, port: int) -> Tuple[int, Any]:
     """Family and address to bind; '' means every IPv4 address, as in 0.2.0."""
     # Checked here because getaddrinfo would take 70000 as 70000 % 65536.
     if not isinstance(port, int):
@@ -35,17 +35,20 @@ def _bind_address(host: str, port: int) -> Tuple[int, Any]:
     return family, address
 
 
-def _listening(family: int, address: Any, backlog: int, reuse_port: bool) -> socket.socket:
-    """A non-blocking socket listening on ``address``, or the error (closed)."""
+def stream_socket(family: int, address: Any, backlog: Optional[int],
+                  reuse_port: bool) -> socket.socket:
+    """A non-blocking stream socket bound to ``address``, listening unless
+    ``backlog`` is None; or the error, with the socket closed."""
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        if family != socket.AF_UNIX:
+        if family != getattr(socket, "AF_UNIX", None):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             # Several processes, one port: the kernel spreads connections.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
-        sock.listen(backlog)
+        if backlog is not None:
+            sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -75,8 +78,8 @@ class Listener:
         check_server_context(ssl)
         if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
             raise ValueError("reuse_port=True needs SO_REUSEPORT, which this platform lacks")
-        family, address = _bind_address(host, port)
-        self._adopt(_listening(family, address, backlog, reuse_port), ssl)
+        family, address = bind_address(host, port)
+        self._adopt(stream_socket(family, address, backlog, reuse_port), ssl)
         self.host = host
         self.port: int = self.sock.getsockname()[1]
         self.path: Optional[str] = None
@@ -97,7 +100,7 @@ class Listener:
         if path[0] != "\0":
             _remove_stale_socket(path)
         self = cls.__new__(cls)
-        self._adopt(_listening(socket.AF_UNIX, path, backlog, False), ssl)
+        self._adopt(stream_socket(socket.AF_UNIX, path, backlog, False), ssl)
         self.host = ""
         self.port = 0
         self.path = path

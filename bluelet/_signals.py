@@ -37,6 +37,7 @@ Stopping on SIGINT and SIGTERM (``run(root, handle_signals=True)``)
 Signals reach Python only in the main thread, so both need the loop there.
 """
 
+import os
 import signal as _signal
 import threading
 from types import FrameType
@@ -90,6 +91,24 @@ _saved_wakeup_fd = -1                   # the wakeup fd before the first of them
 # bluelet.run() calls active in the main thread: a count, not a flag, since a
 # nested call fails (one loop per thread) and must not end the outer one's.
 _run_depth = 0
+
+
+def _forget_after_fork() -> None:
+    """In a forked child: the parent's runs and waits are not this process's.
+
+    A worker forked while its parent is inside ``run(handle_signals=True)``
+    (``server(workers=N)``) must set up its own wake-up socket, not believe
+    the parent's copied bookkeeping that one is set.
+    """
+    global _wakeup_users, _saved_wakeup_fd, _run_depth
+    _watches.clear()
+    _wakeup_users = 0
+    _saved_wakeup_fd = -1
+    _run_depth = 0
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def _require_main_thread(what: str) -> None:

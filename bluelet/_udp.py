@@ -17,7 +17,7 @@ from typing import Any, Generator, Optional, Tuple, Type
 from ._connection import close_socket, with_timeout
 from ._errors import SocketClosedError
 from ._impl import DelegationEvent, Event, wait_readable, wait_writable
-from ._listener import _bind_address
+from ._listener import bind_address
 from ._nonblocking import retry
 from ._records import Bytes
 from ._threads import to_thread
@@ -79,7 +79,7 @@ class UDPEndpoint:
     """
 
     def __init__(self, host: str, port: int) -> None:
-        family, address = _bind_address(host, port)
+        family, address = bind_address(host, port)
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.bind(address)

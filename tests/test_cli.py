@@ -2,15 +2,17 @@
 
 Each server runs in its own session (so a test can signal it and its
 workers as a terminal would, and cleanup can kill them all), listens on
-127.0.0.1 port 0 and prints the port it got. Every wait is bounded: lines of
-output through ``Running.expect``, sockets by their timeouts, processes by
-``wait(timeout)``. The bench command is checked in-process with a stand-in
+127.0.0.1 port 0 and prints the port it got; what it logs (workers
+starting and ending) goes to stderr, read by ``_Log``. Every wait is
+bounded: lines of output through ``Running.expect`` and ``_Log.expect``,
+sockets by their timeouts, processes by ``wait(timeout)``. The bench command is checked in-process with a stand-in
 for bench/run.py.
 """
 
 import http.client
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -89,6 +91,7 @@ def test_module_runs_as_a_script(tmp_path):
 
 @pytest.mark.parametrize("arguments, message", [
     (["echo", "--workers", "0"], "must be 1 or more"),
+    (["echo", "--grace", "-1"], "must be 0 or more"),
     (["http", "--directory", "/nonexistent/bluelet"], "not a directory"),
     ([], "required"),
 ])
@@ -398,20 +401,44 @@ def test_http_idle_timeout(start, site, core):
 # --workers and signals
 # ---------------------------------------------------------------------------
 
-def _workers(server, count):
-    return [int(server.expect(r"^worker (\d+) started$").group(1)) for _ in range(count)]
+class _Log:
+    """What a server logs to stderr, read line by line as it is written."""
+
+    def __init__(self, command):
+        self.path = command.errors
+        self.read = 0  # lines already matched or passed over
+
+    def expect(self, pattern, timeout=WAIT):
+        """The match of the next logged line matching ``pattern``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = self.path.read_text().split("\n")[:-1]  # whole lines only
+            for index in range(self.read, len(lines)):
+                match = re.search(pattern, lines[index])
+                if match:
+                    self.read = index + 1
+                    return match
+            if time.monotonic() > deadline:
+                raise AssertionError("no logged line matching %r in %r"
+                                     % (pattern, lines[self.read:]))
+            time.sleep(0.02)
+
+
+def _workers(log, count):
+    return [int(log.expect(r"\] worker (\d+) started$").group(1)) for _ in range(count)]
 
 
 @pytest.mark.parametrize("core", CORES)
 def test_workers_restart_and_stop(start, site, core):
     server, port = start(core, "http", "--port", "0", "-d", str(site), "--workers", "2")
-    pids = _workers(server, 2)
+    log = _Log(server)
+    pids = _workers(log, 2)
     for _ in range(4):
         assert _get(port, "GET", "/hello.txt")[0].status == 200
     os.kill(pids[0], signal.SIGKILL)
-    exited = server.expect(r"^worker (\d+) exited with status -9; restarting$")
+    exited = log.expect(r"\] worker (\d+) exited with status -9; restarting$")
     assert int(exited.group(1)) == pids[0]
-    pids += _workers(server, 1)
+    pids += _workers(log, 1)
     for _ in range(4):
         assert _get(port, "GET", "/hello.txt")[0].status == 200
     os.kill(server.proc.pid, signal.SIGTERM)
@@ -421,22 +448,28 @@ def test_workers_restart_and_stop(start, site, core):
     assert not alive_group(server.proc.pid)
 
 
-def test_workers_ctrl_c(start):
+def test_workers_ctrl_c_lets_open_connections_finish(start):
     # The terminal's Ctrl-C signals every process of the foreground group.
     server, port = start(CORES[0], "echo", "--port", "0", "--workers", "2")
-    pids = _workers(server, 2)
+    pids = _workers(_Log(server), 2)
     with _connect(port) as sock:
         assert _echo(sock, b"ping") == b"ping"
         os.killpg(server.proc.pid, signal.SIGINT)
-        server.expect("^stopped$")
-        assert server.wait() == 0
+        log = _Log(server)
+        log.expect(r"stopping: waiting up to 10 s for 1 connection")
+        log.expect(r"\] worker \d+ stopped \(status 0\)$")  # the other one: idle
+        assert _echo(sock, b"still served") == b"still served"
+        with pytest.raises(ConnectionRefusedError):
+            _connect(port).close()  # but no new connection is taken
+    server.expect("^stopped$")  # once the last connection has closed
+    assert server.wait() == 0
     assert all(_gone(pid) for pid in pids)
-    assert not any("restarting" in line for line in server.seen)
+    assert not any("restarting" in line for line in server.errors.read_text().splitlines())
 
 
 def test_workers_end_with_their_parent(start):
     server, port = start(CORES[0], "echo", "--port", "0", "--workers", "2")
-    pids = _workers(server, 2)
+    pids = _workers(_Log(server), 2)
     os.kill(server.proc.pid, signal.SIGKILL)
     server.wait()
     # Orphans are reaped by init, not by us: wait until they are gone.
@@ -445,10 +478,27 @@ def test_workers_end_with_their_parent(start):
 
 @pytest.mark.parametrize("core", CORES)
 def test_sigterm_single_process(start, core):
-    server, port = start(core, "echo", "--port", "0")
+    server, port = start(core, "echo", "--port", "0", "--grace", "0.2")
     with _connect(port) as sock:
         assert _echo(sock, b"x") == b"x"
         os.kill(server.proc.pid, signal.SIGTERM)
         server.expect("^stopped$")
         assert server.wait() == 0
-        assert sock.recv(10) == b""  # its handler was cancelled, its connection closed
+        assert sock.recv(10) == b""  # after the grace, its handler was cancelled
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_second_ctrl_c_stops_at_once(start, workers):
+    server, port = start(CORES[0], "echo", "--port", "0", "--grace", "3600",
+                         "--workers", str(workers))
+    log = _Log(server)
+    if workers > 1:
+        _workers(log, workers)  # all listening
+    with _connect(port) as sock:
+        assert _echo(sock, b"x") == b"x"
+        os.kill(server.proc.pid, signal.SIGINT)
+        log.expect(r"stopping: waiting up to 3600 s for 1 connection")
+        os.kill(server.proc.pid, signal.SIGINT)
+        server.expect("^stopped$")
+        assert server.wait() == 0
+        assert sock.recv(10) == b""

@@ -1,4 +1,4 @@
-"""Sockets: Listener, Connection, connect and server, run once per core.
+"""Sockets: Listener, Connection and connect, run once per core.
 
 Every test takes the ``core`` fixture, talks over the loopback interface
 (127.0.0.1, or ::1 where IPv6 is tested) and binds port 0, learning the real
@@ -17,7 +17,6 @@ import random
 import resource
 import socket
 import threading
-import time
 import warnings
 
 import pytest
@@ -36,7 +35,6 @@ from _helpers import (
     recv_all,
     recv_exactly,
     reset_on_close,
-    sigint_soon,
     sleeper,
     spawn_and_join,
     start_server,
@@ -926,116 +924,6 @@ def test_close_while_another_coroutine_waits_in_accept(core):
 
     log = _closed_while_waiting(prepare)
     assert log == ["waiting", bluelet.SocketClosedError, "finally"]
-    assert_refused(HOST, port)
-
-
-# ---------------------------------------------------------------------------
-# server()
-# ---------------------------------------------------------------------------
-
-def test_server_closes_the_connection_when_the_handler_ends(core):
-    port = free_port()
-    out = {}
-    log = []
-
-    def greeter(conn):
-        yield conn.sendall(b"hi there")
-        # returns without closing: server() must close it
-
-    def client():
-        conn = yield bluelet.connect(HOST, port)
-        try:
-            out["data"] = yield recv_all(conn, limit=1000)
-        finally:
-            conn.close()
-
-    def root():
-        srv = yield start_server(port, greeter)
-        c = client()
-        yield bluelet.spawn(c)
-        dog = watchdog(3.0, [c], log)  # a missing EOF must not hang the test
-        yield bluelet.spawn(dog)
-        yield bluelet.join(c)
-        yield bluelet.kill(dog)
-        yield bluelet.kill(srv)
-
-    bluelet.run(root())
-    assert log == []
-    assert out["data"] == b"hi there"  # then EOF
-
-
-def _serve_until_sigint(port, handler, client):
-    """run() ``bluelet.server`` on ``port`` while a thread does ``client()``
-    (plain blocking socket work) and then sends SIGINT, which must stop the
-    server quietly. Returns run()'s value and the thread's outcome dict
-    ("value" or "error")."""
-    with sigint_soon(before=client) as outcome:
-        try:
-            value = bluelet.run(bluelet.server(HOST, port, handler))
-        except KeyboardInterrupt:  # would otherwise abort the whole session
-            pytest.fail("KeyboardInterrupt escaped run() instead of stopping server()")
-    return value, outcome
-
-
-def _connect_retrying(port, tries=250):
-    for _ in range(tries):
-        try:
-            return socket.create_connection((HOST, port), timeout=5)
-        except ConnectionRefusedError:
-            time.sleep(0.02)
-    return socket.create_connection((HOST, port), timeout=5)
-
-
-def test_server_stops_quietly_on_keyboard_interrupt(core):
-    port = free_port()
-
-    def echo_once():
-        with _connect_retrying(port) as sock:
-            sock.sendall(b"are you there?")
-            got = b""
-            for _ in range(100):
-                if len(got) >= 14:
-                    break
-                data = sock.recv(100)
-                if not data:
-                    break
-                got += data
-            return got
-
-    value, result = _serve_until_sigint(port, echoer, echo_once)
-    assert value is None  # run() returned normally
-    assert result == {"value": b"are you there?"}
-    assert_refused(HOST, port)  # the listener was closed
-
-
-def test_keyboard_interrupt_closes_live_handlers_connections(core):
-    port = free_port()
-    finals = []
-
-    def idle_handler(conn):
-        try:
-            yield conn.recv(100)  # waits: the client never sends
-        finally:
-            finals.append("handler finally")
-
-    holder = {}
-
-    def connect_and_wait():
-        sock = _connect_retrying(port)
-        holder["sock"] = sock
-        time.sleep(0.1)  # the server accepts and the handler waits in recv
-        return True
-
-    value, result = _serve_until_sigint(port, idle_handler, connect_and_wait)
-    sock = holder["sock"]
-    try:
-        sock.settimeout(5)
-        assert sock.recv(10) == b""  # server() closed the handler's connection
-    finally:
-        sock.close()
-    assert value is None
-    assert result == {"value": True}
-    assert finals == ["handler finally"]
     assert_refused(HOST, port)
 
 

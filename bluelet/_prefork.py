@@ -1,0 +1,372 @@
+"""Pre-forked workers on one port: ``server(..., workers=N)`` and the CLI's ``--workers``.
+
+The processes
+    A *supervisor* binds the address, forks N workers and then only
+    watches them: it restarts one that dies and stops them all on SIGINT
+    or SIGTERM. Each worker runs ``run(service(listener),
+    handle_signals=True)``, so a SIGTERM from the supervisor stops it
+    gracefully (``serve()`` finishes what is in flight), and ends with
+    ``os._exit``.
+
+One port, N listeners
+    On Linux each worker listens on a socket of its own with SO_REUSEPORT,
+    and the kernel spreads new connections across their accept queues (no
+    thundering herd, no shared queue). The supervisor keeps one more
+    socket, bound with SO_REUSEPORT but never listening: it holds the
+    port while workers come and go, and tells which port ``port=0``
+    picked. Linux gives connections to listening sockets only, so that
+    one never receives any. Elsewhere (SO_REUSEPORT does not spread
+    connections on the BSDs or macOS) the supervisor makes one listening
+    socket and every worker inherits it.
+
+Escaping the supervisor's loop
+    ``server(..., workers=N)`` runs as the root of ``bluelet.run()``, so
+    the supervisor is inside a scheduler step when it forks. A child of a
+    plain ``os.fork()`` there would carry the scheduler's frames on its
+    stack and could not start a loop of its own (one loop per thread).
+    Each fork is therefore made from a short-lived thread while the main
+    thread waits for it: in the child that thread is the only one, and
+    CPython makes it the main thread (signals work), with nothing of the
+    parent's loop on its stack. It runs the worker and never returns
+    (``os._exit``). The fork happens while the main thread only waits in
+    ``Thread.join``, holding no lock the child needs.
+
+Signals
+    The supervisor blocks SIGINT, SIGTERM and SIGCHLD and takes them one
+    at a time with ``sigwait``: no handler runs in the middle of a fork or
+    of its bookkeeping. Workers ignore SIGINT: the terminal's Ctrl-C
+    reaches the whole process group, and the supervisor answers it with
+    SIGTERM; a worker that counted both would take the second as "stop
+    now". A stop signal during the stop is forwarded as a second SIGTERM:
+    stop now. Workers hold the read end of a pipe whose write end only the
+    supervisor has: end of file there means it died, and they stop.
+"""
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import warnings
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, NoReturn, Optional, Set, Tuple
+
+from ._impl import spawn, tasks, wait_readable
+from ._listener import Listener, bind_address, stream_socket
+from ._records import Coro
+from ._signals import run
+
+if TYPE_CHECKING:
+    import ssl
+
+__all__ = ["AVAILABLE", "Endpoint", "check_available", "display", "supervise", "supervisor"]
+
+log = logging.getLogger("bluelet.server")
+
+#: Whether this platform can pre-fork (POSIX: fork and sigwait).
+AVAILABLE = hasattr(os, "fork") and hasattr(signal, "sigwait")
+
+# Linux spreads connections among SO_REUSEPORT listeners; BSD and macOS
+# give them all to one, so there a single inherited socket is shared.
+_SPREAD = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+_STOP = {signal.SIGINT, signal.SIGTERM}
+_WATCHED = _STOP | ({signal.SIGCHLD} if hasattr(signal, "SIGCHLD") else set())
+
+_SHORTEST_LIFE = 1.0   # seconds: a worker dying sooner is restarted ...
+_RESTART_PAUSE = 1.0   # ... after this pause, so a broken start cannot fork-loop
+_KILL_MARGIN = 1.0     # seconds past the grace period before SIGKILL
+_POLL = 0.02           # seconds between checks while workers stop
+
+
+def check_available(workers: int) -> None:
+    """Raise at the call if ``workers`` processes cannot be forked here."""
+    if not AVAILABLE:
+        raise NotImplementedError("server(workers=%d) needs os.fork and signal.sigwait "
+                                  "(POSIX); this platform has not got them" % workers)
+
+
+def display(address: Any) -> str:
+    """``host:port`` (``[host]:port`` for IPv6) of a socket address."""
+    host, port = address[:2]
+    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+
+
+class Endpoint:
+    """The address the workers serve, bound by the supervisor.
+
+    ``address`` is the bound address (with the real port when 0 was
+    asked for); ``listener()``, in a worker, gives that worker's Listener.
+    """
+
+    def __init__(self, host: str, port: int, backlog: int = socket.SOMAXCONN,
+                 ssl: "Optional[ssl.SSLContext]" = None) -> None:
+        self._backlog = backlog
+        self._ssl = ssl
+        self._reserved: Optional[socket.socket] = None
+        self._shared: Optional[Listener] = None
+        if _SPREAD:
+            self._reserved = _reserve(host, port)
+            self.address: Any = self._reserved.getsockname()
+        else:
+            self._shared = Listener(host, port, backlog, ssl=ssl)
+            self.address = self._shared.sockname
+
+    def listener(self) -> Listener:
+        """In a worker: the Listener to serve (its own, or the shared one)."""
+        if self._shared is not None:
+            return self._shared
+        assert self._reserved is not None
+        self._reserved.close()  # this process's copy; the supervisor keeps the port
+        return Listener(self.address[0], self.address[1], self._backlog, ssl=self._ssl,
+                        reuse_port=True)
+
+    def close(self) -> None:
+        """Release the address (in the supervisor, once the workers are gone)."""
+        if self._reserved is not None:
+            self._reserved.close()
+        if self._shared is not None:
+            self._shared.close()
+
+
+def _reserve(host: str, port: int) -> socket.socket:
+    """A socket bound to ``(host, port)`` with SO_REUSEPORT, not listening."""
+    family, address = bind_address(host, port)
+    return stream_socket(family, address, None, True)
+
+
+def supervisor(host: str, port: int, backlog: int, ssl: "Optional[ssl.SSLContext]",
+               workers: int, service: Callable[[Listener], Coro],
+               grace: Optional[float]) -> Coro:
+    """Coroutine, the root of ``run()``: bind, then ``supervise`` until stopped.
+
+    It never gives way: supervising blocks its loop, which must have
+    nothing else to run.
+    """
+    yield from ()  # makes this a generator (all run() and yield take); it never yields
+    if len(tasks()) != 1:
+        raise RuntimeError("server(workers=%d) must be the program's root, alone in its "
+                           "loop: bluelet.run(bluelet.server(..., workers=%d)); its process "
+                           "only supervises the workers" % (workers, workers))
+    endpoint = Endpoint(host, port, backlog, ssl)
+    try:
+        log.info("serving on %s with %d workers", display(endpoint.address), workers)
+        supervise(endpoint, workers, service, grace)
+    finally:
+        endpoint.close()
+
+
+def supervise(endpoint: Endpoint, workers: int, service: Callable[[Listener], Coro],
+              grace: Optional[float]) -> None:
+    """Run ``workers`` worker processes on ``endpoint`` until SIGINT or SIGTERM.
+
+    Each runs ``run(service(listener), handle_signals=True)``. Main thread
+    only. Returns once every worker has ended; ``grace`` (None: no limit)
+    plus a second is how long a worker may take to stop before SIGKILL.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("worker processes are supervised from the main thread only")
+    _Supervisor(endpoint, service, grace).run(workers)
+
+
+class _Supervisor:
+    """The supervisor's state: its workers, their lifeline, the signal mask."""
+
+    def __init__(self, endpoint: Endpoint, service: Callable[[Listener], Coro],
+                 grace: Optional[float]) -> None:
+        self._endpoint = endpoint
+        self._service = service
+        self._grace = grace
+        self._children: Dict[int, float] = {}   # pid -> when it started
+        self._mask: Set[int] = set()            # the signal mask to restore
+        self._chld_handler: Any = None
+        self._lifeline = self._keeper = -1
+
+    def run(self, workers: int) -> None:
+        self._mask = signal.pthread_sigmask(signal.SIG_BLOCK, _WATCHED)
+        # A handler (never run: the signal is blocked and taken by sigwait)
+        # keeps SIGCHLD, ignored by default, from being discarded.
+        self._chld_handler = signal.signal(signal.SIGCHLD, _never_called)
+        self._lifeline, self._keeper = os.pipe()
+        try:
+            for _ in range(workers):
+                self._start()
+            self._watch()
+        finally:
+            try:
+                self._stop()
+            finally:
+                os.close(self._keeper)
+                os.close(self._lifeline)
+                _take_stop()  # arrived while stopping: answered already
+                signal.signal(signal.SIGCHLD, _handler_or_default(self._chld_handler))
+                signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)
+
+    # -- workers --------------------------------------------------------------
+
+    def _start(self) -> None:
+        """Fork a worker; return once it listens (or has died trying)."""
+        ready, ready_w = os.pipe()
+        try:
+            pid = _fork(lambda: self._work(ready, ready_w))
+        except BaseException:
+            os.close(ready)
+            raise
+        finally:
+            os.close(ready_w)
+        self._children[pid] = time.monotonic()
+        try:
+            # A byte once it listens: until then its port may refuse
+            # connections. End of file: it died first (SIGCHLD follows).
+            listening = os.read(ready, 1)
+        finally:
+            os.close(ready)
+        if listening:
+            log.info("worker %d started", pid)
+
+    def _work(self, ready: int, ready_w: int) -> None:
+        """A worker's life, in the child."""
+        os.close(ready)
+        os.close(self._keeper)
+        signal.signal(signal.SIGCHLD, _handler_or_default(self._chld_handler))
+        listener = self._endpoint.listener()
+        os.write(ready_w, b"!")
+        os.close(ready_w)
+        run(_worker_root(self._service(listener), self._lifeline, self._mask),
+            handle_signals=True)
+
+    def _reap(self) -> List[Tuple[int, float, int]]:
+        """``(pid, start time, wait status)`` of each worker that has ended."""
+        ended = []
+        for pid in list(self._children):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                ended.append((pid, self._children.pop(pid), status))
+        return ended
+
+    def _signal_all(self, signum: int) -> None:
+        for pid in self._children:
+            os.kill(pid, signum)  # not reaped yet, so the pid is still ours
+
+    # -- the supervisor's life -------------------------------------------------
+
+    def _watch(self) -> None:
+        """Restart workers that end, until a stop signal."""
+        while True:
+            signum = signal.sigwait(_WATCHED)
+            # A stop pending with SIGCHLD (workers signalled with us) goes
+            # first, and nothing is restarted; stop signals that came
+            # together are one request, not a "stop now".
+            if _take_stop() or signum in _STOP:
+                log.info("stopping %d worker(s)", len(self._children))
+                return
+            for pid, started, status in self._reap():
+                log.warning("worker %d exited with status %d; restarting",
+                            pid, os.waitstatus_to_exitcode(status))
+                if time.monotonic() - started < _SHORTEST_LIFE:
+                    time.sleep(_RESTART_PAUSE)
+                    if _take_stop():
+                        return
+                self._start()
+
+    def _stop(self) -> None:
+        """SIGTERM to every worker; SIGKILL to those still there after the grace."""
+        self._signal_all(signal.SIGTERM)
+        deadline = None if self._grace is None else \
+            time.monotonic() + self._grace + _KILL_MARGIN
+        while self._children and (deadline is None or time.monotonic() < deadline):
+            if _take_stop():
+                log.info("stop signal again: the workers stop now")
+                self._signal_all(signal.SIGTERM)
+            # Polled: a wait with a deadline would need sigtimedwait(), which
+            # macOS lacks, and this runs once, at the end.
+            time.sleep(_POLL)
+            for pid, _, status in self._reap():
+                log.info("worker %d stopped (status %d)", pid, os.waitstatus_to_exitcode(status))
+        for pid in list(self._children):
+            log.warning("worker %d still running %g s after SIGTERM: killing it",
+                        pid, (self._grace or 0) + _KILL_MARGIN)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            del self._children[pid]
+
+
+def _worker_root(service: Coro, lifeline: int, mask: Set[int]) -> Coro:
+    """A worker's root coroutine: ``service``, stopped by SIGTERM or an orphaning."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor answers Ctrl-C
+    # Unblocked only now that run() has its handlers in place: a SIGTERM
+    # that came since the fork is delivered here, and stops the service.
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    yield spawn(_orphaned(lifeline))
+    return (yield service)
+
+
+def _orphaned(lifeline: int) -> Coro:
+    """End of file on the lifeline: the supervisor is gone; stop as it would ask."""
+    yield wait_readable(lifeline)
+    log.warning("worker %d: the supervisor is gone; stopping", os.getpid())
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _fork(work: Callable[[], None]) -> int:
+    """Fork from a new thread; the child runs ``work()`` and exits. Returns the pid."""
+    outcome: List[Any] = []
+
+    def forker() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            with warnings.catch_warnings():
+                # Python 3.12+ warns of forking a multi-threaded process; the
+                # other thread here only waits for this one (see above).
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+        except BaseException as error:
+            outcome.append(error)
+            return
+        if pid == 0:
+            _exit_after(work)
+        outcome.append(pid)
+
+    thread = threading.Thread(target=forker, name="bluelet-fork")
+    thread.start()
+    thread.join()
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    pid: int = outcome[0]
+    return pid
+
+
+def _exit_after(work: Callable[[], None]) -> NoReturn:
+    """Run ``work()`` in a child process, then end the process: never returns."""
+    status = 1
+    try:
+        work()
+        status = 0
+    except SystemExit as stop:
+        status = 0 if stop.code is None else stop.code if isinstance(stop.code, int) else 1
+    except BaseException:
+        log.exception("worker %d failed", os.getpid())
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+
+def _take_stop() -> bool:
+    """Whether SIGINT or SIGTERM is pending; takes them if so."""
+    taken = False
+    while signal.sigpending() & _STOP:
+        signal.sigwait(_STOP)
+        taken = True
+    return taken
+
+
+def _never_called(signum: int, frame: Any) -> None:
+    """SIGCHLD's handler while it is blocked and taken by sigwait."""
+
+
+def _handler_or_default(handler: Any) -> Any:
+    # None: the handler was not installed from Python; the default is closest.
+    return signal.SIG_DFL if handler is None else handler
