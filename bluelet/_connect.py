@@ -24,7 +24,7 @@ from ._connection import Connection, close_socket, with_timeout
 from ._errors import Timeout
 from ._impl import DelegationEvent, Event, sleep, wait_writable
 from ._threads import to_thread
-from ._tls import wrap_client
+from ._tls import check_client_context, wrap_client
 
 if TYPE_CHECKING:
     import ssl
@@ -62,6 +62,7 @@ def connect(host: str, port: Union[int, str], timeout: Optional[float] = None, *
     _check_address(host, port)
     if ssl is None and server_hostname is not None:
         raise ValueError("server_hostname is only meaningful with ssl")
+    check_client_context(ssl)
     if ssl is not None and server_hostname is None:
         server_hostname = host
     return with_timeout(DelegationEvent(_connect(host, port, ssl, server_hostname)), timeout)

@@ -26,7 +26,8 @@ from ._records import Bytes
 if TYPE_CHECKING:
     import ssl
 
-__all__ = ["TLSConnection", "check_server_context", "wrap_client", "wrap_server"]
+__all__ = ["TLSConnection", "check_client_context", "check_server_context", "wrap_client",
+           "wrap_server"]
 
 # The most one TLS read asks OpenSSL for: a record carries at most 16 KiB,
 # and a read returns at most one record (asking for readexactly's 1 MiB made
@@ -129,6 +130,15 @@ class TLSConnection(Connection):
 
 def check_server_context(context: Any) -> None:
     """Raise, at the call, if ``context`` cannot serve TLS (None is no TLS)."""
+    _check_context(context, "server", "PROTOCOL_TLS_CLIENT", "ssl.Purpose.CLIENT_AUTH")
+
+
+def check_client_context(context: Any) -> None:
+    """Raise, at the call, if ``context`` cannot connect over TLS (None is no TLS)."""
+    _check_context(context, "client", "PROTOCOL_TLS_SERVER", "ssl.Purpose.SERVER_AUTH")
+
+
+def _check_context(context: Any, side: str, wrong_protocol: str, purpose: str) -> None:
     if context is None:
         return
     # Imported here, not at the top: Python can be built without OpenSSL,
@@ -136,10 +146,11 @@ def check_server_context(context: Any) -> None:
     import ssl
     if not isinstance(context, ssl.SSLContext):
         raise TypeError("ssl= needs an ssl.SSLContext, not %r" % (context,))
-    if context.protocol == ssl.PROTOCOL_TLS_CLIENT:
-        # Else every accept would fail on it, not this call.
-        raise ValueError("ssl= needs a server context, not a client one (PROTOCOL_TLS_CLIENT); "
-                         "make it with ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)")
+    if context.protocol == getattr(ssl, wrong_protocol):
+        # Else every handshake would fail on it, not this call.
+        other = "client" if side == "server" else "server"
+        raise ValueError("ssl= needs a %s context, not a %s one (%s); make it with "
+                         "ssl.create_default_context(%s)" % (side, other, wrong_protocol, purpose))
 
 
 def wrap_server(context: "ssl.SSLContext", sock: socket.socket, addr: Any) -> TLSConnection:
