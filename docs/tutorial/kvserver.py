@@ -65,7 +65,8 @@ def main(port=4916, path=None):
     if path:
         yield bluelet.spawn(snapshot(store, path, every=10))
     yield bluelet.server("127.0.0.1", port, lambda conn: session(store, conn))
-    # Ctrl-C stopped the server (and, with handle_signals, the snapshots).
+    # Ctrl-C stopped the server once its sessions had finished (or after
+    # its grace period); the snapshot loop is cancelled when main returns.
     if path:
         yield bluelet.to_thread(save, store, path)
 
