@@ -62,7 +62,9 @@ class Listener:
     ``Listener(host, port)`` listens on TCP: port 0 binds an ephemeral
     port and ``self.port`` is the real one; IPv6 addresses work; the
     backlog defaults to ``socket.SOMAXCONN`` so bursts of connections are
-    queued, not refused. ``Listener.unix(path)`` listens on a Unix socket.
+    queued, not refused. A host name is resolved here, by the blocking
+    system resolver: inside a running program, prefer an address literal.
+    ``Listener.unix(path)`` listens on a Unix socket.
 
     ``ssl=`` (an ``ssl.SSLContext`` with the server's certificate) makes
     every accepted connection a ``TLSConnection``; its handshake runs on
