@@ -292,7 +292,7 @@ class Connection:
         if hasattr(os, "sendfile") and type(self.sock) is socket.socket:
             return (yield from retry(self.sock, wait_writable, os.sendfile,
                                      self.sock.fileno(), fd, offset, size))
-        data = yield to_thread(os.pread, fd, size, offset)
+        data = yield to_thread(_read_at, fd, size, offset)
         if data:
             self._check_open("sendfile()")
             yield self._transmit(data, True)
@@ -314,6 +314,19 @@ def _count(value: Any, what: str) -> int:
     if count < 0:
         raise ValueError("%s must be >= 0, not %d" % (what, count))
     return count
+
+
+def _read_at(fd: int, size: int, offset: int) -> bytes:
+    """Up to ``size`` bytes of ``fd`` at ``offset``, leaving its position alone."""
+    if hasattr(os, "pread"):
+        return os.pread(fd, size, offset)
+    # Windows has no pread: seek there and back (in sendfile's worker thread).
+    position = os.lseek(fd, 0, os.SEEK_CUR)
+    try:
+        os.lseek(fd, offset, os.SEEK_SET)
+        return os.read(fd, size)
+    finally:
+        os.lseek(fd, position, os.SEEK_SET)
 
 
 def _check_separator(separator: bytes, limit: int, verb: str) -> None:

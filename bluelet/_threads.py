@@ -89,7 +89,8 @@ def _forget_pool_after_fork() -> None:
 # atexit hook would run after, once every queued call had been run. Being
 # private, it is not in typeshed.
 threading._register_atexit(_withdraw_pending)  # type: ignore[attr-defined]
-os.register_at_fork(after_in_child=_forget_pool_after_fork)
+if hasattr(os, "register_at_fork"):  # POSIX; Windows cannot fork
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
 class _Handoff:

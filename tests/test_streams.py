@@ -484,12 +484,15 @@ def test_calls_on_a_closed_connection_raise_at_the_call(core, tmp_path):
 FILE_SIZE = 3 * MIB + 17  # more than one chunk
 
 
-@pytest.fixture(params=["os.sendfile", "read and send"])
+@pytest.fixture(params=["os.sendfile", "read and send", "seek, read and send"])
 def file_path(request, tmp_path, monkeypatch):
     """A file of FILE_SIZE bytes of ``payload``; with "read and send" the
-    platform's sendfile is taken away, so Connection falls back."""
-    if request.param == "read and send":
+    platform's sendfile is taken away, so Connection falls back, and with
+    "seek, read and send" pread too, as on Windows."""
+    if request.param != "os.sendfile":
         monkeypatch.delattr(os, "sendfile", raising=False)
+    if request.param == "seek, read and send":
+        monkeypatch.delattr(os, "pread", raising=False)
     path = tmp_path / "payload.bin"
     path.write_bytes(payload(FILE_SIZE, seed=11))
     return path
