@@ -157,7 +157,9 @@ cdef extern from *:
         if (PyGen_CheckExact(gen))
             *result = _PyGen_Send((PyGenObject *)gen, arg);
         else
-            *result = PyObject_CallMethod(gen, "send", "O", arg);
+            /* "(O)", not "O": a tuple given as "O" would be spread into
+               several arguments. */
+            *result = PyObject_CallMethod(gen, "send", "(O)", arg);
         if (*result != NULL)
             return 1;
         if (_PyGen_FetchStopIterationValue(result) == 0)
@@ -965,6 +967,17 @@ class _SelectorsPoller:
 # ---------------------------------------------------------------------------
 
 _local = threading.local()
+
+
+def _forget_loop_after_fork():
+    # A child forked inside run() shares its parent's poller and wake-up
+    # socket, so it cannot go on with that loop; it may start its own
+    # (server(workers=N) does, from inside the supervisor's run()).
+    _local.loop = None
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_loop_after_fork)
 
 # One sleeper in the C heap: ordered by deadline, then by sequence number,
 # which is also how a cancelled entry is recognised (the task moved on).

@@ -773,6 +773,17 @@ def _new_poller():
 _local = threading.local()
 
 
+def _forget_loop_after_fork():
+    # A child forked inside run() shares its parent's poller and wake-up
+    # socket, so it cannot go on with that loop; it may start its own
+    # (server(workers=N) does, from inside the supervisor's run()).
+    _local.loop = None
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_loop_after_fork)
+
+
 class Loop:
     """One run of the scheduler: ``Loop().run(root)`` is ``run(root)``.
 

@@ -21,15 +21,15 @@ One port, N listeners
 
 Escaping the supervisor's loop
     ``server(..., workers=N)`` runs as the root of ``bluelet.run()``, so
-    the supervisor is inside a scheduler step when it forks. A child of a
-    plain ``os.fork()`` there would carry the scheduler's frames on its
-    stack and could not start a loop of its own (one loop per thread).
-    Each fork is therefore made from a short-lived thread while the main
-    thread waits for it: in the child that thread is the only one, and
-    CPython makes it the main thread (signals work), with nothing of the
-    parent's loop on its stack. It runs the worker and never returns
-    (``os._exit``). The fork happens while the main thread only waits in
-    ``Thread.join``, holding no lock the child needs.
+    the supervisor is inside a scheduler step when it forks. The core
+    forgets its running loop in a forked child (the child shares the
+    parent's poller, so it could not go on with that loop anyway), which
+    lets the child start a loop of its own, nested in the copied frames.
+    It runs the worker there and never returns into them: it ends with
+    ``os._exit``. Forking from the main thread keeps signal delivery
+    normal in the child (CPython 3.13 misroutes it in a child forked from
+    another thread: the handlers then run only when something interrupts
+    the poll).
 
 Signals
     The supervisor blocks SIGINT, SIGTERM and SIGCHLD and takes them one
@@ -49,7 +49,6 @@ import socket
 import sys
 import threading
 import time
-import warnings
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, NoReturn, Optional, Set, Tuple
 
 from ._impl import spawn, tasks, wait_readable
@@ -310,31 +309,12 @@ def _orphaned(lifeline: int) -> Coro:
 
 
 def _fork(work: Callable[[], None]) -> int:
-    """Fork from a new thread; the child runs ``work()`` and exits. Returns the pid."""
-    outcome: List[Any] = []
-
-    def forker() -> None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        try:
-            with warnings.catch_warnings():
-                # Python 3.12+ warns of forking a multi-threaded process; the
-                # other thread here only waits for this one (see above).
-                warnings.simplefilter("ignore", DeprecationWarning)
-                pid = os.fork()
-        except BaseException as error:
-            outcome.append(error)
-            return
-        if pid == 0:
-            _exit_after(work)
-        outcome.append(pid)
-
-    thread = threading.Thread(target=forker, name="bluelet-fork")
-    thread.start()
-    thread.join()
-    if isinstance(outcome[0], BaseException):
-        raise outcome[0]
-    pid: int = outcome[0]
+    """Fork; the child runs ``work()`` and exits. Returns the child's pid."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        _exit_after(work)
     return pid
 
 

@@ -140,10 +140,9 @@ def server(host: str, port: int, handler: Handler, *, handler_errors: str = "log
     one restart a second for a worker that dies at start-up); on SIGINT or
     SIGTERM it sends SIGTERM to every worker, which stops as above, and
     SIGKILL to any still running ``grace`` + 1 s later; then this returns
-    None. Workers stop by themselves if the supervisor dies. Each worker
-    is forked from a short-lived thread, so it starts on a clean stack and
-    never runs, or returns into, the supervisor's loop; it ends with
-    ``os._exit``. The address served and the workers' comings and goings
+    None. Workers stop by themselves if the supervisor dies. A worker
+    runs a loop of its own and never returns into the supervisor's; it
+    ends with ``os._exit``. The address served and the workers' comings and goings
     are logged at INFO and WARNING on the "bluelet.server" logger.
     """
     _check_options(handler, handler_errors, grace, handshake_timeout)

@@ -1711,6 +1711,15 @@ def test_timeout_around_an_event_gives_its_value_or_raises_timeout(core):
     assert bluelet.run(root()) == ["v", None, "timed out after 0.01 s"]
 
 
+def test_timeout_around_an_event_passes_a_tuple_value_whole(core):
+    """The wrapper made for the event is resumed with the value as one
+    argument (Python 3.9's path once spread a tuple into several)."""
+    def root():
+        return (yield bluelet.timeout(1.0, bluelet.ValueEvent((b"data", ("127.0.0.1", 9)))))
+
+    assert bluelet.run(root()) == (b"data", ("127.0.0.1", 9))
+
+
 def test_timeout_around_a_socket_send_completes(core):
     a, b = socket.socketpair()
     conn = bluelet.Connection(a, None)
