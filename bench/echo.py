@@ -22,10 +22,9 @@ Servers (the same echo in each framework's idiomatic form):
 
 * bluelet (cython), bluelet (python) -- this repository (``import bluelet``
   with the repository on ``sys.path``); the python core is forced with
-  ``BLUELET_PURE_PYTHON=1``. A ``Listener`` on port 0 plus one spawned
-  coroutine per connection (what ``bluelet.server`` does; ``server()`` cannot
-  report an ephemeral port): ``data = yield conn.recv(65536)``,
-  ``yield conn.sendall(data)``. The cython row is left out when the
+  ``BLUELET_PURE_PYTHON=1``. ``bluelet.serve`` (the accept loop of
+  ``bluelet.server``) on a ``Listener`` on port 0, so the port can be
+  reported: ``data = yield conn.recv(65536)``, ``yield conn.sendall(data)``. The cython row is left out when the
   compiled core is not built.
 * asyncio streams -- ``asyncio.start_server``, ``reader.read(65536)``,
   ``writer.write`` + ``await writer.drain()``.
@@ -176,22 +175,15 @@ def serve_bluelet(expect):
                 break
             yield conn.sendall(data)
 
-    def serve_one(conn):
-        try:
-            yield echoer(conn)
-        finally:
-            conn.close()
-
     def main():
         listener = bluelet.Listener("127.0.0.1", 0)
+        # From inside run(): the loop's own descriptors exist by then, so a
+        # count taken after the announcement is the server's at rest.
         _announce(listener.port, impl=bluelet.IMPLEMENTATION, version=bluelet.__version__,
                   path=os.path.dirname(bluelet.__file__))
-        try:
-            while True:
-                conn = yield listener.accept()
-                yield bluelet.spawn(serve_one(conn))
-        finally:
-            listener.close()
+        # No grace period: the bench stops servers that still hold idle
+        # connections, and must not wait for them.
+        yield bluelet.serve(listener, echoer, grace=0)
 
     bluelet.run(main())
 

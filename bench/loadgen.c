@@ -33,6 +33,31 @@
  *   the whole program gives up after --timeout seconds (default W+T+60),
  *   reporting an error, if the server stops answering.
  *
+ * Hold mode (bench/load.py):
+ *
+ *   loadgen --port P --hold N [--size S] [--timeout X] [--hold-seconds H]
+ *
+ *   Opens N connections the way --idle does (each confirmed by a 1-byte
+ *   round trip: "connect_seconds" is the time until all N are connected and
+ *   served). Then, with all N open: every connection sends S bytes at once
+ *   ("burst": each one's round trip counts from its own send), and then each
+ *   one in turn sends S bytes and waits for them ("single": one request
+ *   in flight). Echoes are checked. One JSON object is printed on stdout, and
+ *   the connections stay open until stdin reaches EOF or has a line, or for
+ *   at most H seconds (default 60), so the bench can look at the server
+ *   while they are held.
+ *
+ * Cycles mode (bench/load.py):
+ *
+ *   loadgen --port P --cycles N [--conns C] [--size S] [--timeout X]
+ *
+ *   N times: connect, send S bytes, wait until they have come back (checked),
+ *   close; C of these cycles are in flight at once. One JSON object on
+ *   stdout: cycles completed, seconds, cycles per second.
+ *
+ *   Both modes stop with an error in their JSON after --timeout seconds
+ *   (default 60) if the server stops answering; S is at most 65536.
+ *
  * Server mode (reference ceiling):
  *
  *   loadgen --serve [--max-seconds N]
@@ -49,6 +74,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <arpa/inet.h>
 #include <signal.h>
 #include <stdint.h>
@@ -66,6 +92,7 @@
 #define MAX_SIZE (16 * 1024 * 1024)
 #define MAX_LAT_SAMPLES (4 * 1024 * 1024)
 #define IDLE_BATCH 500
+#define MAX_ECHO 65536 /* message size limit of --hold and --cycles */
 
 static double now(void)
 {
@@ -148,6 +175,15 @@ static long nofile_limit(void)
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
         return -1;
     return (long)rl.rlim_cur;
+}
+
+/* Exit with a JSON error unless `need` descriptors can be open at once. */
+static void require_nofile(long need)
+{
+    if (nofile_limit() < need) {
+        printf("{\"error\": \"RLIMIT_NOFILE %ld < %ld needed\"}\n", nofile_limit(), need);
+        exit(2);
+    }
 }
 
 static void set_nonblock(int fd)
@@ -303,11 +339,29 @@ static int cmp_float(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* Print `"key": {"p50": .., "p90": .., "p99": .., "max": ..}` (microseconds)
+   for the n samples in lat, which this sorts. */
+static void print_latency(const char *key, float *lat, size_t n)
+{
+    double p50 = 0, p90 = 0, p99 = 0, pmax = 0;
+    if (n > 0) {
+        qsort(lat, n, sizeof(float), cmp_float);
+        p50 = lat[(size_t)(0.50 * (n - 1))];
+        p90 = lat[(size_t)(0.90 * (n - 1))];
+        p99 = lat[(size_t)(0.99 * (n - 1))];
+        pmax = lat[n - 1];
+    }
+    printf("\"%s\": {\"p50\": %.1f, \"p90\": %.1f, \"p99\": %.1f, \"max\": %.1f}",
+           key, p50, p90, p99, pmax);
+}
+
 static void usage(void)
 {
     fprintf(stderr,
             "usage: loadgen --port P [--conns C] [--size S] [--seconds T] [--warmup W]\n"
             "               [--max-requests N] [--idle I] [--server-pid PID] [--timeout X]\n"
+            "       loadgen --port P --hold N [--size S] [--timeout X] [--hold-seconds H]\n"
+            "       loadgen --port P --cycles N [--conns C] [--size S] [--timeout X]\n"
             "       loadgen --serve [--max-seconds N]\n");
     exit(2);
 }
@@ -353,6 +407,250 @@ static int open_idle(int port, int count, int *fds, double deadline)
     return opened;
 }
 
+/* ------------------------------------------------------------------------ */
+/* Hold and cycles modes (bench/load.py)                                     */
+
+/* The message both modes send: a fixed pattern, so that every echo is checked. */
+static unsigned char *make_message(long size)
+{
+    unsigned char *msg = malloc((size_t)size);
+    for (long k = 0; k < size; k++)
+        msg[k] = (unsigned char)('A' + k % 26);
+    return msg;
+}
+
+/* Send all of msg on a non-blocking socket, waiting for room with poll().
+   0, or -1 with errno set (ETIMEDOUT past the deadline). */
+static int send_message(int fd, const unsigned char *msg, long size, double deadline)
+{
+    long off = 0;
+    while (off < size) {
+        ssize_t w = send(fd, msg + off, (size_t)(size - off), MSG_NOSIGNAL);
+        if (w > 0) {
+            off += w;
+            continue;
+        }
+        if (w < 0 && errno != EAGAIN && errno != EINTR)
+            return -1;
+        double left = deadline - now();
+        if (left <= 0) {
+            errno = ETIMEDOUT;
+            return -1;
+        }
+        struct pollfd p = {.fd = fd, .events = POLLOUT};
+        poll(&p, 1, (int)(left * 1000) + 1);
+    }
+    return 0;
+}
+
+/* Read what has arrived of c's echo of msg. 1: complete; 0: more to come;
+   -1: error (described in err). Never reads past the echo, so bytes the
+   server should not have sent are caught by the next read. */
+static int read_echo(conn_t *c, const unsigned char *msg, long size, char *err, size_t errlen)
+{
+    static unsigned char buf[MAX_ECHO];
+    ssize_t r = recv(c->fd, buf, (size_t)size - c->got, 0);
+    if (r < 0 && (errno == EAGAIN || errno == EINTR))
+        return 0;
+    if (r <= 0) {
+        snprintf(err, errlen, "recv: %s", r == 0 ? "connection closed by server" : strerror(errno));
+        return -1;
+    }
+    if (memcmp(buf, msg + c->got, (size_t)r) != 0) {
+        snprintf(err, errlen, "echoed bytes differ from the request");
+        return -1;
+    }
+    c->got += (size_t)r;
+    return c->got == (size_t)size;
+}
+
+/* One epoll_wait (up to wait_ms) over connections registered in ep (data.u32:
+   index into cs), reading echoes; each completed round trip's time since its
+   t0 goes into lat[*nlat]. Returns how many completed, or -1 after an error
+   (described in err). */
+static int poll_echoes(int ep, conn_t *cs, const unsigned char *msg, long size, float *lat,
+                       size_t *nlat, int wait_ms, char *err, size_t errlen)
+{
+    struct epoll_event evs[512];
+    int n = epoll_wait(ep, evs, 512, wait_ms);
+    if (n < 0 && errno != EINTR) {
+        snprintf(err, errlen, "epoll_wait: %s", strerror(errno));
+        return -1;
+    }
+    int done = 0;
+    for (int k = 0; k < n; k++) {
+        conn_t *c = &cs[evs[k].data.u32];
+        int st = read_echo(c, msg, size, err, errlen);
+        if (st < 0)
+            return -1;
+        if (st > 0) {
+            lat[(*nlat)++] = (float)((now() - c->t0) * 1e6);
+            done++;
+        }
+    }
+    return done;
+}
+
+/* poll_echoes until `pending` round trips have completed; returns how many
+   did: fewer after an error or past the deadline (described in err). */
+static int collect_echoes(int ep, conn_t *cs, int pending, const unsigned char *msg, long size,
+                          float *lat, size_t *nlat, double deadline, char *err, size_t errlen)
+{
+    int done = 0;
+    while (done < pending) {
+        if (now() > deadline) {
+            snprintf(err, errlen, "timeout: %d of %d echoes missing", pending - done, pending);
+            break;
+        }
+        int n = poll_echoes(ep, cs, msg, size, lat, nlat, 100, err, errlen);
+        if (n < 0)
+            break;
+        done += n;
+    }
+    return done;
+}
+
+/* Send the message on cs[i] and record when; on failure describe it in err. */
+static int start_round_trip(conn_t *cs, int i, const unsigned char *msg, long size,
+                            double deadline, char *err, size_t errlen)
+{
+    cs[i].got = 0;
+    cs[i].t0 = now();
+    if (send_message(cs[i].fd, msg, size, deadline) == 0)
+        return 0;
+    snprintf(err, errlen, "send: %s", strerror(errno));
+    return -1;
+}
+
+static int hold(int port, int count, long size, double timeout, double hold_seconds)
+{
+    signal(SIGPIPE, SIG_IGN);
+    raise_nofile();
+    require_nofile((long)count + 64);
+    double deadline = now() + timeout;
+
+    int *fds = calloc((size_t)count, sizeof(int));
+    double t = now();
+    open_idle(port, count, fds, deadline);
+    double connect_s = now() - t;
+
+    unsigned char *msg = make_message(size);
+    conn_t *cs = calloc((size_t)count, sizeof(conn_t));
+    int ep = epoll_create1(0);
+    for (int i = 0; i < count; i++) {
+        cs[i].fd = fds[i];
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
+        epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &ev);
+    }
+    float *burst_lat = malloc(sizeof(float) * (size_t)count);
+    float *single_lat = malloc(sizeof(float) * (size_t)count);
+    size_t nburst = 0, nsingle = 0;
+    char err[200] = "";
+
+    /* All at once: every request is sent as fast as we can, replies that are
+       already back read in between (so that the client's own send loop does
+       not count as server latency). */
+    double b0 = now();
+    int sent = 0, burst_done = 0;
+    while (sent < count && start_round_trip(cs, sent, msg, size, deadline, err, sizeof err) == 0) {
+        sent++;
+        int n = poll_echoes(ep, cs, msg, size, burst_lat, &nburst, 0, err, sizeof err);
+        if (n < 0)
+            break;
+        burst_done += n;
+    }
+    if (!err[0])
+        burst_done += collect_echoes(ep, cs, sent - burst_done, msg, size, burst_lat, &nburst,
+                                     deadline, err, sizeof err);
+    double burst_s = now() - b0;
+
+    /* One at a time: a single request in flight, all the others held open. */
+    int single_done = 0;
+    for (int i = 0; i < count && !err[0]; i++) {
+        if (start_round_trip(cs, i, msg, size, deadline, err, sizeof err) == 0)
+            single_done += collect_echoes(ep, cs, 1, msg, size, single_lat, &nsingle, deadline, err,
+                                       sizeof err);
+    }
+
+    printf("{\"mode\": \"hold\", \"conns\": %d, \"size\": %ld, \"connect_seconds\": %.6f, "
+           "\"burst_served\": %d, \"burst_seconds\": %.6f, ",
+           count, size, connect_s, burst_done, burst_s);
+    print_latency("burst_latency_us", burst_lat, nburst);
+    printf(", \"single_served\": %d, ", single_done);
+    print_latency("single_latency_us", single_lat, nsingle);
+    printf(", \"errors\": %d, \"error\": \"%s\"}\n", err[0] != 0, err);
+    fflush(stdout);
+
+    /* Keep every connection open until the bench has looked at the server. */
+    if (!err[0]) {
+        struct pollfd p = {.fd = 0, .events = POLLIN};
+        poll(&p, 1, (int)(hold_seconds * 1000));
+    }
+    /* Exit closes every socket. */
+    return err[0] ? 1 : 0;
+}
+
+/* Connect cs[i] afresh and send it the message: the start of one cycle. */
+static int start_cycle(int ep, conn_t *cs, int i, int port, const unsigned char *msg, long size,
+                       double deadline, char *err, size_t errlen)
+{
+    cs[i].fd = connect_one(port);
+    if (cs[i].fd < 0) {
+        snprintf(err, errlen, "connect: %s", strerror(errno));
+        return -1;
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
+    epoll_ctl(ep, EPOLL_CTL_ADD, cs[i].fd, &ev);
+    return start_round_trip(cs, i, msg, size, deadline, err, errlen);
+}
+
+static int cycles(int port, long total, int conc, long size, double timeout)
+{
+    signal(SIGPIPE, SIG_IGN);
+    raise_nofile();
+    require_nofile((long)conc + 64);
+    double t0 = now(), deadline = t0 + timeout;
+    unsigned char *msg = make_message(size);
+    conn_t *cs = calloc((size_t)conc, sizeof(conn_t));
+    int ep = epoll_create1(0);
+    struct epoll_event evs[512];
+    long started = 0, done = 0;
+    char err[200] = "";
+
+    for (int i = 0; i < conc && started < total; i++) {
+        if (start_cycle(ep, cs, i, port, msg, size, deadline, err, sizeof err) != 0)
+            break;
+        started++;
+    }
+    while (done < started && !err[0]) {
+        if (now() > deadline) {
+            snprintf(err, sizeof err, "timeout: %ld of %ld cycles done", done, total);
+            break;
+        }
+        int n = epoll_wait(ep, evs, 512, 100);
+        if (n < 0 && errno != EINTR) {
+            snprintf(err, sizeof err, "epoll_wait: %s", strerror(errno));
+            break;
+        }
+        for (int k = 0; k < n && !err[0]; k++) {
+            int i = (int)evs[k].data.u32;
+            if (read_echo(&cs[i], msg, size, err, sizeof err) <= 0)
+                continue;
+            close(cs[i].fd); /* also leaves the epoll set */
+            done++;
+            if (started < total && start_cycle(ep, cs, i, port, msg, size, deadline, err,
+                                               sizeof err) == 0)
+                started++;
+        }
+    }
+    double elapsed = now() - t0;
+    printf("{\"mode\": \"cycles\", \"cycles\": %ld, \"concurrency\": %d, \"size\": %ld, "
+           "\"seconds\": %.6f, \"rate\": %.1f, \"errors\": %d, \"error\": \"%s\"}\n",
+           done, conc, size, elapsed, elapsed > 0 ? done / elapsed : 0.0, err[0] != 0, err);
+    fflush(stdout);
+    return err[0] ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
     int port = 0, conns = 1, idle = 0;
@@ -364,6 +662,8 @@ int main(int argc, char **argv)
 
     int serve_mode = 0;
     long max_seconds = 0;
+    long hold_count = 0, cycle_count = 0;
+    double hold_seconds = 60;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -384,11 +684,24 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--timeout")) timeout = atof(v);
         else if (!strcmp(a, "--max-seconds")) max_seconds = atol(v);
         else if (!strcmp(a, "--interval")) interval = atof(v);
+        else if (!strcmp(a, "--hold")) hold_count = atol(v);
+        else if (!strcmp(a, "--cycles")) cycle_count = atol(v);
+        else if (!strcmp(a, "--hold-seconds")) hold_seconds = atof(v);
         else usage();
         i++;
     }
     if (serve_mode)
         return serve(max_seconds);
+    if (hold_count || cycle_count) {
+        if (port <= 0 || port > 65535 || size < 1 || size > MAX_ECHO || conns < 1
+            || conns > MAX_CONNS || hold_count < 0 || hold_count > MAX_CONNS || cycle_count < 0
+            || (hold_count && cycle_count) || hold_seconds < 0 || hold_seconds > 3600)
+            usage();
+        if (timeout <= 0)
+            timeout = 60;
+        return hold_count ? hold(port, (int)hold_count, size, timeout, hold_seconds)
+                          : cycles(port, cycle_count, conns, size, timeout);
+    }
     if (port <= 0 || port > 65535 || conns < 1 || conns > MAX_CONNS || size < 1
         || size > MAX_SIZE || idle < 0 || idle > MAX_CONNS || seconds <= 0
         || seconds > 600 || warmup < 0 || warmup > 600)
@@ -398,11 +711,7 @@ int main(int argc, char **argv)
 
     signal(SIGPIPE, SIG_IGN);
     raise_nofile();
-    long need = (long)conns + idle + 64;
-    if (nofile_limit() < need) {
-        printf("{\"error\": \"RLIMIT_NOFILE %ld < %ld needed\"}\n", nofile_limit(), need);
-        return 2;
-    }
+    require_nofile((long)conns + idle + 64);
     double t_begin = now();
     double hard_deadline = t_begin + timeout;
 
@@ -583,22 +892,14 @@ int main(int argc, char **argv)
             other_cpu = 0;
     }
 
-    double p50 = 0, p90 = 0, p99 = 0, pmax = 0;
-    if (nlat > 0) {
-        qsort(lat, nlat, sizeof(float), cmp_float);
-        p50 = lat[(size_t)(0.50 * (nlat - 1))];
-        p90 = lat[(size_t)(0.90 * (nlat - 1))];
-        p99 = lat[(size_t)(0.99 * (nlat - 1))];
-        pmax = lat[nlat - 1];
-    }
     printf("{\"conns\": %d, \"size\": %ld, \"idle\": %d, \"idle_open_seconds\": %.3f, "
            "\"warmup\": %.3f, \"warmup_requests\": %lld, \"seconds\": %.6f, "
-           "\"requests\": %lld, \"rps\": %.1f, "
-           "\"latency_us\": {\"p50\": %.1f, \"p90\": %.1f, \"p99\": %.1f, \"max\": %.1f}, "
-           "\"loadgen_cpu\": %.3f, \"server_cpu\": %.3f, \"other_cpu\": %.3f, "
-           "\"errors\": %d, \"error\": \"%s\"",
+           "\"requests\": %lld, \"rps\": %.1f, ",
            conns, size, idle, idle_open_s, warmup, warm_done, elapsed, counted,
-           elapsed > 0 ? counted / elapsed : 0.0, p50, p90, p99, pmax,
+           elapsed > 0 ? counted / elapsed : 0.0);
+    print_latency("latency_us", lat, nlat);
+    printf(", \"loadgen_cpu\": %.3f, \"server_cpu\": %.3f, \"other_cpu\": %.3f, "
+           "\"errors\": %d, \"error\": \"%s\"",
            lg_cpu, srv_cpu, other_cpu, errors, errmsg);
     if (iv) {
         printf(", \"interval\": %g, \"interval_rps\": [", interval);
