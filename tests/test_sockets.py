@@ -42,7 +42,7 @@ from _helpers import (
     watchdog,
 )
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.usefixtures("no_fd_leak"), pytest.mark.timeout(60)]
 
 #: The errors a reset or broken connection may surface as, depending on
 #: whether the kernel has already seen the RST when the call is made.
