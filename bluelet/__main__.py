@@ -18,7 +18,8 @@ from typing import List, Optional
 
 import bluelet
 from bluelet._demos import StaticFiles, echo
-from bluelet._prefork import AVAILABLE, Endpoint, display, supervise
+from bluelet._listener import display
+from bluelet._prefork import AVAILABLE, Endpoint, supervise
 from bluelet._records import Coro
 from bluelet._server import Handler
 

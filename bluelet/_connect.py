@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Generator, List, Optional, Sequence, Tupl
 from ._connection import Connection, close_socket, with_timeout
 from ._errors import Timeout
 from ._impl import DelegationEvent, Event, sleep, wait_writable
+from ._listener import check_port
 from ._threads import to_thread
 from ._tls import check_client_context, wrap_client
 
@@ -81,12 +82,8 @@ def _check_address(host: Any, port: Any) -> None:
     yield, or worse, accept: it takes port 65537 as port 1."""
     if not isinstance(host, str):
         raise TypeError("connect() needs the host as a str, not %r" % (host,))
-    if isinstance(port, str):
-        return  # a service name; getaddrinfo says whether it knows it
-    if isinstance(port, bool) or not isinstance(port, int):
-        raise TypeError("connect() needs the port as an int, not %r" % (port,))
-    if not 0 <= port <= 65535:
-        raise OverflowError("connect() port must be 0-65535, not %d" % port)
+    if not isinstance(port, str):  # a service name: getaddrinfo says whether it knows it
+        check_port(port, "connect()")
 
 
 def _connect(host: str, port: Union[int, str], context: "Optional[ssl.SSLContext]",

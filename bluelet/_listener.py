@@ -18,16 +18,27 @@ from ._tls import check_server_context, wrap_server
 if TYPE_CHECKING:
     import ssl
 
-__all__ = ["Listener", "bind_address", "stream_socket"]
+__all__ = ["Listener", "bind_address", "check_port", "display", "stream_socket"]
+
+
+def check_port(port: Any, verb: str) -> None:
+    """TypeError or OverflowError (as ``socket`` raises) at the call for what
+    is no port number: getaddrinfo would take 70000 as 70000 % 65536."""
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError("%s needs the port as an int, not %r" % (verb, port))
+    if not 0 <= port <= 65535:
+        raise OverflowError("%s port must be 0-65535, not %d" % (verb, port))
+
+
+def display(address: Any) -> str:
+    """``host:port`` (``[host]:port`` for IPv6) of a socket address."""
+    host, port = address[:2]
+    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
 
 
 def bind_address(host: str, port: int) -> Tuple[int, Any]:
     """Family and address to bind; '' means every IPv4 address, as in 0.2.0."""
-    # Checked here because getaddrinfo would take 70000 as 70000 % 65536.
-    if not isinstance(port, int):
-        raise TypeError("port must be an int, not %r" % (port,))
-    if not 0 <= port <= 65535:
-        raise OverflowError("port must be 0-65535, not %d" % port)
+    check_port(port, "binding")
     if not host:
         return socket.AF_INET, ("", port)
     family, _, _, _, address = socket.getaddrinfo(

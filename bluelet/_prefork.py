@@ -52,14 +52,14 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, NoReturn, Optional, Set, Tuple
 
 from ._impl import spawn, tasks, wait_readable
-from ._listener import Listener, bind_address, stream_socket
+from ._listener import Listener, bind_address, display, stream_socket
 from ._records import Coro
 from ._signals import run
 
 if TYPE_CHECKING:
     import ssl
 
-__all__ = ["AVAILABLE", "Endpoint", "check_available", "display", "supervise", "supervisor"]
+__all__ = ["AVAILABLE", "Endpoint", "check_available", "supervise", "supervisor"]
 
 log = logging.getLogger("bluelet.server")
 
@@ -84,12 +84,6 @@ def check_available(workers: int) -> None:
     if not AVAILABLE:
         raise NotImplementedError("server(workers=%d) needs os.fork and signal.sigwait "
                                   "(POSIX); this platform has not got them" % workers)
-
-
-def display(address: Any) -> str:
-    """``host:port`` (``[host]:port`` for IPv6) of a socket address."""
-    host, port = address[:2]
-    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
 
 
 class Endpoint:

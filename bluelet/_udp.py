@@ -17,7 +17,7 @@ from typing import Any, Generator, Optional, Tuple, Type
 from ._connection import close_socket, with_timeout
 from ._errors import SocketClosedError
 from ._impl import DelegationEvent, Event, wait_readable, wait_writable
-from ._listener import bind_address
+from ._listener import bind_address, display
 from ._nonblocking import retry
 from ._records import Bytes
 from ._threads import to_thread
@@ -94,10 +94,8 @@ class UDPEndpoint:
         self.port: int = sockname[1]
 
     def __repr__(self) -> str:
-        host = self.sockname[0]
-        where = "[%s]:%d" % (host, self.port) if ":" in host else "%s:%d" % (host, self.port)
         state = "closed" if self._closed else "fd=%d" % self.sock.fileno()
-        return "<UDPEndpoint %s %s>" % (where, state)
+        return "<UDPEndpoint %s %s>" % (display(self.sockname), state)
 
     def __enter__(self) -> "UDPEndpoint":
         return self
