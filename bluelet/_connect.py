@@ -30,7 +30,7 @@ from ._tls import check_client_context, wrap_client
 if TYPE_CHECKING:
     import ssl
 
-__all__ = ["connect", "connect_unix"]
+__all__ = ["connect", "connect_unix", "resolve"]
 
 _AddrInfo = Tuple[int, int, int, str, Any]
 
@@ -88,7 +88,7 @@ def _check_address(host: Any, port: Any) -> None:
 
 def _connect(host: str, port: Union[int, str], context: "Optional[ssl.SSLContext]",
              server_hostname: Optional[str]) -> Generator[Any, Any, Connection]:
-    addresses = yield from _resolve(host, port)
+    addresses = yield from resolve(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM)
     errors: List[OSError] = []
     for family, type_, proto, _, address in addresses:
         try:
@@ -125,16 +125,16 @@ def _connect(host: str, port: Union[int, str], context: "Optional[ssl.SSLContext
     raise _failure(host, port, errors)
 
 
-def _resolve(host: str, port: Union[int, str]) -> Generator[Any, Any, Sequence[_AddrInfo]]:
-    """The addresses to try for ``host``, resolved off the loop if it is a name."""
+def resolve(host: str, port: Union[int, str], family: int,
+            type_: int) -> Generator[Any, Any, Sequence[_AddrInfo]]:
+    """Coroutine: ``getaddrinfo``'s answer for ``host``, looked up in a worker
+    thread if it is a name (a literal address is parsed here: no I/O)."""
     try:
-        return socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM,
-                                  0, socket.AI_NUMERICHOST)
+        return socket.getaddrinfo(host, port, family, type_, 0, socket.AI_NUMERICHOST)
     except socket.gaierror as error:
         if error.errno != socket.EAI_NONAME:
             raise
-    addresses: Sequence[_AddrInfo] = yield to_thread(
-        socket.getaddrinfo, host, port, socket.AF_UNSPEC, socket.SOCK_STREAM)
+    addresses: Sequence[_AddrInfo] = yield to_thread(socket.getaddrinfo, host, port, family, type_)
     return addresses
 
 

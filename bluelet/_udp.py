@@ -14,13 +14,13 @@ import operator
 import socket
 from typing import Any, Generator, Optional, Tuple, Type
 
+from ._connect import resolve
 from ._connection import close_socket, with_timeout
 from ._errors import SocketClosedError
 from ._impl import DelegationEvent, Event, wait_readable, wait_writable
 from ._listener import bind_address, display
 from ._nonblocking import retry
 from ._records import Bytes
-from ._threads import to_thread
 
 __all__ = ["UDPEndpoint", "udp"]
 
@@ -164,8 +164,7 @@ class UDPEndpoint:
     def _resolve(self, address: Address) -> Generator[Any, Any, Address]:
         """``address`` with its host name replaced by an address, looked up
         in a worker thread."""
-        infos = yield from to_thread(socket.getaddrinfo, address[0], address[1],
-                                     self.sock.family, socket.SOCK_DGRAM)
+        infos = yield from resolve(address[0], address[1], self.sock.family, socket.SOCK_DGRAM)
         sockaddr: Address = infos[0][4]
         if len(address) == 2:
             return sockaddr
