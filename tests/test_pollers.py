@@ -14,7 +14,7 @@ import pytest
 
 import bluelet
 from bluelet import _impl
-from _helpers import HOST, echoer, open_pair, pipe_files
+from _helpers import HOST, echoer, pipe_files
 
 pytestmark = pytest.mark.usefixtures("no_fd_leak")
 
