@@ -12,7 +12,7 @@ literals, the common case, go straight to the OS.
 
 import operator
 import socket
-from typing import Any, Generator, Optional, Tuple, Type
+from typing import Any, Generator, Optional, Tuple
 
 from ._connect import resolve
 from ._connection import close_socket, with_timeout
@@ -100,8 +100,7 @@ class UDPEndpoint:
     def __enter__(self) -> "UDPEndpoint":
         return self
 
-    def __exit__(self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException],
-                 tb: Any) -> None:
+    def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
     def close(self) -> None:
