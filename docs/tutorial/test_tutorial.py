@@ -16,20 +16,10 @@ import kvserver
 from bluelet.testing import coroutine_test
 
 
-def serve(listener, handler):
-    """Spawn ``handler(conn)`` for each client of ``listener`` until killed."""
-    try:
-        while True:
-            conn = yield listener.accept()
-            yield bluelet.spawn(handler(conn))
-    finally:
-        listener.close()
-
-
 def start(handler):
     """Coroutine: serve ``handler`` on a free port; return (server, port)."""
     listener = bluelet.Listener("127.0.0.1", 0)
-    server = serve(listener, handler)
+    server = bluelet.serve(listener, handler)
     yield bluelet.spawn(server)
     return server, listener.port
 
