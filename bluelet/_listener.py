@@ -20,6 +20,13 @@ if TYPE_CHECKING:
 
 __all__ = ["Listener", "bind_address", "check_port", "display", "stream_socket"]
 
+# SO_REUSEADDR lets a restarted server bind its port while the last run's
+# connections sit in TIME_WAIT. On Windows the same option means something
+# else: another socket may then bind the very port this one listens on and
+# take its connections. There it stays off, as in socket.create_server and
+# asyncio; Windows does not refuse a bind for TIME_WAIT anyway.
+_REUSE_ADDRESS = os.name == "posix"
+
 
 def check_port(port: Any, verb: str) -> None:
     """TypeError or OverflowError (as ``socket`` raises) at the call for what
@@ -52,7 +59,7 @@ def stream_socket(family: int, address: Any, backlog: Optional[int],
     ``backlog`` is None; or the error, with the socket closed."""
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        if family != getattr(socket, "AF_UNIX", None):
+        if _REUSE_ADDRESS and family != getattr(socket, "AF_UNIX", None):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             # Several processes, one port: the kernel spreads connections.

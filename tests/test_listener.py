@@ -244,6 +244,26 @@ def test_reuse_port_where_the_platform_lacks_it(core, monkeypatch):
         bluelet.Listener(HOST, 0, reuse_port=True)
 
 
+def reuse_address(listener):
+    return listener.sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+
+
+def test_address_reuse_is_on_where_posix_means_it(core):
+    with bluelet.Listener(HOST, 0) as listener:
+        assert bool(reuse_address(listener)) == (os.name == "posix")
+
+
+def test_address_reuse_stays_off_where_it_would_let_the_port_be_taken(core, monkeypatch):
+    # Windows' SO_REUSEADDR lets a second socket bind the listening port.
+    monkeypatch.setattr(bluelet._listener, "_REUSE_ADDRESS", False)
+    with bluelet.Listener(HOST, 0) as listener:
+        assert reuse_address(listener) == 0
+        with connected(listener) as client:
+            client.sendall(b"served")
+            client.shutdown(socket.SHUT_WR)
+            assert run_test(accept_and_read(listener, timeout=5), DEADLINE) == b"served"
+
+
 # ---------------------------------------------------------------------------
 # Unix sockets
 # ---------------------------------------------------------------------------
