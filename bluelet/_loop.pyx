@@ -62,7 +62,9 @@ cdef extern from *:
     """
     #if defined(__linux__)
     #include <sys/epoll.h>
+    #include <unistd.h>
     #define BLUELET_HAVE_EPOLL 1
+    #define bluelet_epoll_close close
     #else
     #include <errno.h>
     #include <stdint.h>
@@ -76,6 +78,9 @@ cdef extern from *:
     static int epoll_create1(int flags) { errno = ENOSYS; return -1; }
     static int epoll_ctl(int e, int op, int fd, struct epoll_event *ev) { errno = ENOSYS; return -1; }
     static int epoll_wait(int e, struct epoll_event *evs, int n, int t) { errno = ENOSYS; return -1; }
+    /* Never reached (there is no epoll fd to close); keeps POSIX close()
+       out of builds where the C library may lack it (MSVC has _close). */
+    static int bluelet_epoll_close(int e) { errno = ENOSYS; return -1; }
     #endif
 
     #include <time.h>
@@ -185,7 +190,7 @@ cdef extern from *:
     Py_ssize_t bluelet_sock_send(int fd, const char *data, Py_ssize_t n) except -1
     int bluelet_send(object gen, object arg, PyObject **result) except -1
     bint PyGen_CheckExact(object obj)
-    int close(int fd)
+    int bluelet_epoll_close(int epfd)
 
 # ---------------------------------------------------------------------------
 # Constants
@@ -858,7 +863,7 @@ cdef class _EpollPoller:
 
     def __dealloc__(self):
         if self._epfd >= 0:
-            close(self._epfd)
+            bluelet_epoll_close(self._epfd)
 
     cdef int _ctl(self, int op, int fd, int mask) except -1:
         cdef epoll_event event
@@ -911,7 +916,7 @@ cdef class _EpollPoller:
 
     cpdef int close(self) except -1:
         if self._epfd >= 0:
-            close(self._epfd)
+            bluelet_epoll_close(self._epfd)
             self._epfd = -1
         return 0
 
