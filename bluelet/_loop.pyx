@@ -1026,6 +1026,7 @@ cdef class Loop:
     cdef tuple _waker           # (read end, write end), made on demand
     cdef object _waker_lock     # so no thread writes to the waker once closed
     cdef object _interrupts     # exceptions from interrupt(), for the root
+    cdef object _deferred       # an interrupt due at the root's next scheduling point
     cdef bint _stopping         # an interrupt reached the root: end with it
     cdef bint _virtual_time
     cdef double _clock          # the time under virtual_time
@@ -1078,6 +1079,9 @@ cdef class Loop:
                 self._shutdown()
             finally:
                 _local.loop = None
+        if self._deferred is not None and self._failure is None:
+            # The root ended before the scheduling point it was due at.
+            self._failure = self._deferred
         if self._failure is not None:
             failure, self._failure = self._failure, None
             raise failure
@@ -1192,7 +1196,7 @@ cdef class Loop:
             else:
                 kind = -1
             if task.expired and _is_scheduling_point(kind):
-                exc = self._timeout_error(task)
+                exc = self._due_error(task)
                 continue
 
             if kind == _K_VALUE:
@@ -1427,6 +1431,14 @@ cdef class Loop:
         # (a server finishing its requests). Once the root has ended, the
         # run ends too, closing the rest, rather than waiting for them.
         self._stopping = True
+        if root.state == _S_READY and root.exc is None:
+            # What it waited for has just completed (a connection accepted,
+            # bytes read): thrown in now, the exception would lose that
+            # result. It takes the result, and the exception at its next
+            # scheduling point.
+            self._deferred = exc
+            root.expired = True
+            return 0
         self._cancel_wait(root)
         self._schedule(root, None, exc)
         return 0
@@ -1768,17 +1780,11 @@ cdef class Loop:
     cdef int _leave_scopes(self, _Task task) except -1:
         cdef Py_ssize_t depth = len(task.stack) if task.stack else 0
         cdef list scopes = task.scopes
-        cdef _Scope scope
         while scopes and (<_Scope>scopes[len(scopes) - 1]).depth >= depth:
             self._drop_timer(scopes.pop())
-        if scopes:
-            task.expired = False
-            for scope in scopes:
-                if scope.expired:
-                    task.expired = True
-        else:
+        if not scopes:
             task.scopes = None
-            task.expired = False
+        task.expired = self._is_due(task)
         return 0
 
     cdef int _expire_scope(self, _Scope scope) except -1:
@@ -1796,6 +1802,24 @@ cdef class Loop:
             if scope.expired:
                 return Timeout("timed out after %g s" % scope.seconds)
         raise AssertionError("no expired timeout")
+
+    cdef bint _is_due(self, _Task task):
+        cdef _Scope scope
+        if task is self._root and self._deferred is not None:
+            return True
+        if task.scopes is not None:
+            for scope in task.scopes:
+                if scope.expired:
+                    return True
+        return False
+
+    cdef object _due_error(self, _Task task):
+        cdef object exc
+        if task is self._root and self._deferred is not None:
+            exc, self._deferred = self._deferred, None
+            task.expired = self._is_due(task)
+            return exc
+        return self._timeout_error(task)
 
     # -- parked tasks and threads -------------------------------------------
 

@@ -799,7 +799,7 @@ class Loop:
     __slots__ = ("_virtual_time", "_slow_step", "_clock", "_ready", "_batch", "_tasks",
                  "_timers", "_timer_seq", "_stale_timers", "_fds", "_fd_waiters",
                  "_poller", "_root", "_current", "_failure", "_results", "_inbox",
-                 "_external", "_waker_fd", "_waker", "_waker_lock", "_interrupts",
+                 "_external", "_waker_fd", "_waker", "_waker_lock", "_interrupts", "_deferred",
                  "_stopping")
 
     def __init_subclass__(cls, **kwargs):
@@ -829,6 +829,7 @@ class Loop:
         self._waker = None          # (read end, write end), made on demand
         self._waker_lock = threading.RLock()  # no write to the waker once closed
         self._interrupts = collections.deque()  # from interrupt(), for the root
+        self._deferred = None       # an interrupt due at the root's next scheduling point
         self._stopping = False      # an interrupt reached the root: end with it
 
     # -- entry point --------------------------------------------------------
@@ -852,6 +853,9 @@ class Loop:
                 self._shutdown()
             finally:
                 _local.loop = None
+        if self._deferred is not None and self._failure is None:
+            # The root ended before the scheduling point it was due at.
+            self._failure = self._deferred
         if self._failure is not None:
             failure, self._failure = self._failure, None
             raise failure
@@ -948,7 +952,7 @@ class Loop:
             if kind is None:
                 kind = _kind_slow(event)
             if task.expired and kind in _SCHEDULING_POINTS:
-                exc = self._timeout_error(task)
+                exc = self._due_error(task)
                 continue
 
             if kind == _K_VALUE:
@@ -1193,6 +1197,14 @@ class Loop:
         # (a server finishing its requests). Once the root has ended, the
         # run ends too, closing the rest, rather than waiting for them.
         self._stopping = True
+        if root.state == _S_READY and root.exc is None:
+            # What it waited for has just completed (a connection accepted,
+            # bytes read): thrown in now, the exception would lose that
+            # result. It takes the result, and the exception at its next
+            # scheduling point.
+            self._deferred = exc
+            root.expired = True
+            return
         self._cancel_wait(root)
         self._schedule(root, None, exc)
 
@@ -1450,11 +1462,9 @@ class Loop:
         scopes = task.scopes
         while scopes and scopes[-1].depth >= depth:
             self._drop_timer(scopes.pop())
-        if scopes:
-            task.expired = any(scope.expired for scope in scopes)
-        else:
+        if not scopes:
             task.scopes = None
-            task.expired = False
+        task.expired = self._is_due(task)
 
     def _expire_scope(self, scope):
         """A timeout ran out: raise Timeout in its task if it waits now;
@@ -1471,6 +1481,22 @@ class Loop:
             if scope.expired:
                 return Timeout("timed out after %g s" % scope.seconds)
         raise AssertionError("no expired timeout")
+
+    def _is_due(self, task):
+        """Whether an exception waits for ``task``'s next scheduling point: a
+        timeout of its that has run out or, for the root, a deferred interrupt."""
+        if task is self._root and self._deferred is not None:
+            return True
+        return task.scopes is not None and any(scope.expired for scope in task.scopes)
+
+    def _due_error(self, task):
+        """The exception due at ``task``'s scheduling point: a deferred
+        interrupt before a timeout."""
+        if task is self._root and self._deferred is not None:
+            exc, self._deferred = self._deferred, None
+            task.expired = self._is_due(task)
+            return exc
+        return self._timeout_error(task)
 
     # -- parked tasks and threads -------------------------------------------
 
@@ -1505,7 +1531,10 @@ class Loop:
         """Stop the run the way Ctrl-C does; safe from signal handlers and threads.
 
         At its next pass the loop raises ``exc`` in the root's innermost
-        coroutine (if the root has ended, ``run()`` raises ``exc``). The
+        coroutine, at its ``yield``; if what the root waited for has just
+        completed (a connection accepted, bytes read), the root takes that
+        result first and gets ``exc`` at its next scheduling point, so no
+        result is lost (if the root has ended, ``run()`` raises ``exc``). The
         other coroutines go on until the root ends, so a root that catches
         it can wind them down; whatever is still alive then is closed, as
         at any end of ``run()``. Nothing is raised here, so the scheduler's

@@ -330,6 +330,46 @@ def test_root_that_caught_the_stop_can_let_a_child_finish(core, stop_handlers):
     assert events.index("root caught") < events.index("step 2") == len(events) - 1
 
 
+def _handed_an_item_then_interrupted(events, more_yields):
+    """A root that is handed an item by a child which then raises SIGINT, in
+    one turn: the root is ready with the item when the interrupt arrives."""
+    queue = bluelet.Queue()
+
+    def child():
+        yield queue.put("accepted connection")
+        signal.raise_signal(signal.SIGINT)
+
+    def root():
+        yield bluelet.spawn(child())
+        item = yield queue.get()
+        events.append(item)
+        if more_yields:
+            try:
+                yield bluelet.sleep(WAIT)
+                events.append("not interrupted")
+            except KeyboardInterrupt:
+                events.append("interrupted at the next yield")
+
+    return root()
+
+
+def test_a_result_due_to_the_root_is_not_lost_to_an_interrupt(core, stop_handlers):
+    events = []
+    try:
+        bluelet.run(_handed_an_item_then_interrupted(events, True), handle_signals=True)
+    except KeyboardInterrupt:
+        # Not let through: pytest would take it for Ctrl-C and stop the run.
+        pytest.fail("the interrupt took the place of the item due to the root: %r" % events)
+    assert events == ["accepted connection", "interrupted at the next yield"]
+
+
+def test_an_interrupt_due_when_the_root_ends_is_raised_by_run(core, stop_handlers):
+    events = []
+    with pytest.raises(KeyboardInterrupt):
+        bluelet.run(_handed_an_item_then_interrupted(events, False), handle_signals=True)
+    assert events == ["accepted connection"]
+
+
 def test_handle_signals_replaces_and_restores_custom_handlers(core, stop_handlers):
     seen = []
 
