@@ -9,8 +9,9 @@ subclasses ``Connection`` and swaps the two hooks ``_receive`` and
 The read buffer
     ``readline``, ``readuntil`` and ``readexactly`` read in chunks and keep
     what they read past what they return; the next read of any kind serves
-    that first. A timeout or a limit leaves the buffered bytes in place, so
-    the stream stays consistent and the connection usable.
+    that first. A timeout, a kill or a limit leaves the buffered bytes in
+    place (they are taken only once the reader runs), so the stream stays
+    consistent and the connection usable.
 """
 
 import operator
@@ -24,7 +25,6 @@ from ._impl import (
     Event,
     ReceiveEvent,
     SendEvent,
-    ValueEvent,
     notify_closing,
     timeout,
     wait_writable,
@@ -147,14 +147,21 @@ class Connection:
         """Event: up to ``size`` bytes; b'' at end of stream."""
         self._check_open("recv()")
         size = _count(size, "recv() size")
-        buf = self._buf
-        if buf:
-            # Wrapped all the same, so that a bad timeout raises whether or
-            # not bytes happen to be buffered -- and before any is taken.
-            event = with_timeout(ValueEvent(bytes(buf[:size])), timeout)
-            del buf[:size]
-            return event
+        if self._buf:
+            return with_timeout(DelegationEvent(self._take(size)), timeout)
         return with_timeout(self._receive(size), timeout)
+
+    def _take(self, size: int) -> Generator[Any, Any, bytes]:
+        """Up to ``size`` buffered bytes, taken only once the reader runs.
+
+        Taken at the call, they would be lost to a Timeout or kill landing
+        at the reader's ``yield``. A call is no scheduling point, so nothing
+        can land between taking them here and the reader receiving them.
+        """
+        yield from ()  # a generator: its body runs when the reader is resumed
+        data = bytes(self._buf[:size])
+        del self._buf[:size]
+        return data
 
     def readline(self, terminator: bytes = b"\n", bufsize: int = 1024, *,
                  limit: int = DEFAULT_LIMIT, timeout: Optional[float] = None) -> Event:
@@ -221,10 +228,6 @@ class Connection:
         """
         self._check_open("readexactly()")
         n = _count(n, "readexactly() n")
-        if len(self._buf) >= n:
-            event = with_timeout(ValueEvent(bytes(self._buf[:n])), timeout)
-            del self._buf[:n]
-            return event
         return with_timeout(DelegationEvent(self._readexactly(n)), timeout)
 
     def _readexactly(self, n: int) -> Generator[Any, Any, bytes]:

@@ -12,6 +12,7 @@ timeout or a limit nothing that arrived is lost.
 import os
 import random
 import socket
+import time
 
 import pytest
 
@@ -191,6 +192,69 @@ def test_a_negative_timeout_is_already_over(core):
         return (yield recv_exactly(server, 2))
 
     assert on_a_connection(body) == b"ok"
+
+
+# Reads served from the buffer (readline read past its line): a Timeout or
+# kill that lands where the reader is resumed must leave the bytes buffered,
+# or hand them over; never take them and drop them.
+BUFFERED_READS = {
+    "recv": lambda conn: conn.recv(100),
+    "recv with timeout=": lambda conn: conn.recv(100, timeout=DEADLINE),
+    "readexactly": lambda conn: conn.readexactly(5),
+}
+
+
+def _buffered_read_interrupted(read, how):
+    """What a reader of the buffered b"body\n" got, and what was left for
+    the next read, when ``how`` ("kill" or "timeout") hits it as it reads."""
+    def body(client, server):
+        yield client.sendall(b"HDR\nbody\n")
+        assert (yield server.readexactly(4)) == b"HDR\n"  # b"body\n" stays buffered
+        got = []
+
+        def reader():
+            if how == "timeout":
+                yield bluelet.null()  # ready, not waiting, when the deadline passes
+            got.append((yield read(server)))
+            yield bluelet.sleep(DEADLINE)
+
+        def interrupter(task):
+            if how == "kill":
+                yield bluelet.kill(task)  # it is ready to resume, holding what it read
+            else:
+                time.sleep(SHORT * 2)  # hold the loop past the reader's deadline
+                yield bluelet.null()
+
+        task = reader()
+        if how == "kill":
+            yield bluelet.spawn(task)
+        else:
+            task = bluelet.timeout(SHORT, task)
+            yield bluelet.spawn(_catching(task, bluelet.Timeout))
+        yield bluelet.spawn(interrupter(task))
+        yield bluelet.sleep(SHORT * 4)
+        if how == "kill":
+            yield bluelet.join(task)
+        client.close()
+        rest = yield server.recv(100)
+        return b"".join(got), rest
+
+    return on_a_connection(body)
+
+
+def _catching(coroutine, error):
+    try:
+        yield coroutine
+    except error:
+        pass
+
+
+@pytest.mark.parametrize("how", ["kill", "timeout"])
+@pytest.mark.parametrize("case", sorted(BUFFERED_READS))
+def test_a_buffered_read_interrupted_at_its_yield_loses_nothing(core, case, how):
+    got, rest = _buffered_read_interrupted(BUFFERED_READS[case], how)
+    assert got + rest == b"body\n"
+
 
 
 # ---------------------------------------------------------------------------
