@@ -590,9 +590,10 @@ cdef class ReceiveEvent(_FdEvent):
 
     cdef object _attempt(self):
         bufsize = self.bufsize
-        if self._direct and type(bufsize) is int and bufsize >= 0:
+        sock = self.conn.sock
+        if self._direct and type(bufsize) is int and bufsize >= 0 and _same_fd(sock, self._fileno):
             return bluelet_sock_recv(self._fileno, bufsize, _WOULD_BLOCK)
-        return self.conn.sock.recv(bufsize)
+        return sock.recv(bufsize)
 
 
 cdef class SendEvent(_FdEvent):
@@ -617,9 +618,9 @@ cdef class SendEvent(_FdEvent):
         self._direct = _plain_socket(conn.sock) and self._view.c_contiguous
 
     cdef object _attempt(self):
-        if self._direct:
-            return self._attempt_direct()
         sock = self.conn.sock
+        if self._direct and _same_fd(sock, self._fileno):
+            return self._attempt_direct()
         if not self.sendall:
             return sock.send(self._view)
         view = self._view
@@ -644,6 +645,14 @@ cdef class SendEvent(_FdEvent):
             return None
         finally:
             PyBuffer_Release(&buf)
+
+
+cdef inline bint _same_fd(sock, int fileno) except -1:
+    # The fd the event was made for is still its socket's. An event yielded
+    # after its connection closed would otherwise read or write whatever
+    # socket reuses the number; through the socket's own methods it gets
+    # EBADF, as in the pure twin.
+    return sock.fileno() == fileno
 
 
 cdef bint _plain_socket(sock) except -1:

@@ -10,6 +10,7 @@ SIGINT delivery, descriptor counting) is in ``_helpers``.
 """
 
 import contextlib
+import errno
 import gc
 import logging
 import os
@@ -41,6 +42,7 @@ from _helpers import (
     wait_for,
     watchdog,
 )
+from bluelet.testing import run_test
 
 pytestmark = [pytest.mark.usefixtures("no_fd_leak"), pytest.mark.timeout(60)]
 
@@ -820,6 +822,32 @@ def test_uncaught_connect_refused_ends_run_with_it(core):
 # ---------------------------------------------------------------------------
 # SocketClosedError
 # ---------------------------------------------------------------------------
+
+def test_an_event_made_before_close_never_touches_the_socket_that_reuses_its_fd(core):
+    def root():
+        with bluelet.Listener(HOST, 0) as listener:
+            old, old_peer = yield open_pair(listener)
+            stale_recv, stale_send = old.recv(100), old.sendall(b"for the closed socket")
+            fd = old.fileno()
+            old.close()
+            new, new_peer = yield open_pair(listener)
+        with old_peer, new, new_peer:
+            # The lowest free number goes to the next socket made.
+            assert fd in (new.fileno(), new_peer.fileno())
+            reuser, partner = (new, new_peer) if new.fileno() == fd else (new_peer, new)
+            yield partner.sendall(b"for the new socket")
+            with pytest.raises(OSError) as stale:
+                yield stale_recv
+            assert stale.value.errno == errno.EBADF
+            assert (yield reuser.recv(100)) == b"for the new socket"
+            with pytest.raises(OSError) as stale:
+                yield stale_send
+            assert stale.value.errno == errno.EBADF
+            reuser.shutdown_write()
+            assert (yield partner.recv(100)) == b""
+
+    run_test(root(), timeout=20.0)
+
 
 def test_operations_on_closed_connection_and_listener_raise_at_the_call(core):
     listener = bluelet.Listener(HOST, 0)
