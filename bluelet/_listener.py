@@ -5,6 +5,7 @@ readiness); the listener only says how to wrap each accepted socket: a
 ``Connection``, or a ``TLSConnection`` when it was made with ``ssl=``.
 """
 
+import errno
 import os
 import socket
 import stat
@@ -18,7 +19,7 @@ from ._tls import check_server_context, wrap_server
 if TYPE_CHECKING:
     import ssl
 
-__all__ = ["Listener", "bind_address", "check_port", "display", "stream_socket"]
+__all__ = ["Listener", "bind_address", "check_backlog", "check_port", "display", "stream_socket"]
 
 # SO_REUSEADDR lets a restarted server bind its port while the last run's
 # connections sit in TIME_WAIT. On Windows the same option means something
@@ -35,6 +36,13 @@ def check_port(port: Any, verb: str) -> None:
         raise TypeError("%s needs the port as an int, not %r" % (verb, port))
     if not 0 <= port <= 65535:
         raise OverflowError("%s port must be 0-65535, not %d" % (verb, port))
+
+
+def check_backlog(backlog: Any) -> None:
+    """TypeError at the call for a backlog that is no int: listen() would
+    raise it only where it runs, in a pre-forked worker."""
+    if isinstance(backlog, bool) or not isinstance(backlog, int):
+        raise TypeError("the backlog must be an int, not %r" % (backlog,))
 
 
 def display(address: Any) -> str:
@@ -192,10 +200,29 @@ class Listener:
 
 
 def _remove_stale_socket(path: str) -> None:
+    """Unlink a socket file that an earlier process left at ``path``.
+
+    Raises if the file is no socket, or if a server still listens on it:
+    unlinking its file would leave that server unreachable. Telling the two
+    apart takes a connection attempt, which a live server sees as a client
+    that hangs up at once.
+    """
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(mode):
         raise FileExistsError("Listener.unix(): %s exists and is not a socket" % path)
-    os.unlink(path)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.setblocking(False)
+        code = probe.connect_ex(path)
+    finally:
+        probe.close()
+    if code in (0, errno.EAGAIN, errno.EWOULDBLOCK):  # accepted, or queued behind others
+        raise OSError(errno.EADDRINUSE, "Listener.unix(): a server is listening on %s" % path)
+    if code == errno.ECONNREFUSED:
+        os.unlink(path)
+    elif code != errno.ENOENT:  # gone meanwhile: nothing to unlink
+        raise OSError(code, "Listener.unix(): cannot tell whether %s is in use: %s"
+                      % (path, os.strerror(code)))

@@ -32,24 +32,34 @@ Escaping the supervisor's loop
     the poll).
 
 Signals
-    The supervisor blocks SIGINT, SIGTERM and SIGCHLD and takes them one
-    at a time with ``sigwait``: no handler runs in the middle of a fork or
-    of its bookkeeping. Workers ignore SIGINT: the terminal's Ctrl-C
-    reaches the whole process group, and the supervisor answers it with
-    SIGTERM; a worker that counted both would take the second as "stop
-    now". A stop signal during the stop is forwarded as a second SIGTERM:
-    stop now. Workers hold the read end of a pipe whose write end only the
-    supervisor has: end of file there means it died, and they stop.
+    The supervisor's handlers for SIGINT, SIGTERM and SIGCHLD only note
+    the signal; ``signal.set_wakeup_fd`` wakes the supervisor's
+    ``select()`` on a pipe, and it acts on what was noted between its own
+    steps. Handlers, not a blocked mask taken by ``sigwait``: a mask holds
+    for one thread, and the kernel hands a process's signal to any thread
+    that has not blocked it (the pool of ``to_thread``, a library's
+    thread), where a SIGTERM at its default would end the supervisor and a
+    SIGCHLD would go unseen. Every wake-up reaps every worker that has
+    ended, so SIGCHLDs that arrive together lose nothing. The three are
+    blocked only across ``fork()``, so that a worker takes none before its
+    own handlers are in place. Workers ignore SIGINT: the terminal's
+    Ctrl-C reaches the whole process group, and the supervisor answers it
+    with SIGTERM; a worker that counted both would take the second as
+    "stop now". A stop signal during the stop is forwarded as a second
+    SIGTERM: stop now. Workers hold the read end of a pipe whose write end
+    only the supervisor has: end of file there means it died, and they
+    stop.
 """
 
 import logging
 import os
+import select
 import signal
 import socket
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, NoReturn, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, NoReturn, Optional, Tuple
 
 from ._impl import spawn, tasks, wait_readable
 from ._listener import Listener, bind_address, display, stream_socket
@@ -63,27 +73,27 @@ __all__ = ["AVAILABLE", "Endpoint", "check_available", "supervise", "supervisor"
 
 log = logging.getLogger("bluelet.server")
 
-#: Whether this platform can pre-fork (POSIX: fork and sigwait).
-AVAILABLE = hasattr(os, "fork") and hasattr(signal, "sigwait")
+#: Whether this platform can pre-fork (POSIX: fork, signal masks, SIGCHLD).
+AVAILABLE = hasattr(os, "fork") and hasattr(signal, "pthread_sigmask") and \
+    hasattr(signal, "SIGCHLD")
 
 # Linux spreads connections among SO_REUSEPORT listeners; BSD and macOS
 # give them all to one, so there a single inherited socket is shared.
 _SPREAD = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
 
-_STOP = {signal.SIGINT, signal.SIGTERM}
-_WATCHED = _STOP | ({signal.SIGCHLD} if hasattr(signal, "SIGCHLD") else set())
+_STOP = frozenset((signal.SIGINT, signal.SIGTERM))
+_WATCHED = _STOP | ({signal.SIGCHLD} if AVAILABLE else set())
 
 _SHORTEST_LIFE = 1.0   # seconds: a worker dying sooner is restarted ...
 _RESTART_PAUSE = 1.0   # ... after this pause, so a broken start cannot fork-loop
 _KILL_MARGIN = 1.0     # seconds past the grace period before SIGKILL
-_POLL = 0.02           # seconds between checks while workers stop
 
 
 def check_available(workers: int) -> None:
     """Raise at the call if ``workers`` processes cannot be forked here."""
     if not AVAILABLE:
-        raise NotImplementedError("server(workers=%d) needs os.fork and signal.sigwait "
-                                  "(POSIX); this platform has not got them" % workers)
+        raise NotImplementedError("server(workers=%d) needs os.fork and POSIX signals; "
+                                  "this platform has not got them" % workers)
 
 
 class Endpoint:
@@ -164,7 +174,7 @@ def supervise(endpoint: Endpoint, workers: int, service: Callable[[Listener], Co
 
 
 class _Supervisor:
-    """The supervisor's state: its workers, their lifeline, the signal mask."""
+    """The supervisor's state: its workers, their lifeline, the signals noted."""
 
     def __init__(self, endpoint: Endpoint, service: Callable[[Listener], Coro],
                  grace: Optional[float]) -> None:
@@ -172,34 +182,70 @@ class _Supervisor:
         self._service = service
         self._grace = grace
         self._children: Dict[int, float] = {}   # pid -> when it started
-        self._mask: Set[int] = set()            # the signal mask to restore
-        self._chld_handler: Any = None
+        self._noted: List[int] = []             # signals since the last look
+        self._saved: Dict[int, Any] = {}        # signum -> the handler to restore
+        self._saved_wakeup = -1
+        self._wake_r = self._wake_w = -1        # the wake-up pipe
         self._lifeline = self._keeper = -1
 
     def run(self, workers: int) -> None:
-        self._mask = signal.pthread_sigmask(signal.SIG_BLOCK, _WATCHED)
-        # A handler (never run: the signal is blocked and taken by sigwait)
-        # keeps SIGCHLD, ignored by default, from being discarded.
-        self._chld_handler = signal.signal(signal.SIGCHLD, _never_called)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)  # as set_wakeup_fd requires
         self._lifeline, self._keeper = os.pipe()
+        self._catch_signals()
         try:
             for _ in range(workers):
-                self._start()
+                if not self._start():
+                    # Not restarted: what failed it will fail the next one.
+                    raise RuntimeError("a worker failed to start (its error is logged above)")
             self._watch()
         finally:
             try:
                 self._stop()
             finally:
-                os.close(self._keeper)
-                os.close(self._lifeline)
-                _take_stop()  # arrived while stopping: answered already
-                signal.signal(signal.SIGCHLD, _handler_or_default(self._chld_handler))
-                signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)
+                self._release_signals()
+                for fd in (self._keeper, self._lifeline, self._wake_r, self._wake_w):
+                    os.close(fd)
+
+    # -- signals --------------------------------------------------------------
+
+    def _catch_signals(self) -> None:
+        for signum in _WATCHED:
+            self._saved[signum] = signal.signal(signum, self._note)
+        self._saved_wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+
+    def _note(self, signum: int, frame: Any) -> None:
+        """The handler: runs in the main thread, between two of its steps."""
+        self._noted.append(signum)
+
+    def _release_signals(self) -> None:
+        signal.set_wakeup_fd(self._saved_wakeup)
+        for signum, handler in self._saved.items():
+            signal.signal(signum, _handler_or_default(handler))
+
+    def _wait(self, seconds: Optional[float]) -> None:
+        """Until a signal comes (its handler has run by the return) or
+        ``seconds`` pass (None: no limit)."""
+        if not self._noted:
+            select.select([self._wake_r], [], [], seconds)
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass  # drained
+
+    def _take_stop(self) -> bool:
+        """Whether a stop signal came since the last look; forgets what came
+        (SIGCHLD only wakes: every wake-up reaps)."""
+        stop = not _STOP.isdisjoint(self._noted)
+        self._noted.clear()
+        return stop
 
     # -- workers --------------------------------------------------------------
 
-    def _start(self) -> None:
-        """Fork a worker; return once it listens (or has died trying)."""
+    def _start(self) -> bool:
+        """Fork a worker; return once it listens (True) or has died trying."""
         ready, ready_w = os.pipe()
         try:
             pid = _fork(lambda: self._work(ready, ready_w))
@@ -217,17 +263,19 @@ class _Supervisor:
             os.close(ready)
         if listening:
             log.info("worker %d started", pid)
+        return bool(listening)
 
     def _work(self, ready: int, ready_w: int) -> None:
-        """A worker's life, in the child."""
-        os.close(ready)
-        os.close(self._keeper)
-        signal.signal(signal.SIGCHLD, _handler_or_default(self._chld_handler))
+        """A worker's life, in the child (the watched signals still blocked)."""
+        signal.set_wakeup_fd(-1)
+        for signum, handler in self._saved.items():
+            signal.signal(signum, _handler_or_default(handler))
+        for fd in (ready, self._keeper, self._wake_r, self._wake_w):
+            os.close(fd)
         listener = self._endpoint.listener()
         os.write(ready_w, b"!")
         os.close(ready_w)
-        run(_worker_root(self._service(listener), self._lifeline, self._mask),
-            handle_signals=True)
+        run(_worker_root(self._service(listener), self._lifeline), handle_signals=True)
 
     def _reap(self) -> List[Tuple[int, float, int]]:
         """``(pid, start time, wait status)`` of each worker that has ended."""
@@ -247,36 +295,51 @@ class _Supervisor:
     def _watch(self) -> None:
         """Restart workers that end, until a stop signal."""
         while True:
-            signum = signal.sigwait(_WATCHED)
-            # A stop pending with SIGCHLD (workers signalled with us) goes
+            # A stop that came with SIGCHLD (workers signalled with us) goes
             # first, and nothing is restarted; stop signals that came
             # together are one request, not a "stop now".
-            if _take_stop() or signum in _STOP:
+            if self._take_stop():
                 log.info("stopping %d worker(s)", len(self._children))
                 return
-            for pid, started, status in self._reap():
+            # Reaped before every wait: a worker may have ended while this
+            # was pausing or starting another, its SIGCHLD already taken.
+            ended = self._reap()
+            if not ended:
+                self._wait(None)
+            for pid, started, status in ended:
                 log.warning("worker %d exited with status %d; restarting",
                             pid, os.waitstatus_to_exitcode(status))
-                if time.monotonic() - started < _SHORTEST_LIFE:
-                    time.sleep(_RESTART_PAUSE)
-                    if _take_stop():
-                        return
+                if time.monotonic() - started < _SHORTEST_LIFE and \
+                        self._stopped_within(_RESTART_PAUSE):
+                    return
                 self._start()
+
+    def _stopped_within(self, seconds: float) -> bool:
+        """Wait ``seconds``, or less if a stop signal comes: whether one came."""
+        deadline = time.monotonic() + seconds
+        while not self._take_stop():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._wait(left)
+        log.info("stopping %d worker(s)", len(self._children))
+        return True
 
     def _stop(self) -> None:
         """SIGTERM to every worker; SIGKILL to those still there after the grace."""
         self._signal_all(signal.SIGTERM)
         deadline = None if self._grace is None else \
             time.monotonic() + self._grace + _KILL_MARGIN
-        while self._children and (deadline is None or time.monotonic() < deadline):
-            if _take_stop():
-                log.info("stop signal again: the workers stop now")
-                self._signal_all(signal.SIGTERM)
-            # Polled: a wait with a deadline would need sigtimedwait(), which
-            # macOS lacks, and this runs once, at the end.
-            time.sleep(_POLL)
+        while True:
             for pid, _, status in self._reap():
                 log.info("worker %d stopped (status %d)", pid, os.waitstatus_to_exitcode(status))
+            left = None if deadline is None else deadline - time.monotonic()
+            if not self._children or left is not None and left <= 0:
+                break
+            self._wait(left)  # woken by each SIGCHLD
+            if self._take_stop():
+                log.info("stop signal again: the workers stop now")
+                self._signal_all(signal.SIGTERM)
         for pid in list(self._children):
             log.warning("worker %d still running %g s after SIGTERM: killing it",
                         pid, (self._grace or 0) + _KILL_MARGIN)
@@ -285,12 +348,12 @@ class _Supervisor:
             del self._children[pid]
 
 
-def _worker_root(service: Coro, lifeline: int, mask: Set[int]) -> Coro:
+def _worker_root(service: Coro, lifeline: int) -> Coro:
     """A worker's root coroutine: ``service``, stopped by SIGTERM or an orphaning."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor answers Ctrl-C
     # Unblocked only now that run() has its handlers in place: a SIGTERM
     # that came since the fork is delivered here, and stops the service.
-    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _WATCHED)
     yield spawn(_orphaned(lifeline))
     return (yield service)
 
@@ -303,12 +366,16 @@ def _orphaned(lifeline: int) -> Coro:
 
 
 def _fork(work: Callable[[], None]) -> int:
-    """Fork; the child runs ``work()`` and exits. Returns the child's pid."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        _exit_after(work)
+    """Fork; the child runs ``work()``, with the watched signals blocked
+    until it unblocks them, and exits. Returns the child's pid."""
+    _flush_std()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _WATCHED)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            _exit_after(work)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # the supervisor's own
     return pid
 
 
@@ -323,22 +390,15 @@ def _exit_after(work: Callable[[], None]) -> NoReturn:
     except BaseException:
         log.exception("worker %d failed", os.getpid())
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        _flush_std()
         os._exit(status)
 
 
-def _take_stop() -> bool:
-    """Whether SIGINT or SIGTERM is pending; takes them if so."""
-    taken = False
-    while signal.sigpending() & _STOP:
-        signal.sigwait(_STOP)
-        taken = True
-    return taken
-
-
-def _never_called(signum: int, frame: Any) -> None:
-    """SIGCHLD's handler while it is blocked and taken by sigwait."""
+def _flush_std() -> None:
+    """Flush stdout and stderr, which are None where the process has no fd 1 or 2."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
 
 
 def _handler_or_default(handler: Any) -> Any:

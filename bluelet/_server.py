@@ -9,9 +9,10 @@ servers run the same loop.
 
 Failures, and what each one costs
     - A handler raises. ``handler_errors="log"`` (the default): logged on
-      the "bluelet.server" logger, an ``OSError`` (a reset, a timeout, a
-      peer gone) at DEBUG, anything else at ERROR with its traceback; only
-      that connection ends. ``"raise"``: the exception ends ``run()`` as
+      the "bluelet.server" logger, what a peer can cause (``OSError``: a
+      reset, a timeout; ``IncompleteRead``: a hang-up mid-message;
+      ``LimitExceeded``: an over-long line) at DEBUG, anything else at
+      ERROR with its traceback; only that connection ends. ``"raise"``: the exception ends ``run()`` as
       any unjoined failure does (0.2.0's behaviour). ``Cancelled`` is never
       caught.
     - ``accept`` finds the process out of descriptors (EMFILE, ENFILE) or
@@ -54,11 +55,11 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Generator, Optional
 
 from . import _prefork
 from ._connection import Connection
-from ._errors import SocketClosedError, Timeout
+from ._errors import IncompleteRead, LimitExceeded, SocketClosedError, Timeout
 from ._impl import WaitQueue, kill, spawn, timeout
-from ._listener import Listener
+from ._listener import Listener, check_backlog
 from ._records import Coro
-from ._tls import TLSConnection
+from ._tls import TLSConnection, check_server_context
 
 if TYPE_CHECKING:
     import ssl
@@ -83,6 +84,9 @@ _WARN_EVERY = 10.0    # seconds between two warnings about exhaustion
 
 _HANDLER_ERRORS = ("log", "raise")
 
+#: What a peer can make a handler raise: routine for a server, logged at DEBUG.
+_PEER_CONDUCT = (OSError, IncompleteRead, LimitExceeded)
+
 
 def serve(listener: Listener, handler: Handler, *, handler_errors: str = "log",
           grace: Optional[float] = 10.0, handshake_timeout: Optional[float] = 60.0) -> Coro:
@@ -91,7 +95,8 @@ def serve(listener: Listener, handler: Handler, *, handler_errors: str = "log",
     Each handler runs in a coroutine of its own, and its connection is
     closed when it ends. ``handler_errors`` says what an exception
     escaping a handler does: ``"log"`` (the default) logs it on the
-    "bluelet.server" logger (an ``OSError`` at DEBUG, anything else at
+    "bluelet.server" logger (what a peer can cause -- ``OSError``,
+    ``IncompleteRead``, ``LimitExceeded`` -- at DEBUG, anything else at
     ERROR with its traceback) and ends only that connection; ``"raise"``
     lets it end ``run()``. When the process runs out of descriptors,
     accepting pauses (a warning is logged) until a handler ends or a
@@ -148,6 +153,10 @@ def server(host: str, port: int, handler: Handler, *, handler_errors: str = "log
     _check_options(handler, handler_errors, grace, handshake_timeout)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError("server() workers must be an int >= 1, not %r" % (workers,))
+    # Here, not where the listener is made: with workers, that is in each
+    # worker, which would die of it and be restarted again and again.
+    check_server_context(ssl)
+    check_backlog(backlog)
     raise_errors = handler_errors == "raise"
     if workers == 1:
         return _listen_and_serve(host, port, backlog, ssl, handler, raise_errors, grace,
@@ -164,6 +173,9 @@ def _check_options(handler: Any, handler_errors: Any, grace: Any, handshake_time
     """Raise at the call for options serve() would trip over later."""
     if not callable(handler):
         raise TypeError("the handler must be callable (conn -> coroutine), not %r" % (handler,))
+    if inspect.iscoroutinefunction(handler) or inspect.isasyncgenfunction(handler):
+        raise TypeError("the handler %r is async; bluelet handlers are generators "
+                        "(def with yield)" % (handler,))
     if handler_errors not in _HANDLER_ERRORS:
         raise ValueError("handler_errors must be 'log' or 'raise', not %r" % (handler_errors,))
     for name, value in (("grace", grace), ("handshake_timeout", handshake_timeout)):
@@ -296,8 +308,7 @@ class _Server:
     def _logged(self, conn: Connection) -> Coro:
         try:
             yield self._handler(conn)
-        except OSError as error:
-            # A reset, a timeout, a peer gone: routine for a server.
+        except _PEER_CONDUCT as error:
             log.debug("connection from %s ended by %r", conn.addr, error)
         except Exception:
             log.error("handler %s failed on the connection from %s",

@@ -292,6 +292,17 @@ def test_unix_listener_replaces_a_stale_socket_file(core, socket_path):
         assert listener.sockname == socket_path
 
 
+def test_unix_listener_will_not_take_the_path_of_a_live_server(core, socket_path):
+    with bluelet.Listener.unix(socket_path) as listener:
+        with pytest.raises(OSError) as taken:
+            bluelet.Listener.unix(socket_path)
+        assert taken.value.errno == errno.EADDRINUSE
+        # The probe that told it apart is a client that hung up at once.
+        assert run_test(accept_and_read(listener), DEADLINE) == b""
+        assert run_test(unix_round_trip(listener, b"still mine"), DEADLINE) == b"still mine"
+        assert os.path.exists(socket_path)
+
+
 def test_unix_listener_refuses_to_replace_another_file(core, socket_path):
     with open(socket_path, "w") as f:
         f.write("precious")

@@ -14,6 +14,7 @@ the root: the server.
 import errno
 import logging
 import os
+import re
 import signal
 import socket
 import ssl
@@ -141,6 +142,10 @@ def _handler(conn):
     yield conn.recv(1)
 
 
+async def _async_handler(conn):
+    pass
+
+
 @pytest.mark.parametrize("call, error, message", [
     (lambda l: bluelet.serve(l, _handler, handler_errors="loud"), ValueError, "'log' or 'raise'"),
     (lambda l: bluelet.serve(l, _handler, grace=-1), ValueError, "grace"),
@@ -150,8 +155,14 @@ def _handler(conn):
     (lambda l: bluelet.server(HOST, 0, _handler, workers=0), ValueError, "workers"),
     (lambda l: bluelet.server(HOST, 0, _handler, workers=2.0), ValueError, "workers"),
     (lambda l: bluelet.server(HOST, 0, _handler, handler_errors=None), ValueError, "'log'"),
+    (lambda l: bluelet.serve(l, _async_handler), TypeError, "async"),
+    # Refused at the call even with workers, which would each die of it.
+    (lambda l: bluelet.server(HOST, 0, _handler, workers=2, backlog="8"), TypeError, "backlog"),
+    (lambda l: bluelet.server(HOST, 0, _handler, workers=2,
+                              ssl=ssl.create_default_context()), ValueError, "server"),
 ], ids=["handler_errors", "grace", "handshake_timeout", "handler", "listener", "workers=0",
-        "workers=2.0", "server-handler_errors"])
+        "workers=2.0", "server-handler_errors", "async-handler", "workers-backlog",
+        "workers-client-context"])
 def test_bad_arguments_raise_at_the_call(core, call, error, message):
     with bluelet.Listener(HOST, 0) as listener:
         with pytest.raises(error, match=message):
@@ -890,10 +901,25 @@ def test_a_client_that_never_reads_costs_no_memory(core, script):
 # ---------------------------------------------------------------------------
 
 WORKERS = """
-    import logging, os, sys
+    import logging, os, sys, threading, time
     import bluelet
 
-    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s")
+    out = sys.stdout
+    if "no-stdout" in sys.argv:
+        # As when started with fd 1 closed: sys.stdout is None. The log
+        # goes to a copy of the pipe the test reads.
+        out = os.fdopen(os.dup(1), "w", buffering=1)
+        os.close(1)
+        sys.stdout = None
+    if "thread" in sys.argv:
+        # Another thread, as to_thread's pool leaves behind: it blocks no
+        # signal, so the kernel may hand it the supervisor's.
+        threading.Thread(target=time.sleep, args=(120,), daemon=True).start()
+    if "broken-start" in sys.argv:
+        def broken(self):
+            raise OSError("no listener for this worker")
+        bluelet._prefork.Endpoint.listener = broken
+    logging.basicConfig(stream=out, level=logging.INFO, format="%(message)s")
 
     def handler(conn):
         line = yield conn.readline()
@@ -903,7 +929,7 @@ WORKERS = """
 
     bluelet.run(bluelet.server("127.0.0.1", 0, handler, workers=2, grace=5),
                 handle_signals=sys.argv[1] == "1")
-    print("stopped", flush=True)
+    print("stopped", file=out, flush=True)
 """
 
 
@@ -942,3 +968,56 @@ def test_workers_serve_restart_and_stop(core, script, handle_signals):
     assert server.wait() == 0
     assert not any("killing it" in line for line in server.seen)  # all stopped on SIGTERM
     assert not alive_group(server.proc.pid)  # no worker left behind
+
+
+_WORKER_CAME_OR_WENT = r"^worker (\d+) (started|exited with status -9; restarting)$"
+
+
+def _comings_and_goings(server, count):
+    """The next ``count`` worker starts and exits, as (pid, "started" or "exited")."""
+    return [(int(m.group(1)), m.group(2).split()[0])
+            for m in (server.expect(_WORKER_CAME_OR_WENT) for _ in range(count))]
+
+
+@needs_fork
+def test_workers_are_kept_and_stopped_with_another_thread_in_the_supervisor(core, script):
+    server = script(core, WORKERS, 0, "thread")
+    port = int(server.expect(r"^serving on 127\.0\.0\.1:(\d+) with 2 workers$").group(1))
+    first = [pid for pid, _ in _comings_and_goings(server, 2)]
+    for pid in first:  # both die together: each SIGCHLD may go to the other thread
+        os.kill(pid, signal.SIGKILL)
+    events = _comings_and_goings(server, 4)
+    assert sorted(pid for pid, what in events if what == "exited") == sorted(first)
+    second = [pid for pid, what in events if what == "started"]
+    assert _pids_answering(port, set(second)) == set(second)
+
+    # One that dies at once is restarted only after a pause; a SIGTERM
+    # during the pause (taken by either thread) stops everything cleanly.
+    os.kill(second[0], signal.SIGKILL)
+    server.expect(r"^worker %d exited with status -9; restarting$" % second[0])
+    os.kill(server.proc.pid, signal.SIGTERM)
+    server.expect("^stopped$")
+    assert server.wait() == 0
+    assert not alive_group(server.proc.pid)
+
+
+@needs_fork
+def test_workers_run_where_the_process_has_no_stdout(core, script):
+    server = script(core, WORKERS, 0, "no-stdout")
+    port = int(server.expect(r"^serving on 127\.0\.0\.1:(\d+) with 2 workers$").group(1))
+    pids = [pid for pid, _ in _comings_and_goings(server, 2)]
+    assert _pids_answering(port, set(pids)) == set(pids)
+    os.kill(server.proc.pid, signal.SIGTERM)
+    server.expect("^stopped$")
+    assert server.wait() == 0
+    assert not alive_group(server.proc.pid)
+
+
+@needs_fork
+def test_a_worker_that_cannot_start_fails_the_server_instead_of_restarting(core, script):
+    server = script(core, WORKERS, 0, "broken-start")
+    server.expect(r"^worker \d+ failed$")
+    assert server.wait() == 1
+    assert "RuntimeError: a worker failed to start" in server.errors.read_text()
+    assert not any(re.search("started|restarting", line) for line in server.seen + server.rest())
+    assert not alive_group(server.proc.pid)
