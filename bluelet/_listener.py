@@ -118,6 +118,7 @@ class Listener:
         """A listener on the Unix socket at ``path`` (``port`` is 0).
 
         A socket file left at ``path`` by an earlier process is replaced;
+        one a server still listens on is not (``OSError`` EADDRINUSE), and
         any other file there is an error. The file is removed again by
         ``close()`` in the process that made it. A path starting with a
         NUL byte is in Linux's abstract namespace and has no file.

@@ -38,6 +38,11 @@ Stopping
     seconds to finish, the rest are cancelled (``Cancelled`` at their
     ``yield``, so their ``finally`` blocks run), and ``serve`` returns. A
     second KeyboardInterrupt during the grace period cancels them at once.
+    Under a plain ``bluelet.run()`` (0.2.0's ``run(server(...))``) a
+    Ctrl-C would raise wherever Python is, often inside a handler; so
+    while it runs in the main thread with SIGINT at Python's default,
+    ``serve`` routes Ctrl-C to the loop as ``handle_signals`` does
+    (``_signals.take_ctrl_c``) and gives SIGINT back when it ends.
 
     A ``kill`` of the loop cannot wait for anything: the core raises
     ``Cancelled`` in it and no ``yield`` may run. Its ``finally`` closes
@@ -59,6 +64,7 @@ from ._errors import IncompleteRead, LimitExceeded, SocketClosedError, Timeout
 from ._impl import WaitQueue, kill, spawn, timeout
 from ._listener import Listener, check_backlog
 from ._records import Coro
+from ._signals import take_ctrl_c
 from ._tls import TLSConnection, check_server_context
 
 if TYPE_CHECKING:
@@ -105,8 +111,8 @@ def serve(listener: Listener, handler: Handler, *, handler_errors: str = "log",
     ``handshake_timeout`` seconds (``None``: no limit); a failed handshake
     is logged at DEBUG and the connection closed.
 
-    Stopping: a KeyboardInterrupt at this coroutine's ``yield`` (Ctrl-C or
-    SIGTERM under ``run(..., handle_signals=True)`` when this is the root
+    Stopping: a KeyboardInterrupt at this coroutine's ``yield`` (Ctrl-C, or
+    SIGTERM under ``run(..., handle_signals=True)``, when this is the root
     or the root delegates to it), or ``listener.close()`` by its owner,
     stops accepting at once (new connections are refused), lets the
     running handlers finish for up to ``grace`` seconds (``None``: as long
@@ -114,7 +120,11 @@ def serve(listener: Listener, handler: Handler, *, handler_errors: str = "log",
     KeyboardInterrupt during that time cancels them at once. If this
     coroutine is killed instead, the listener is closed before the kill
     returns and the running handlers are cancelled on the loop's next turn
-    (a kill cannot wait for them). The listener is closed in every case.
+    (a kill cannot wait for them); a kill before its first turn ran
+    nothing, and leaves the listener to its owner. Ctrl-C stops it so
+    wherever it lands, not only while the loop waits: in the main thread
+    under ``bluelet.run()``, with SIGINT at Python's default handler,
+    ``serve`` routes SIGINT to the loop while it runs.
     """
     if not isinstance(listener, Listener):
         raise TypeError("serve() needs a bluelet.Listener, not %r" % (listener,))
@@ -238,6 +248,7 @@ class _Server:
     # -- the loop ------------------------------------------------------------
 
     def run(self) -> Coro:
+        give_back_ctrl_c = take_ctrl_c()
         yield spawn(self._reaper())
         try:
             try:
@@ -255,6 +266,7 @@ class _Server:
                     # nothing would close its connection: close it now.
                     conn.close()
             self._reaper_wait.wake()
+            give_back_ctrl_c()
 
     def _accept(self) -> Coro:
         """Accept and spawn until KeyboardInterrupt or the listener is closed."""

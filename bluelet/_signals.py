@@ -32,7 +32,11 @@ Stopping on SIGINT and SIGTERM (``run(root, handle_signals=True)``)
     for SIGTERM: the process then exits quietly with status 143, the
     shell's convention for "terminated", which service managers expect.
     Without ``handle_signals``, Ctrl-C raises KeyboardInterrupt wherever
-    Python happens to be, as in 0.2.0.
+    Python happens to be, as in 0.2.0 -- except while ``serve()`` (what
+    ``server()`` runs) runs under ``bluelet.run()`` in the main thread with
+    SIGINT at Python's default: it takes SIGINT over as above
+    (``take_ctrl_c``), so that 0.2.0's ``run(server(...))`` stops
+    gracefully wherever the Ctrl-C lands, not only while the loop waits.
 
 Signals reach Python only in the main thread, so both need the loop there.
 """
@@ -47,7 +51,7 @@ from . import _impl
 from ._impl import WaitQueue, wakeup_fd
 from ._records import Coro
 
-__all__ = ["run", "signal"]
+__all__ = ["run", "signal", "take_ctrl_c"]
 
 #: What signal.signal() takes and returns: a function, SIG_DFL/SIG_IGN, or
 #: None (a handler not installed from Python).
@@ -91,6 +95,9 @@ _saved_wakeup_fd = -1                   # the wakeup fd before the first of them
 # bluelet.run() calls active in the main thread: a count, not a flag, since a
 # nested call fails (one loop per thread) and must not end the outer one's.
 _run_depth = 0
+# The loop of the bluelet.run() call active in the main thread: what a
+# SIGINT taken over by take_ctrl_c() stops.
+_main_loop: Optional[_impl.Loop] = None
 
 
 def _forget_after_fork() -> None:
@@ -100,11 +107,12 @@ def _forget_after_fork() -> None:
     (``server(workers=N)``) must set up its own wake-up socket, not believe
     the parent's copied bookkeeping that one is set.
     """
-    global _wakeup_users, _saved_wakeup_fd, _run_depth
+    global _wakeup_users, _saved_wakeup_fd, _run_depth, _main_loop
     _watches.clear()
     _wakeup_users = 0
     _saved_wakeup_fd = -1
     _run_depth = 0
+    _main_loop = None
 
 
 if hasattr(os, "register_at_fork"):  # POSIX
@@ -182,6 +190,34 @@ def _stopper(loop: _impl.Loop) -> Callable[[int, Optional[FrameType]], None]:
     return stop
 
 
+def take_ctrl_c() -> Callable[[], None]:
+    """Make Ctrl-C stop the main thread's loop as ``handle_signals`` does,
+    unless something else already handles SIGINT; return the undo.
+
+    Called by a coroutine of that loop (``serve()``). Taken only where Ctrl-C
+    would otherwise raise KeyboardInterrupt wherever Python happens to be:
+    the main thread's ``bluelet.run()``, SIGINT at Python's default handler.
+    Elsewhere nothing is taken and the undo does nothing.
+    """
+    loop = _main_loop
+    if (loop is None or threading.current_thread() is not threading.main_thread()
+            or _signal.getsignal(_signal.SIGINT) is not _signal.default_int_handler):
+        return _nothing_to_undo
+    stop = _stopper(loop)
+    _signal.signal(_signal.SIGINT, stop)
+    _use_wakeup_fd()
+
+    def give_back() -> None:
+        _release_wakeup_fd()
+        if _signal.getsignal(_signal.SIGINT) is stop:  # not replaced since
+            _signal.signal(_signal.SIGINT, _signal.default_int_handler)
+    return give_back
+
+
+def _nothing_to_undo() -> None:
+    """take_ctrl_c()'s undo where it took nothing."""
+
+
 def _woken_by_signals(root_coro: Coro) -> Coro:
     """The root under handle_signals: keeps the wakeup fd on this loop's wake-up socket."""
     _use_wakeup_fd()
@@ -213,7 +249,7 @@ def run(root_coro: Coro, *, handle_signals: bool = False, virtual_time: bool = F
     does so between two steps. The previous handlers are restored when
     this returns. With no options this is 0.2.0's ``run``.
     """
-    global _run_depth
+    global _run_depth, _main_loop
     loop = _impl.Loop(virtual_time, slow_step)
     in_main = threading.current_thread() is threading.main_thread()
     if handle_signals:
@@ -221,6 +257,8 @@ def run(root_coro: Coro, *, handle_signals: bool = False, virtual_time: bool = F
     stops: Dict[_signal.Signals, _Handler] = {}
     if in_main:
         _run_depth += 1
+        if _run_depth == 1:
+            _main_loop = loop
     try:
         if handle_signals:
             stop = _stopper(loop)
@@ -236,6 +274,7 @@ def run(root_coro: Coro, *, handle_signals: bool = False, virtual_time: bool = F
         if in_main:
             _run_depth -= 1
             if not _run_depth:
+                _main_loop = None
                 for watch in list(_watches.values()):
                     _unwatch(watch)
         for signum, previous in stops.items():

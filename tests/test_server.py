@@ -262,6 +262,38 @@ def test_run_server_returns_none_on_ctrl_c(core):
     assert_refused(HOST, port)  # the listener was closed
 
 
+BUSY_HANDLER = """
+    import signal, sys, time
+    import bluelet
+
+    def handler(conn):
+        yield conn.readline()
+        print("busy", flush=True)
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:  # Python code, no yield: Ctrl-C lands here
+            pass
+        yield conn.sendall(b"done\\n")
+
+    listener = bluelet.Listener("127.0.0.1", 0)
+    print("port", listener.port, flush=True)
+    result = bluelet.run(bluelet.serve(listener, handler, grace=5))  # no handle_signals
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    print("stopped", result, flush=True)
+"""
+
+
+def test_ctrl_c_inside_a_busy_handler_stops_a_plain_run_gracefully(core, script):
+    server = script(core, BUSY_HANDLER)
+    port = int(server.expect(r"^port (\d+)$").group(1))
+    with socket.create_connection((HOST, port), timeout=WAIT) as sock:
+        sock.sendall(b"work\n")
+        server.expect("^busy$")
+        os.kill(server.proc.pid, signal.SIGINT)
+        assert sock.makefile("rb").readline() == b"done\n"  # the request was finished
+    server.expect("^stopped None$")
+    assert server.wait() == 0
+
+
 def test_ctrl_c_cancels_handlers_still_running_after_the_grace(core):
     port = free_port()
     finals = []
