@@ -6,9 +6,14 @@ Three steps, each a wait the loop can serve others through:
    (``AI_NUMERICHOST`` does no I/O); a host name goes to
    ``socket.getaddrinfo`` in a worker thread (``to_thread``), because the
    system resolver blocks and cannot be made not to.
-2. The TCP handshake: a non-blocking ``connect`` and a wait for
-   writability, on each resolved address in turn (IPv6 and IPv4, in the
-   order the resolver prefers) until one answers.
+2. The TCP handshake: non-blocking ``connect``s, raced as RFC 8305
+   ("Happy Eyeballs") says. The addresses are tried in the resolver's
+   order with the two families interleaved (IPv6, IPv4, IPv6, ...); each
+   attempt gets ``happy_eyeballs_delay`` seconds (0.25) before the next
+   one starts beside it, and a failure starts the next at once. The first
+   handshake to complete wins; the sockets of the others are closed. An
+   address that never answers (a broken IPv6 route, a firewall that drops
+   packets) so costs a quarter of a second, not the kernel's minutes.
 3. With ``ssl=``, the TLS handshake.
 
 ``timeout=`` bounds all three together. Every socket that does not become
@@ -16,12 +21,14 @@ the connection is closed, however the attempt ends.
 """
 
 import errno
+import numbers
 import os
 import socket
-from typing import TYPE_CHECKING, Any, Generator, List, Optional, Sequence, Tuple, Union
+from typing import (TYPE_CHECKING, Any, Dict, Generator, Iterable, List, Optional, Sequence,
+                    Tuple, Union)
 
 from ._connection import Connection, close_socket, with_timeout
-from ._errors import Timeout
+from ._group import first
 from ._impl import DelegationEvent, Event, sleep, wait_writable
 from ._listener import check_port
 from ._threads import to_thread
@@ -40,18 +47,24 @@ _IN_PROGRESS = (errno.EINPROGRESS, errno.EALREADY, getattr(errno, "WSAEWOULDBLOC
 _TRY_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
 _AF_UNIX = getattr(socket, "AF_UNIX", None)  # Windows has none
 
+#: RFC 8305's recommended head start of one connection attempt over the next.
+HAPPY_EYEBALLS_DELAY = 0.25
+
 
 def connect(host: str, port: Union[int, str], timeout: Optional[float] = None, *,
-            ssl: "Optional[ssl.SSLContext]" = None,
-            server_hostname: Optional[str] = None) -> Event:
+            ssl: "Optional[ssl.SSLContext]" = None, server_hostname: Optional[str] = None,
+            happy_eyeballs_delay: Optional[float] = HAPPY_EYEBALLS_DELAY) -> Event:
     """Event: connect to ``(host, port)``; the value is a Connection.
 
     Nothing here blocks other coroutines: a host name is resolved in a
-    worker thread, and each of its addresses is tried in turn. Failures
-    raise at the ``yield``: ``socket.gaierror`` for a name that does not
-    resolve, ``ConnectionRefusedError`` and the like when no address
-    accepts, ``bluelet.Timeout`` (a ``TimeoutError``) when ``timeout``
-    seconds pass first.
+    worker thread, and its addresses are tried as RFC 8305 says (IPv6 and
+    IPv4 interleaved; each attempt gets ``happy_eyeballs_delay`` seconds
+    before the next starts beside it; the first to connect wins; ``None``:
+    one at a time, each until it fails). Failures raise at the ``yield``:
+    ``socket.gaierror`` for a name that does not resolve,
+    ``ConnectionRefusedError`` and the like when no address accepts,
+    ``bluelet.Timeout`` (a ``TimeoutError``) when ``timeout`` seconds pass
+    first.
 
     With ``ssl`` (an ``ssl.SSLContext``) the value is a ``TLSConnection``
     whose handshake is done; ``server_hostname`` (default: ``host``) is
@@ -64,9 +77,16 @@ def connect(host: str, port: Union[int, str], timeout: Optional[float] = None, *
     if ssl is None and server_hostname is not None:
         raise ValueError("server_hostname is only meaningful with ssl")
     check_client_context(ssl)
+    if happy_eyeballs_delay is not None and (
+            isinstance(happy_eyeballs_delay, bool)
+            or not isinstance(happy_eyeballs_delay, numbers.Real)
+            or not happy_eyeballs_delay >= 0):
+        raise ValueError("happy_eyeballs_delay must be a number of seconds >= 0 or None, "
+                         "not %r" % (happy_eyeballs_delay,))
     if ssl is not None and server_hostname is None:
         server_hostname = host
-    return with_timeout(DelegationEvent(_connect(host, port, ssl, server_hostname)), timeout)
+    return with_timeout(DelegationEvent(_connect(host, port, ssl, server_hostname,
+                                                 happy_eyeballs_delay)), timeout)
 
 
 def connect_unix(path: str, timeout: Optional[float] = None) -> Event:
@@ -87,42 +107,137 @@ def _check_address(host: Any, port: Any) -> None:
 
 
 def _connect(host: str, port: Union[int, str], context: "Optional[ssl.SSLContext]",
-             server_hostname: Optional[str]) -> Generator[Any, Any, Connection]:
+             server_hostname: Optional[str],
+             delay: Optional[float]) -> Generator[Any, Any, Connection]:
     addresses = yield from resolve(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM)
     errors: List[OSError] = []
-    for family, type_, proto, _, address in addresses:
-        try:
-            sock = socket.socket(family, type_, proto)
-        except OSError as error:
-            # This host cannot make such a socket (say, IPv6 is off): the
-            # next address may well do.
-            errors.append(error)
-            continue
-        try:
-            yield from _handshake(sock, address)
-        except BaseException as error:
+    sock = yield from _first_to_connect(interleave(addresses), delay, errors)
+    if sock is None:
+        raise _failure(host, port, errors)
+    if context is None:
+        return Connection(sock, (host, port))
+    try:
+        conn = wrap_client(context, sock, (host, port), server_hostname)
+    except BaseException:
+        if sock.fileno() >= 0:  # else the failed SSLSocket took it and closed it
             close_socket(sock)
-            # Timeout is an OSError too, but it is the whole connect()'s:
-            # it must not pass for one address's failure.
-            if isinstance(error, Timeout) or not isinstance(error, OSError):
-                raise
-            errors.append(error)
-            continue
-        if context is None:
-            return Connection(sock, (host, port))
-        try:
-            conn = wrap_client(context, sock, (host, port), server_hostname)
-        except BaseException:
-            if sock.fileno() >= 0:  # else the failed SSLSocket took it and closed it
+        raise
+    try:
+        yield conn.handshake()
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def interleave(addresses: Iterable[_AddrInfo]) -> List[_AddrInfo]:
+    """``addresses`` in RFC 8305's order: the resolver's, but alternating
+    between address families, starting with the resolver's first choice."""
+    by_family: Dict[int, List[_AddrInfo]] = {}
+    for info in addresses:
+        by_family.setdefault(info[0], []).append(info)
+    queues = list(by_family.values())  # dicts keep the order families first came in
+    ordered = []
+    while queues:
+        for queue in queues:
+            ordered.append(queue.pop(0))
+        queues = [queue for queue in queues if queue]
+    return ordered
+
+
+def _first_to_connect(addresses: List[_AddrInfo], delay: Optional[float],
+                      errors: List[OSError]) -> Generator[Any, Any, Optional[socket.socket]]:
+    """The socket of the first address whose TCP handshake completes, or
+    None with each address's failure in ``errors``.
+
+    This coroutine owns every socket still connecting, so that its
+    ``finally`` can close the losers without a ``yield``: also when it is
+    killed or the caller's timeout runs out.
+    """
+    pending = list(addresses)
+    connecting: Dict[socket.socket, Any] = {}   # socket -> its address
+    start_next = True
+    try:
+        while True:
+            if start_next and pending:
+                sock = _start(pending.pop(0), connecting, errors)
+                if sock is not None:
+                    return sock  # connected at once
+            if not connecting:
+                if not pending:
+                    return None
+                start_next = True  # the last one failed at once: the next, now
+                continue
+            waits = [_settled(sock) for sock in connecting]
+            if pending and delay is not None:
+                waits.append(_pause(delay))
+            start_next = not (yield waits[0] if len(waits) == 1 else first(waits))
+            for sock, address in list(connecting.items()):
+                code = _outcome(sock)
+                if code is None:
+                    continue  # still connecting
+                del connecting[sock]
+                if code == 0:
+                    return sock
                 close_socket(sock)
-            raise
-        try:
-            yield conn.handshake()
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-    raise _failure(host, port, errors)
+                errors.append(OSError(code, "connect to %r: %s" % (address, os.strerror(code))))
+                start_next = True
+    finally:
+        for sock in connecting:
+            close_socket(sock)
+
+
+def _start(info: _AddrInfo, connecting: Dict[socket.socket, Any],
+           errors: List[OSError]) -> Optional[socket.socket]:
+    """Begin connecting to ``info``'s address: the socket if that connected
+    at once; else None, the socket in ``connecting`` or its error in ``errors``."""
+    family, type_, proto, _, address = info
+    try:
+        sock = socket.socket(family, type_, proto)
+    except OSError as error:
+        # This host cannot make such a socket (say, IPv6 is off): the next
+        # address may well do.
+        errors.append(error)
+        return None
+    try:
+        sock.setblocking(False)
+        code = sock.connect_ex(address)
+    except BaseException:
+        close_socket(sock)
+        raise
+    if code == 0:
+        return sock
+    if code in _IN_PROGRESS:
+        connecting[sock] = address
+    else:
+        close_socket(sock)
+        errors.append(OSError(code, "connect to %r: %s" % (address, os.strerror(code))))
+    return None
+
+
+def _settled(sock: socket.socket) -> Generator[Any, Any, bool]:
+    """Coroutine: True once ``sock``'s handshake has ended, either way."""
+    yield wait_writable(sock)
+    return True
+
+
+def _pause(seconds: float) -> Generator[Any, Any, bool]:
+    """Coroutine: False after ``seconds``: time to start the next attempt."""
+    yield sleep(seconds)
+    return False
+
+
+def _outcome(sock: socket.socket) -> Optional[int]:
+    """0 if ``sock`` has connected, its errno if connecting failed, None if
+    its handshake is still under way."""
+    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if code:
+        return code
+    try:
+        sock.getpeername()
+    except OSError:
+        return None  # not connected yet (ENOTCONN)
+    return 0
 
 
 def resolve(host: str, port: Union[int, str], family: int,
@@ -154,7 +269,7 @@ def _handshake(sock: socket.socket, address: Any) -> Generator[Any, Any, None]:
         code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if code:
         # OSError picks the subclass: ConnectionRefusedError, ...
-        raise OSError(code, "connect to %r: %s" % (address, errno.errorcode.get(code, code)))
+        raise OSError(code, "connect to %r: %s" % (address, os.strerror(code)))
 
 
 def _failure(host: str, port: Union[int, str], errors: List[OSError]) -> OSError:

@@ -311,7 +311,47 @@ def test_different_failures_are_all_reported(core, resolver):
 
     error = run_test(body(), timeout=DEADLINE)
     assert not isinstance(error, ConnectionRefusedError)  # not only that
-    assert "mixed.test" in str(error) and "ECONNREFUSED" in str(error)
+    assert "mixed.test" in str(error) and os.strerror(errno.ECONNREFUSED) in str(error)
+
+
+def test_an_address_that_never_answers_costs_only_the_head_start(core, resolver):
+    # RFC 8305: the next address starts beside the silent one after the
+    # delay, long before the caller's timeout; the silent one is closed.
+    listener = bluelet.Listener(HOST, 0)
+
+    def body(silent):
+        resolver.answers["blackhole.test"] = [tcp(HOST, silent), tcp(HOST, listener.port)]
+        with listener:
+            conn = yield bluelet.connect("blackhole.test", 0, timeout=WAIT,
+                                         happy_eyeballs_delay=0.05)
+            peer = yield listener.accept()
+        with conn, peer:
+            return conn.peername[:2]
+
+    with full_backlog() as silent:
+        assert run_test(body(silent), timeout=DEADLINE) == (HOST, listener.port)
+
+
+def test_without_a_head_start_a_silent_first_address_uses_up_the_timeout(core, resolver):
+    listener = bluelet.Listener(HOST, 0)
+
+    def body(silent):
+        resolver.answers["blackhole.test"] = [tcp(HOST, silent), tcp(HOST, listener.port)]
+        with listener, pytest.raises(bluelet.Timeout):
+            yield bluelet.connect("blackhole.test", 0, timeout=0.3, happy_eyeballs_delay=None)
+        return "timed out on the first address"
+
+    with full_backlog() as silent:
+        assert run_test(body(silent), timeout=DEADLINE) == "timed out on the first address"
+
+
+def test_address_families_take_turns_in_the_resolvers_order():
+    from bluelet._connect import interleave
+    v6a, v6b, v6c = tcp("::1", 1), tcp("::1", 2), tcp("::1", 3)
+    v4a, v4b = tcp(HOST, 4), tcp(HOST, 5)
+    assert interleave([v6a, v6b, v6c, v4a, v4b]) == [v6a, v4a, v6b, v4b, v6c]
+    assert interleave([v4a, v6a, v6b]) == [v4a, v6a, v6b]
+    assert interleave([]) == []
 
 
 # ---------------------------------------------------------------------------
@@ -415,6 +455,10 @@ def test_killing_a_coroutine_inside_connect_leaves_nothing_open(core, resolver, 
                  id="timeout NaN"),
     pytest.param(lambda: bluelet.connect(HOST, 80, server_hostname="x"), ValueError,
                  id="server_hostname without ssl"),
+    pytest.param(lambda: bluelet.connect(HOST, 80, happy_eyeballs_delay=-1), ValueError,
+                 id="happy_eyeballs_delay negative"),
+    pytest.param(lambda: bluelet.connect(HOST, 80, happy_eyeballs_delay="0.1"), ValueError,
+                 id="happy_eyeballs_delay str"),
     pytest.param(lambda: bluelet.connect_unix(""), ValueError, id="unix empty path"),
     pytest.param(lambda: bluelet.connect_unix(None), TypeError, id="unix path None"),
     pytest.param(lambda: bluelet.connect_unix(3), TypeError, id="unix path int"),
