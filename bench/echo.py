@@ -175,12 +175,18 @@ def serve_bluelet(expect):
                 break
             yield conn.sendall(data)
 
-    def main():
-        listener = bluelet.Listener("127.0.0.1", 0)
-        # From inside run(): the loop's own descriptors exist by then, so a
-        # count taken after the announcement is the server's at rest.
+    def announce(listener):
+        # One pass after serve() began: the descriptors the server keeps
+        # (the loop's poller, and the wake-up socket serve() sets up for
+        # Ctrl-C) exist by then, so a count taken after the announcement is
+        # the server's at rest.
+        yield bluelet.null()
         _announce(listener.port, impl=bluelet.IMPLEMENTATION, version=bluelet.__version__,
                   path=os.path.dirname(bluelet.__file__))
+
+    def main():
+        listener = bluelet.Listener("127.0.0.1", 0)
+        yield bluelet.spawn(announce(listener))
         # No grace period: the bench stops servers that still hold idle
         # connections, and must not wait for them.
         yield bluelet.serve(listener, echoer, grace=0)
