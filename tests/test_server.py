@@ -965,6 +965,19 @@ WORKERS = """
 """
 
 
+def _workers_port(server):
+    """The port the WORKERS script's supervisor says it serves."""
+    return int(server.expect(r"^serving on 127\.0\.0\.1:(\d+) with 2 workers$").group(1))
+
+
+def _sigterm_stops_all(server):
+    """SIGTERM to the supervisor: it stops, exits 0 and leaves no worker behind."""
+    os.kill(server.proc.pid, signal.SIGTERM)
+    server.expect("^stopped$")
+    assert server.wait() == 0
+    assert not alive_group(server.proc.pid)
+
+
 def _pids_answering(port, wanted, tries=200):
     """The pids that answer new connections, once all of ``wanted`` have."""
     seen = set()
@@ -979,7 +992,7 @@ def _pids_answering(port, wanted, tries=200):
 @pytest.mark.parametrize("handle_signals", [0, 1], ids=["plain-run", "handle_signals"])
 def test_workers_serve_restart_and_stop(core, script, handle_signals):
     server = script(core, WORKERS, handle_signals)
-    port = int(server.expect(r"^serving on 127\.0\.0\.1:(\d+) with 2 workers$").group(1))
+    port = _workers_port(server)
     pids = [int(server.expect(r"^worker (\d+) started$").group(1)) for _ in range(2)]
     assert _pids_answering(port, set(pids)) == set(pids)  # the kernel spreads them
 
@@ -1014,7 +1027,7 @@ def _comings_and_goings(server, count):
 @needs_fork
 def test_workers_are_kept_and_stopped_with_another_thread_in_the_supervisor(core, script):
     server = script(core, WORKERS, 0, "thread")
-    port = int(server.expect(r"^serving on 127\.0\.0\.1:(\d+) with 2 workers$").group(1))
+    port = _workers_port(server)
     first = [pid for pid, _ in _comings_and_goings(server, 2)]
     for pid in first:  # both die together: each SIGCHLD may go to the other thread
         os.kill(pid, signal.SIGKILL)
@@ -1027,22 +1040,16 @@ def test_workers_are_kept_and_stopped_with_another_thread_in_the_supervisor(core
     # during the pause (taken by either thread) stops everything cleanly.
     os.kill(second[0], signal.SIGKILL)
     server.expect(r"^worker %d exited with status -9; restarting$" % second[0])
-    os.kill(server.proc.pid, signal.SIGTERM)
-    server.expect("^stopped$")
-    assert server.wait() == 0
-    assert not alive_group(server.proc.pid)
+    _sigterm_stops_all(server)
 
 
 @needs_fork
 def test_workers_run_where_the_process_has_no_stdout(core, script):
     server = script(core, WORKERS, 0, "no-stdout")
-    port = int(server.expect(r"^serving on 127\.0\.0\.1:(\d+) with 2 workers$").group(1))
+    port = _workers_port(server)
     pids = [pid for pid, _ in _comings_and_goings(server, 2)]
     assert _pids_answering(port, set(pids)) == set(pids)
-    os.kill(server.proc.pid, signal.SIGTERM)
-    server.expect("^stopped$")
-    assert server.wait() == 0
-    assert not alive_group(server.proc.pid)
+    _sigterm_stops_all(server)
 
 
 @needs_fork
