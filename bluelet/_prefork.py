@@ -193,8 +193,8 @@ class _Supervisor:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)  # as set_wakeup_fd requires
         self._lifeline, self._keeper = os.pipe()
-        self._catch_signals()
         try:
+            self._catch_signals()
             for _ in range(workers):
                 if not self._start():
                     # Not restarted: what failed it will fail the next one.
