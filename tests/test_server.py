@@ -159,7 +159,7 @@ async def _async_handler(conn):
     # Refused at the call even with workers, which would each die of it.
     (lambda l: bluelet.server(HOST, 0, _handler, workers=2, backlog="8"), TypeError, "backlog"),
     (lambda l: bluelet.server(HOST, 0, _handler, workers=2,
-                              ssl=ssl.create_default_context()), ValueError, "server"),
+                              ssl=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)), ValueError, "server"),
 ], ids=["handler_errors", "grace", "handshake_timeout", "handler", "listener", "workers=0",
         "workers=2.0", "server-handler_errors", "async-handler", "workers-backlog",
         "workers-client-context"])
