@@ -45,7 +45,6 @@ _AddrInfo = Tuple[int, int, int, str, Any]
 # from a TCP connect is a failure (no local port left), not progress.
 _IN_PROGRESS = (errno.EINPROGRESS, errno.EALREADY, getattr(errno, "WSAEWOULDBLOCK", -1))
 _TRY_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
-_AF_UNIX = getattr(socket, "AF_UNIX", None)  # Windows has none
 
 #: RFC 8305's recommended head start of one connection attempt over the next.
 HAPPY_EYEBALLS_DELAY = 0.25
@@ -180,7 +179,7 @@ def _first_to_connect(addresses: List[_AddrInfo], delay: Optional[float],
                 if code == 0:
                     return sock
                 close_socket(sock)
-                errors.append(OSError(code, "connect to %r: %s" % (address, os.strerror(code))))
+                errors.append(_connect_error(code, address))
                 start_next = True
     finally:
         for sock in connecting:
@@ -211,7 +210,7 @@ def _start(info: _AddrInfo, connecting: Dict[socket.socket, Any],
         connecting[sock] = address
     else:
         close_socket(sock)
-        errors.append(OSError(code, "connect to %r: %s" % (address, os.strerror(code))))
+        errors.append(_connect_error(code, address))
     return None
 
 
@@ -225,6 +224,12 @@ def _pause(seconds: float) -> Generator[Any, Any, bool]:
     """Coroutine: False after ``seconds``: time to start the next attempt."""
     yield sleep(seconds)
     return False
+
+
+def _connect_error(code: int, address: Any) -> OSError:
+    """The error of a connect to ``address`` that failed with ``code``;
+    OSError picks the subclass (ConnectionRefusedError, ...)."""
+    return OSError(code, "connect to %r: %s" % (address, os.strerror(code)))
 
 
 def _outcome(sock: socket.socket) -> Optional[int]:
@@ -253,23 +258,22 @@ def resolve(host: str, port: Union[int, str], family: int,
     return addresses
 
 
-def _handshake(sock: socket.socket, address: Any) -> Generator[Any, Any, None]:
-    """A non-blocking ``connect`` of ``sock`` to ``address``; OSError if refused."""
+def _unix_handshake(sock: socket.socket, path: str) -> Generator[Any, Any, None]:
+    """A non-blocking ``connect`` of Unix ``sock`` to ``path``; OSError if refused."""
     sock.setblocking(False)
-    code = sock.connect_ex(address)
+    code = sock.connect_ex(path)
     pause = 0.001
-    while code in _TRY_AGAIN and sock.family == _AF_UNIX:
-        # A Unix listener's backlog is full: Linux says "try again" -- nothing
+    while code in _TRY_AGAIN:
+        # The listener's backlog is full: Linux says "try again" -- nothing
         # is in progress, so there is no readiness to wait for. Back off.
         yield sleep(pause)
         pause = min(pause * 2, 0.1)
-        code = sock.connect_ex(address)
+        code = sock.connect_ex(path)
     if code in _IN_PROGRESS:
         yield wait_writable(sock)
         code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if code:
-        # OSError picks the subclass: ConnectionRefusedError, ...
-        raise OSError(code, "connect to %r: %s" % (address, os.strerror(code)))
+        raise _connect_error(code, path)
 
 
 def _failure(host: str, port: Union[int, str], errors: List[OSError]) -> OSError:
@@ -287,7 +291,7 @@ def _failure(host: str, port: Union[int, str], errors: List[OSError]) -> OSError
 def _connect_unix(path: str) -> Generator[Any, Any, Connection]:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        yield from _handshake(sock, path)
+        yield from _unix_handshake(sock, path)
     except BaseException:
         close_socket(sock)
         raise
