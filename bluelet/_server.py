@@ -12,9 +12,9 @@ Failures, and what each one costs
       the "bluelet.server" logger, what a peer can cause (``OSError``: a
       reset, a timeout; ``IncompleteRead``: a hang-up mid-message;
       ``LimitExceeded``: an over-long line) at DEBUG, anything else at
-      ERROR with its traceback; only that connection ends. ``"raise"``: the exception ends ``run()`` as
-      any unjoined failure does (0.2.0's behaviour). ``Cancelled`` is never
-      caught.
+      ERROR with its traceback; only that connection ends. ``"raise"``:
+      the exception ends ``run()`` as any unjoined failure does (0.2.0's
+      behaviour). ``Cancelled`` is never caught.
     - ``accept`` finds the process out of descriptors (EMFILE, ENFILE) or
       the kernel out of buffers (ENOBUFS, ENOMEM). The connection stays in
       the kernel's queue, so the listener stays readable: accepting again
