@@ -9,18 +9,27 @@ What the core owns
 How a coroutine runs
     A *task* is one spawned generator plus the chain of sub-coroutines it is
     delegating to (``call``); the innermost generator is the one resumed.
-    Delegation, return, spawn and kill are handled inside the resuming step
-    without a trip through the ready queue, like function calls. Any event
-    that completes later (I/O, sleep, join) or gives way (``null``,
-    ``ValueEvent``) puts the task at the back of the ready queue.
+    The order is 0.2.0's (docs/order.md): every generator has a *place*,
+    taken when it is added (spawned or called); the loop runs *passes*, each
+    running the tasks that were ready when it began, in place order, until
+    a pass finds nothing to do; only then is I/O polled. An event that
+    0.2.0 handles a pass later (call, return, spawn, kill, timeout) waits in
+    ``pending`` for the next pass, unless nothing else is ready, when no
+    order can tell and it is handled at once (the speed of a lone chain of
+    calls). I/O that is likely to succeed is tried right after the next
+    poll (``_S_TRY``), as 0.2.0 fires it once select() says so.
 
 Invariants
-    - FIFO: tasks run in the order they became ready; a task is appended to
-      the ready list only when it changes state to ready, so it is never
-      queued twice. Killed tasks stay queued but are skipped. Each pass runs
-      the list as it stood (swapped for an empty one), so tasks made ready
-      meanwhile run on the next pass, after I/O has been polled.
-    - Cost per event is O(1): no pass over all tasks; descriptors stay
+    - Place order: tasks run in the order of their innermost generator's
+      place; a task is appended to the ready list only when it changes
+      state to ready, so it is never queued twice, and the list is sorted
+      only when appends broke the order. Killed tasks stay queued but are
+      skipped. An error that reaches a caller ends the pass: the tasks not
+      yet run join the next one (0.2.0 restarts its pass there).
+    - Fairness: after ``_MAX_PASSES`` passes without a poll, I/O is polled
+      without waiting, so a task that never waits cannot starve the rest.
+    - Cost per event is O(1), but for the sort of a pass whose tasks became
+      ready out of place order (O(log n) each): no pass over all tasks; descriptors stay
       registered with the poller between waits (interest is dropped lazily,
       when the poller reports an fd nobody waits for).
     - One ready waiter per fd direction is woken per readiness report; more
@@ -43,6 +52,7 @@ import heapq
 import logging
 import numbers
 import math
+import operator
 import select
 import selectors
 import socket
@@ -90,6 +100,10 @@ _K_EXTERNAL = 13
 _SCHEDULING_POINTS = frozenset((_K_VALUE, _K_IO, _K_SLEEP, _K_JOIN, _K_WAITABLE,
                                 _K_PARK, _K_EXTERNAL))
 
+# Kinds 0.2.0 handles on the pass after the one that yielded them (a
+# timeout() is a call with a deadline, so it goes with them).
+_NEXT_PASS = frozenset((_K_CALL, _K_RETURN, _K_SPAWN, _K_KILL, _K_TIMEOUT))
+
 # Task states; from _S_IO up, the task waits for something.
 _S_READY = 0
 _S_RUNNING = 1
@@ -99,6 +113,7 @@ _S_SLEEP = 4
 _S_JOIN = 5
 _S_PARK = 6
 _S_EXTERNAL = 7
+_S_TRY = 8         # its I/O is tried after the next poll, without waiting
 
 # Readiness bits, the epoll values so the Linux poller needs no translation.
 READ = 0x001      # EPOLLIN
@@ -120,6 +135,12 @@ _STALE_TIMER_FLOOR = 64
 
 # Poll at least this often (seconds): pollers overflow on sleep(inf).
 _MAX_TIMEOUT = 86400.0
+
+# Passes run before I/O is polled (without waiting) even though tasks are
+# still ready. 0.2.0 has no bound, so a coroutine yielding null() in a loop
+# starved every socket and timer; real 0.2.0 programs settle within a few
+# passes, so this bound changes no order they rely on.
+_MAX_PASSES = 256
 
 _monotonic = time.monotonic
 _GeneratorType = types.GeneratorType
@@ -623,13 +644,16 @@ class _Timed:
 class _Task(_Timed):
     """One spawned coroutine and the sub-coroutines it is delegating to."""
 
-    __slots__ = ("base", "gen", "stack", "state", "value", "exc", "result",
-                 "joiners", "wait", "wait_fds", "scopes", "expired")
+    __slots__ = ("base", "gen", "stack", "pos", "outer_pos", "pending", "state", "value",
+                 "exc", "result", "joiners", "wait", "wait_fds", "scopes", "expired")
 
-    def __init__(self, gen):
+    def __init__(self, gen, pos):
         self.base = gen          # the spawned generator: the key for join/kill
         self.gen = gen           # the innermost generator: the one resumed
         self.stack = None        # delegating parents, outermost first
+        self.pos = pos           # the innermost generator's place in pass order
+        self.outer_pos = None    # the places of the parents in ``stack``
+        self.pending = None      # an event yielded, to be handled on the next pass
         self.state = _S_READY
         self.value = None        # what the next resume sends ...
         self.exc = None          # ... or throws
@@ -796,7 +820,8 @@ class Loop:
     between two ``yield``s is logged as a warning on the ``bluelet`` logger.
     """
 
-    __slots__ = ("_virtual_time", "_slow_step", "_clock", "_ready", "_batch", "_tasks",
+    __slots__ = ("_virtual_time", "_slow_step", "_clock", "_ready", "_batch", "_unsorted",
+                 "_last_pos", "_next_pos", "_rest", "_passes", "_cut", "_attempts", "_tasks",
                  "_timers", "_timer_seq", "_stale_timers", "_fds", "_fd_waiters",
                  "_poller", "_root", "_current", "_failure", "_results", "_inbox",
                  "_external", "_waker_fd", "_waker", "_waker_lock", "_interrupts", "_deferred",
@@ -810,8 +835,15 @@ class Loop:
         self._virtual_time = virtual_time
         self._slow_step = slow_step  # seconds; a longer step is logged
         self._clock = 0.0           # the time under virtual_time
-        self._ready = []            # tasks to resume on the next pass, FIFO
+        self._ready = []            # tasks to run on the next pass
         self._batch = []            # the pass being run (kept to reuse it)
+        self._unsorted = False      # whether _ready is out of pass order
+        self._last_pos = -1         # the place of the task appended last
+        self._next_pos = 0          # the place the next new generator takes
+        self._rest = 0              # tasks after the current one in its pass
+        self._passes = 0            # passes run since I/O was last polled
+        self._cut = False           # an error reached a caller: the pass ends
+        self._attempts = []         # (task, event): I/O to try at the next poll
         self._tasks = {}            # base generator -> live _Task
         self._timers = []           # heap of (deadline, seq, task)
         self._timer_seq = 0
@@ -865,26 +897,22 @@ class Loop:
         while self._tasks:
             while self._interrupts:
                 self._interrupt(self._interrupts.popleft())
-            # ---- phase 1: run every task that is ready now, and no more:
-            # tasks made ready meanwhile wait for the next pass, after I/O.
-            batch = self._ready
-            self._ready = self._batch
-            for task in batch:
-                if task.state == _S_READY:
-                    if self._slow_step is None:
-                        self._step(task)
-                    else:
-                        self._timed_step(task)
-                    self._current = None
-                    if self._failure is not None:
-                        return
-            batch.clear()
-            self._batch = batch
+            # ---- phase 1: passes until nothing is ready, as 0.2.0 runs them
+            # (docs/order.md); bounded, so a coroutine that never waits
+            # cannot keep I/O and timers from being served forever.
+            while self._ready and self._passes < _MAX_PASSES:
+                self._passes += 1
+                self._run_pass()
+                if self._failure is not None:
+                    return
+                # A signal that came during the pass is for this round.
+                while self._interrupts:
+                    self._interrupt(self._interrupts.popleft())
             if not self._tasks or self._stopping and self._root.state == _S_DONE:
                 return
 
             # ---- phase 2: poll I/O, blocking only if nothing is ready.
-            if self._ready:
+            if self._ready or self._attempts:
                 timeout = 0.0
             elif self._has_timers():
                 timeout = min(max(self._next_deadline() - self._now(), 0.0), _MAX_TIMEOUT)
@@ -899,14 +927,52 @@ class Loop:
                     "deadlock: %d coroutine(s) wait for each other and nothing can "
                     "wake them: %r" % (len(self._tasks), list(self._tasks.values())))
                 return
+            self._passes = 0
             try:
                 self._poll(timeout)
             except KeyboardInterrupt as exc:
                 self._interrupt(exc)
                 continue
+            # I/O that was likely to succeed is tried only now, after the
+            # poll, as 0.2.0 fires it: what it sends wakes a reader at the
+            # next poll, not this one.
+            self._run_attempts()
 
             # ---- phase 3: expire sleepers, earliest deadline first.
             self._expire_timers(self._now())
+
+    def _run_pass(self):
+        """Run each ready task once, in the order of their places."""
+        batch = self._ready
+        self._ready = self._batch
+        self._last_pos = -1
+        if self._unsorted:
+            self._unsorted = False
+            batch.sort(key=_place)
+        count = len(batch)
+        for i in range(count):
+            task = batch[i]
+            if task.state == _S_READY:
+                self._rest = count - i - 1
+                if self._slow_step is None:
+                    self._step(task)
+                else:
+                    self._timed_step(task)
+                self._current = None
+                if self._failure is not None:
+                    break
+                if self._cut:
+                    # 0.2.0 starts a new pass when an error reaches a caller:
+                    # the tasks not yet run join the next pass in place.
+                    self._cut = False
+                    rest = batch[i + 1:]
+                    if rest:
+                        rest.extend(self._ready)
+                        self._ready[:] = rest
+                        self._unsorted = True
+                    break
+        batch.clear()
+        self._batch = batch
 
     def _now(self):
         return self._clock if self._virtual_time else _monotonic()
@@ -914,104 +980,123 @@ class Loop:
     # -- resuming a task ----------------------------------------------------
 
     def _step(self, task):
-        """Resume ``task`` and follow its events until it waits or ends."""
+        """Handle ``task``'s pending event or resume it, and follow its
+        events until it waits, ends, or has an event for the next pass."""
         task.state = _S_RUNNING
         self._current = task
         gen = task.gen
+        event = task.pending
         value = task.value
         exc = task.exc
-        task.value = task.exc = None
+        task.pending = task.value = task.exc = None
         while True:
-            if task.scopes is not None:
-                self._leave_scopes(task)
-            try:
-                if exc is None:
-                    event = gen.send(value)
-                else:
-                    event = gen.throw(exc)
-            except StopIteration as stop:
-                value, exc = stop.value, None
-                if task.stack:
-                    gen = task.gen = task.stack.pop()
-                    continue
-                self._finish(task, value, None)
-                return
-            except BaseException as error:
-                value, exc = None, error
-                if task.stack:
-                    gen = task.gen = task.stack.pop()
-                    continue
-                self._finish(task, None, error)
-                return
-            value = exc = None
+            if event is None:
+                if task.scopes is not None:
+                    self._leave_scopes(task)
+                try:
+                    if exc is None:
+                        event = gen.send(value)
+                    else:
+                        event = gen.throw(exc)
+                except StopIteration as stop:
+                    value, exc = stop.value, None
+                    if task.stack:
+                        # The caller takes the value on the next pass.
+                        gen = self._pop(task)
+                        if self._alone():
+                            continue
+                        self._schedule(task, value, None)
+                        return
+                    self._finish(task, value, None)
+                    return
+                except BaseException as error:
+                    value, exc = None, error
+                    if task.stack:
+                        gen = self._pop(task)
+                        if self._alone():
+                            continue
+                        self._schedule(task, None, error)
+                        self._cut = True
+                        return
+                    self._finish(task, None, error)
+                    return
+                value = exc = None
 
-            if event is _NULL and not task.expired:
-                self._schedule(task, None, None)
-                return
-            kind = _kind_of(type(event))
-            if kind is None:
-                kind = _kind_slow(event)
-            if task.expired and kind in _SCHEDULING_POINTS:
-                exc = self._due_error(task)
-                continue
+                if event is _NULL and not task.expired:
+                    self._schedule(task, None, None)
+                    return
+                kind = _kind_of(type(event))
+                if kind is None:
+                    kind = _kind_slow(event)
+                if task.expired and kind in _SCHEDULING_POINTS:
+                    exc = self._due_error(task)
+                    event = None
+                    continue
+                if kind in _NEXT_PASS and not self._alone():
+                    # 0.2.0 handles these on the pass after the yield.
+                    task.pending = event
+                    self._schedule(task, None, None)
+                    return
+            else:
+                kind = _kind_of(type(event))
+                if kind is None:
+                    kind = _kind_slow(event)
+            # From here ``event`` is handled; what follows resumes ``gen``
+            # (event None) or handles the next event.
+            handled, event = event, None
 
             if kind == _K_VALUE:
-                self._schedule(task, event._value, None)
+                self._schedule(task, handled._value, None)
                 return
             elif kind == _K_IO:
-                if event._try_first or self._claim_ready(event):
-                    try:
-                        result = event._attempt()
-                    except (BlockingIOError, InterruptedError):
-                        result = _WOULD_BLOCK
-                    except Exception as error:
-                        exc = error
-                        continue
-                    if result is not _WOULD_BLOCK:
-                        # Done at once, but still a scheduling point: a task
-                        # that always has room to send cannot starve others.
-                        self._schedule(task, result, None)
-                        return
-                exc = self._wait_fd(task, event)
+                if handled._try_first or self._claim_ready(handled):
+                    task.wait = handled
+                    task.state = _S_TRY
+                    self._attempts.append((task, handled))
+                    return
+                exc = self._wait_fd(task, handled)
                 if exc is None:
                     return
             elif kind == _K_SLEEP:
                 if self._virtual_time:
-                    task.wait = self._clock + event.duration
+                    task.wait = self._clock + handled.duration
                 else:
-                    task.wait = event.wakeup_time
+                    task.wait = handled.wakeup_time
                 self._add_timer(task, task.wait)
                 task.state = _S_SLEEP
                 return
             elif kind == _K_CALL:
-                child = event if type(event) is _GeneratorType else event.spawned
+                child = handled if type(handled) is _GeneratorType else handled.spawned
                 exc = self._check_new(child, "call")
                 if exc is None:
-                    if task.stack is None:
-                        task.stack = []
-                    task.stack.append(gen)
-                    gen = task.gen = child
+                    gen = self._push(task, child)
+                    # The callee's first step is on the next pass.
+                    if not self._alone():
+                        self._schedule(task, None, None)
+                        return
             elif kind == _K_RETURN:
-                value = event.value
+                value = handled.value
                 try:
                     gen.close()
                 except BaseException as error:
                     value, exc = None, error
-                if task.stack:
-                    gen = task.gen = task.stack.pop()
-                    continue
-                self._finish(task, value, exc)
-                return
+                if not task.stack:
+                    self._finish(task, value, exc)
+                    return
+                gen = self._pop(task)
+                if not self._alone():
+                    self._schedule(task, value, exc)
+                    return
             elif kind == _K_SPAWN:
-                exc = self._check_new(event.spawned, "spawn")
+                exc = self._check_new(handled.spawned, "spawn")
                 if exc is None:
-                    self._add_task(event.spawned)
+                    self._add_task(handled.spawned)
             elif kind == _K_JOIN:
-                target = self._task_of(event.child)
+                target = self._task_of(handled.child)
                 if target is None:
-                    exc = _check_finished(event.child, "join")
+                    exc = _check_finished(handled.child, "join")
                     if exc is None:
-                        value = self._results.get(event.child)
+                        value = self._results.get(handled.child)
                 elif target is task:
                     exc = RuntimeError("a coroutine cannot join itself")
                 else:
@@ -1022,53 +1107,85 @@ class Loop:
                     task.state = _S_JOIN
                     return
             elif kind == _K_KILL:
-                target = self._task_of(event.child)
+                target = self._task_of(handled.child)
                 if target is None:
-                    exc = _check_finished(event.child, "kill")
+                    exc = _check_finished(handled.child, "kill")
                 else:
                     self._kill(target)
                     if target is task:
                         return
+                    # The killer goes on on the next pass.
+                    if not self._alone():
+                        self._schedule(task, None, None)
+                        return
             elif kind == _K_WAITABLE:
-                exc = self._wait_waitables(task, event)
+                exc = self._wait_waitables(task, handled)
                 if exc is None:
                     return
             elif kind == _K_EXCEPTION:
-                self._schedule(task, None, event._exc)
+                self._schedule(task, None, handled._exc)
                 return
             elif kind == _K_TIMEOUT:
-                body = event.body
+                body = handled.body
                 if type(body) is _GeneratorType:
                     exc = self._check_new(body, "timeout")
                 else:
                     body = _single(body)
                 if exc is None:
-                    self._enter_scope(task, event.seconds)
-                    if task.stack is None:
-                        task.stack = []
-                    task.stack.append(gen)
-                    gen = task.gen = body
+                    self._enter_scope(task, handled.seconds)
+                    gen = self._push(task, body)
+                    # Like a call: the body's first step is on the next pass.
+                    if not self._alone():
+                        self._schedule(task, None, None)
+                        return
             elif kind == _K_PARK:
-                if event._external:
+                if handled._external:
                     self._expect_external()
-                event._waiters.append(task)
-                task.wait = event
+                handled._waiters.append(task)
+                task.wait = handled
                 task.state = _S_PARK
                 return
             elif kind == _K_EXTERNAL:
-                if event._loop is not self:
+                if handled._loop is not self:
                     exc = RuntimeError("a Completion belongs to the loop that created it")
-                elif event._done:
-                    self._schedule(task, event._value, event._exc)
+                elif handled._done:
+                    self._schedule(task, handled._value, handled._exc)
                     return
                 else:
-                    event._task = task
-                    task.wait = event
+                    handled._task = task
+                    task.wait = handled
                     task.state = _S_EXTERNAL
                     return
             else:
                 exc = TypeError(
-                    "bluelet coroutines must yield events or generators, not %r" % (event,))
+                    "bluelet coroutines must yield events or generators, not %r" % (handled,))
+
+    def _alone(self):
+        """Whether nothing else can run before this task's next pass: then
+        its next-pass work is done now, since no order can tell. Counted
+        as a pass, so the fairness bound holds here too."""
+        if self._rest or self._ready or self._passes >= _MAX_PASSES:
+            return False
+        self._passes += 1
+        return True
+
+    def _push(self, task, child):
+        """Make ``child`` the task's innermost generator, at a new place."""
+        if task.stack is None:
+            task.stack = []
+            task.outer_pos = []
+        task.stack.append(task.gen)
+        task.outer_pos.append(task.pos)
+        task.pos = self._next_pos
+        self._next_pos += 1
+        task.gen = child
+        return child
+
+    def _pop(self, task):
+        """Return to the caller of the task's innermost generator."""
+        task.pos = task.outer_pos.pop()
+        gen = task.gen = task.stack.pop()
+        return gen
 
     def _timed_step(self, task):
         start = time.perf_counter()
@@ -1084,12 +1201,20 @@ class Loop:
         task.exc = exc
         if task.state != _S_READY:
             task.state = _S_READY
-            self._ready.append(task)
+            self._queue(task)
+
+    def _queue(self, task):
+        """Append ``task`` to the next pass, noting when that breaks place order."""
+        if task.pos < self._last_pos:
+            self._unsorted = True
+        self._last_pos = task.pos
+        self._ready.append(task)
 
     def _add_task(self, gen):
-        task = _Task(gen)
+        task = _Task(gen, self._next_pos)
+        self._next_pos += 1
         self._tasks[gen] = task
-        self._ready.append(task)
+        self._queue(task)
         return task
 
     def _task_of(self, gen):
@@ -1117,7 +1242,7 @@ class Loop:
             for scope in task.scopes:
                 self._drop_timer(scope)
             task.scopes = None
-        task.gen = task.stack = task.wait = None
+        task.gen = task.stack = task.outer_pos = task.wait = task.pending = None
         del self._tasks[task.base]
         if result is not None:
             self._results[task.base] = result
@@ -1182,7 +1307,7 @@ class Loop:
                 self._external -= 1
         elif state == _S_EXTERNAL:
             task.wait._task = None
-        else:
+        elif state != _S_TRY:  # a _S_TRY entry is skipped once its task moves on
             return
         task.wait = task.wait_fds = None
         task.state = _S_RUNNING
@@ -1213,6 +1338,7 @@ class Loop:
         for task in list(self._tasks.values()):
             self._kill(task)
         self._ready.clear()
+        self._attempts.clear()
         self._timers.clear()
         for state in self._fds.values():
             self._poller.forget(state)
@@ -1322,6 +1448,38 @@ class Loop:
                     queue.remove(task)
                 except ValueError:
                     pass
+
+    def _run_attempts(self):
+        """Try the I/O of the tasks in _S_TRY; wait for readiness where it
+        would block, or where earlier waiters are queued on the same fd
+        direction (they go first: a sendall is never cut into)."""
+        attempts = self._attempts
+        if not attempts:
+            return
+        self._attempts = []
+        for task, event in attempts:
+            if task.state != _S_TRY or task.wait is not event:
+                continue  # cancelled meanwhile
+            state = self._fds.get(event._fileno)
+            if state is not None and state.fileobj is event._fileobj and (
+                    state.readers if event._mask == READ else state.writers):
+                result = _WOULD_BLOCK
+            else:
+                try:
+                    result = event._attempt()
+                except (BlockingIOError, InterruptedError):
+                    result = _WOULD_BLOCK
+                except Exception as error:
+                    task.wait = None
+                    self._schedule(task, None, error)
+                    continue
+            if result is _WOULD_BLOCK:
+                exc = self._wait_fd(task, event)
+                if exc is not None:
+                    self._schedule(task, None, exc)
+            else:
+                task.wait = None
+                self._schedule(task, result, None)
 
     def _poll(self, timeout):
         """Wait up to ``timeout`` seconds (-1: no limit) and serve ready fds."""
@@ -1635,6 +1793,8 @@ def _task_info(task, now):
         return TaskInfo(task.base, "ready", "ready to run", chain)
     if state == _S_RUNNING:
         return TaskInfo(task.base, "running", "running now", chain)
+    if state == _S_TRY:
+        return TaskInfo(task.base, "io", "about to try I/O on fd %d" % task.wait._fileno, chain)
     if state == _S_IO:
         if task.wait_fds is not None:
             return TaskInfo(task.base, "io", "waiting for %r (fds %s)" % (
@@ -1649,6 +1809,9 @@ def _task_info(task, now):
     if state == _S_PARK:
         return TaskInfo(task.base, "parked", "parked in %r" % (task.wait,), chain)
     return TaskInfo(task.base, "thread", "waiting for a result from another thread", chain)
+
+
+_place = operator.attrgetter("pos")
 
 
 def _check_finished(gen, verb):

@@ -10,9 +10,10 @@ servers run the same loop.
 Failures, and what each one costs
     - A handler raises. ``handler_errors="log"`` (the default): logged on
       the "bluelet.server" logger, what a peer can cause (``OSError``: a
-      reset, a timeout; ``IncompleteRead``: a hang-up mid-message;
-      ``LimitExceeded``: an over-long line) at DEBUG, anything else at
-      ERROR with its traceback; only that connection ends. ``"raise"``:
+      reset, a timeout; ``IncompleteRead``: a hang-up mid-message) at
+      DEBUG, ``LimitExceeded`` (an over-long line, which 0.2.0 accepted: a
+      program moving over must see it) at WARNING, anything else at ERROR
+      with its traceback; only that connection ends. ``"raise"``:
       the exception ends ``run()`` as any unjoined failure does (0.2.0's
       behaviour). ``Cancelled`` is never caught.
     - ``accept`` finds the process out of descriptors (EMFILE, ENFILE) or
@@ -91,7 +92,7 @@ _WARN_EVERY = 10.0    # seconds between two warnings about exhaustion
 _HANDLER_ERRORS = ("log", "raise")
 
 #: What a peer can make a handler raise: routine for a server, logged at DEBUG.
-_PEER_CONDUCT = (OSError, IncompleteRead, LimitExceeded)
+_PEER_CONDUCT = (OSError, IncompleteRead)
 
 
 def serve(listener: Listener, handler: Handler, *, handler_errors: str = "log",
@@ -102,8 +103,8 @@ def serve(listener: Listener, handler: Handler, *, handler_errors: str = "log",
     closed when it ends. ``handler_errors`` says what an exception
     escaping a handler does: ``"log"`` (the default) logs it on the
     "bluelet.server" logger (what a peer can cause -- ``OSError``,
-    ``IncompleteRead``, ``LimitExceeded`` -- at DEBUG, anything else at
-    ERROR with its traceback) and ends only that connection; ``"raise"``
+    ``IncompleteRead`` -- at DEBUG, ``LimitExceeded`` at WARNING, anything
+    else at ERROR with its traceback) and ends only that connection; ``"raise"``
     lets it end ``run()``. When the process runs out of descriptors,
     accepting pauses (a warning is logged) until a handler ends or a
     timer of up to 1 s fires. A listener made with ``ssl=`` has each
@@ -198,7 +199,15 @@ def _check_options(handler: Any, handler_errors: Any, grace: Any, handshake_time
 def _listen_and_serve(host: str, port: int, backlog: int, ssl: "Optional[ssl.SSLContext]",
                       handler: Handler, raise_errors: bool, grace: Optional[float],
                       handshake_timeout: Optional[float]) -> Coro:
-    listener = Listener(host, port, backlog, ssl=ssl)
+    if ssl is None and backlog == socket.SOMAXCONN:
+        # 0.2.0's server() looks ``Listener`` up in the package when it
+        # starts and calls it as Listener(host, port); programs patch it to
+        # learn the port bound for port 0 (beets' BPD tests do), so the
+        # package attribute is taken here, not this module's binding.
+        import bluelet
+        listener = bluelet.Listener(host, port)
+    else:
+        listener = Listener(host, port, backlog, ssl=ssl)
     return (yield from _Server(listener, handler, raise_errors, grace, handshake_timeout).run())
 
 
@@ -322,6 +331,9 @@ class _Server:
             yield self._handler(conn)
         except _PEER_CONDUCT as error:
             log.debug("connection from %s ended by %r", conn.addr, error)
+        except LimitExceeded as error:
+            log.warning("connection from %s ended: %s (readline()/readuntil() take "
+                        "limit= for longer records)", conn.addr, error)
         except Exception:
             log.error("handler %s failed on the connection from %s",
                       getattr(self._handler, "__qualname__", self._handler), conn.addr,

@@ -451,7 +451,9 @@ EX_CALL_RAISE = N("r",
 EX_KILL_CHAIN = N("r",
                   ("spawn", N("r.0", ("bare", N("r.0.0", ("call", N("r.0.0.0",
                                                                    ("sleep", 2 / 1024))))))),
-                  ("null", None), ("null", None),
+                  # Sleeps past the passes that build the chain (each call
+                  # starts its callee a pass later), not past r.0.0.0's sleep.
+                  ("sleep", 1 / 1024),
                   ("kill", CHILD), ("join", CHILD), ("kill", CHILD))
 # Uncaught exception in a spawned coroutine while others sleep: run() raises it
 # after closing the rest, whose close raises too (logged, not raised).

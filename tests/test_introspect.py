@@ -34,7 +34,10 @@ def _info_when_waiting(*coros):
     def main():
         for coro in coros:
             yield bluelet.spawn(coro)
-        yield bluelet.null()
+        # sleep(0) resumes after the next poll: every spawned coroutine has
+        # run up to its wait by then (null() would come back before their
+        # first steps, which run on the pass after the spawn, as in 0.2.0).
+        yield bluelet.sleep(0)
         infos = {info.coroutine: info for info in bluelet.tasks()}
         for coro in coros:
             yield bluelet.kill(coro)
@@ -234,7 +237,7 @@ def test_dump_shows_each_coroutine_its_state_and_where_it_waits(core):
         coros = [_dump_outer(), _dump_reader(r), _dump_idle()]
         for coro in coros[:2]:
             yield bluelet.spawn(coro)
-        yield bluelet.null()
+        yield bluelet.sleep(0)  # after the next poll: both wait by then
         yield bluelet.spawn(coros[2])
         text = bluelet.dump()  # dump: main is running here
         for coro in coros:
@@ -305,7 +308,7 @@ def test_dump_on_prints_the_dump_to_stderr_on_sigusr1(core, capfd, sigusr1_resto
 
     def main():
         yield bluelet.spawn(coro)
-        yield bluelet.null()
+        yield bluelet.sleep(0)  # after the next poll: the sleeper sleeps by then
         signal.raise_signal(signal.SIGUSR1)
         yield bluelet.kill(coro)
 

@@ -108,7 +108,7 @@ def test_closing_a_descriptor_wakes_its_waiter(selectors_poller):
         def root():
             task = waiter()
             yield bluelet.spawn(task)
-            yield bluelet.null()
+            yield bluelet.sleep(0)  # after the next poll: the waiter waits by then
             bluelet.notify_closing(rf)
             return (yield bluelet.join(task))
 

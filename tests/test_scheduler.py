@@ -298,7 +298,9 @@ def test_end_closes_the_generator_before_parent_resumes(core):
     assert events == ["child finally", "parent got 5"]
 
 
-def test_call_child_starts_at_once(core):
+def test_call_child_starts_on_the_next_pass_as_in_0_2_0(core):
+    # The callee is queued behind the coroutines already runnable: 0.2.0
+    # runs the spawned one's first step, then the callee's (docs/order.md).
     trace = []
 
     def root():
@@ -307,8 +309,7 @@ def test_call_child_starts_at_once(core):
         trace.append("root")
 
     bluelet.run(root())
-    assert trace[0] == "child"
-    assert sorted(trace) == ["child", "other", "root"]
+    assert trace == ["other", "child", "root"]
 
 
 def test_child_exception_raised_in_parent_at_yield(core):
@@ -377,7 +378,9 @@ def test_null_round_robin_is_strict(core):
         yield bluelet.spawn(_taking_turns(trace, "c", 4))
 
     bluelet.run(root())
-    assert trace == ["%s%d" % (n, i) for i in range(4) for n in "abc"]
+    # Each spawn is handled on the pass after its yield, so the three start
+    # one pass apart, then take turns in the order they were spawned.
+    assert trace == ["a0", "a1", "b0", "a2", "b1", "c0", "a3", "b2", "c1", "b3", "c2", "c3"]
 
 
 def test_root_takes_part_in_round_robin(core):
@@ -391,7 +394,8 @@ def test_root_takes_part_in_round_robin(core):
             yield bluelet.null()
 
     bluelet.run(root())
-    assert trace == ["%s%d" % (n, i) for i in range(3) for n in "rabc"]
+    # The root runs first in each pass: it was there first.
+    assert trace == ["a0", "r0", "a1", "b0", "r1", "a2", "b1", "c0", "r2", "b2", "c1", "c2"]
 
 
 def test_null_goes_behind_all_ready_coroutines(core):
@@ -410,8 +414,9 @@ def test_null_goes_behind_all_ready_coroutines(core):
         trace.append("root after null")
 
     bluelet.run(root())
-    assert trace[:5] == ["root before null", "x", "y", "z", "root after null"]
-    assert trace[5:] == ["x2", "y2", "z2"]
+    # A null() resumes on the next pass, in place order: the root (first
+    # place) before the children; each child starts the pass after its spawn.
+    assert trace == ["x", "root before null", "x2", "y", "root after null", "y2", "z", "z2"]
 
 
 def test_spawned_children_run_in_spawn_order(core):
@@ -568,7 +573,7 @@ def test_unhandled_exception_in_spawned_ends_run_after_cleanup(core):
             events.append("joiner finally")
 
     def failing():
-        yield bluelet.null()
+        yield bluelet.sleep(0)  # after the next poll: the others wait by then
         events.append("raising")
         raise err
 
@@ -601,7 +606,7 @@ def test_unhandled_exception_in_root_ends_run_after_cleanup(core):
 
     def root():
         yield bluelet.spawn(sleeper(10, events))
-        yield bluelet.null()
+        yield bluelet.sleep(0)  # after the next poll: the sleeper sleeps by then
         raise err
 
     with pytest.raises(Boom) as ei:
@@ -695,7 +700,7 @@ def test_connection_error_escaping_the_root_ends_run(core, exc_type):
 
     def root():
         yield bluelet.spawn(bystander())
-        yield bluelet.null()
+        yield bluelet.sleep(0)  # after the next poll: the bystander sleeps by then
         raise exc_type("peer went away")
 
     with pytest.raises(exc_type, match="peer went away"):
@@ -1319,8 +1324,9 @@ def test_value_event(core):
         return v
 
     assert bluelet.run(root()) == {"k": 1}
-    # The ValueEvent took a trip through the ready queue.
-    assert trace == ["other", ("root", {"k": 1})]
+    # The ValueEvent took a pass: the root resumes on the pass where the
+    # spawned coroutine takes its first step, before it (an earlier place).
+    assert trace == [("root", {"k": 1}), "other"]
 
 
 def test_exception_event(core):

@@ -1060,3 +1060,71 @@ def test_a_worker_that_cannot_start_fails_the_server_instead_of_restarting(core,
     assert "RuntimeError: a worker failed to start" in server.errors.read_text()
     assert not any(re.search("started|restarting", line) for line in server.seen + server.rest())
     assert not alive_group(server.proc.pid)
+
+
+def test_server_calls_a_patched_listener_as_0_2_0_did(core):
+    # beets' BPD tests patch bluelet.Listener to learn the port bound for
+    # port 0: server() must look the name up in the package when it starts
+    # and call it with (host, port), as 0.2.0 did.
+    from unittest import mock
+
+    real_listener = bluelet.Listener
+    calls = []
+
+    def wrapped(host, port):
+        listener = real_listener(host, port)
+        calls.append((host, port, listener.sock.getsockname()[1]))
+        return listener
+
+    def echo_once(conn):
+        data = yield conn.recv(100)
+        yield conn.sendall(data)
+
+    def client():
+        yield bluelet.null()  # the server's first step makes the listener
+        while not calls:
+            yield bluelet.sleep(0.001)
+        conn = yield bluelet.connect(HOST, calls[0][2])
+        try:
+            yield conn.sendall(b"hello")
+            return (yield conn.recv(100))
+        finally:
+            conn.close()
+
+    def main():
+        serving = bluelet.server(HOST, 0, echo_once)
+        yield bluelet.spawn(serving)
+        try:
+            return (yield client())
+        finally:
+            yield bluelet.kill(serving)
+
+    with mock.patch("bluelet.Listener", side_effect=wrapped):
+        assert bluelet.run(main()) == b"hello"
+    assert [call[:2] for call in calls] == [(HOST, 0)]
+
+
+def test_a_line_over_the_limit_is_logged_as_a_warning_once(core, caplog):
+    # 0.2.0's readline had no limit: a program moving over whose records
+    # exceed 64 KiB must be told, not left with a silent hang-up.
+    caplog.set_level(logging.DEBUG, logger="bluelet.server")
+
+    def handler(conn):
+        line = yield conn.readline()
+        yield conn.sendall(line)
+
+    listener = bluelet.Listener(HOST, 0)
+
+    def root():
+        srv = bluelet.serve(listener, handler)
+        yield bluelet.spawn(srv)
+        try:
+            yield ask(listener.port, b"x" * (70 * 1024) + b"\n")
+        except ConnectionResetError:
+            pass  # closed with our bytes unread: a reset, or an EOF
+        yield bluelet.kill(srv)
+
+    run_test(root(), DEADLINE)
+    [warning] = server_records(caplog, logging.WARNING)
+    assert "limit" in warning.getMessage() and warning.exc_info is None
+    assert closed(listener)

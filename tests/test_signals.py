@@ -112,8 +112,9 @@ def test_one_signal_wakes_every_waiter(core, usr1):
 
 
 def _raise_soon(signum):
-    """A coroutine that raises ``signum`` in the loop once the others wait."""
-    yield bluelet.null()
+    """A coroutine that raises ``signum`` in the loop once the others wait
+    (sleep(0) resumes after the next poll, when nothing is ready)."""
+    yield bluelet.sleep(0)
     signal.raise_signal(signum)
 
 

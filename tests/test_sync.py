@@ -23,10 +23,12 @@ class Boom(Exception):
     """An exception no library code raises by itself."""
 
 
-def settle(rounds=3):
-    """Give way a few times, so coroutines spawned so far reach their first wait."""
-    for _ in range(rounds):
-        yield bluelet.null()
+def settle():
+    """Let the coroutines spawned so far reach their first wait: sleep(0)
+    resumes after the next poll, which comes only once no coroutine is
+    ready (null() would not do: each spawn starts its coroutine a pass
+    later, as in 0.2.0)."""
+    yield bluelet.sleep(0)
 
 
 def spawn_all(coros):
@@ -346,8 +348,9 @@ def test_semaphore_bounds_concurrency_fifo(core):
             entered.append(i)
             inside.append(i)
             peak.append(len(inside))
-            yield bluelet.null()
-            yield bluelet.null()
+            # Long enough to overlap: spawned coroutines start a pass apart.
+            for _ in range(5):
+                yield bluelet.null()
             inside.remove(i)
         finally:
             sem.release()
@@ -957,9 +960,18 @@ def test_channel_receiver_killed_after_handover(core):
     ch = bluelet.Channel()
     got = []
 
+    def sender():
+        yield bluelet.sleep(0)      # wakes on the root's pass, after it
+        yield ch.send("x")          # handed to receiver 0 two passes later
+
     def root():
         r = yield from start(taker(ch.recv, got, 0))
-        yield ch.send("x")          # handed to receiver 0
+        yield bluelet.spawn(sender())
+        yield bluelet.sleep(0)
+        yield bluelet.null()
+        yield bluelet.null()
+        # Yielded on the handover's pass; handled on the next one at the
+        # root's place: before receiver 0 (a later place) runs to take "x".
         yield bluelet.kill(r)
         ch.close()
         # Not lost: delivered to the next recv(), even after close().

@@ -150,7 +150,7 @@ def test_a_waiter_gets_socket_closed_error_when_another_coroutine_closes(core):
         endpoint = bluelet.udp("127.0.0.1", 0)
         w = waiter(endpoint)
         yield bluelet.spawn(w)
-        yield bluelet.null()  # the waiter runs until it parks in recvfrom
+        yield bluelet.sleep(0)  # after the next poll: the waiter waits in recvfrom by then
         assert [t.state for t in bluelet.tasks() if t.coroutine is w] == ["io"]
         endpoint.close()
         with pytest.raises(bluelet.SocketClosedError):
