@@ -816,7 +816,8 @@ cdef class _Task(_Timed):
     cdef object gen          # the innermost generator: the one resumed
     cdef list stack          # delegating parents, outermost first
     cdef readonly Py_ssize_t pos  # the innermost generator's place in pass order
-    cdef list outer_pos      # the places of the parents in ``stack``
+    cdef Py_ssize_t *outer_pos  # the places of the parents in ``stack`` (C array:
+    cdef Py_ssize_t outer_room  # a call then boxes no int)
     cdef object pending      # an event yielded, to be handled on the next pass
     cdef int state
     cdef object value        # what the next resume sends ...
@@ -828,11 +829,13 @@ cdef class _Task(_Timed):
     cdef list scopes         # active timeouts, outermost first
     cdef bint expired        # whether one of them has run out
 
-    def __cinit__(self, gen, Py_ssize_t pos):
+    def __cinit__(self, gen):
         self.base = gen
         self.gen = gen
-        self.pos = pos
         self.state = _S_READY
+
+    def __dealloc__(self):
+        free(self.outer_pos)
 
     def __repr__(self):
         return "<bluelet task %s>" % (getattr(self.base, "__qualname__", self.base),)
@@ -1043,12 +1046,13 @@ cdef class Loop:
 
     cdef list _ready            # tasks to run on the next pass
     cdef list _batch            # the pass being run (kept to reuse it)
+    cdef list _spawned          # tasks spawned by the step being run
     cdef bint _unsorted         # whether _ready is out of pass order
     cdef Py_ssize_t _last_pos   # the place of the task appended last
     cdef Py_ssize_t _next_pos   # the place the next new generator takes
     cdef Py_ssize_t _rest       # tasks after the current one in its pass
     cdef Py_ssize_t _passes     # passes run since I/O was last polled
-    cdef bint _cut              # an error reached a caller: the pass ends
+    cdef bint _end_pass         # the run failed, or an error reached a caller
     cdef list _attempts         # (task, event): I/O to try at the next poll
     cdef dict _tasks            # base generator -> live _Task
     cdef _Timer *_timers        # heap of (deadline, seq, task)
@@ -1082,6 +1086,7 @@ cdef class Loop:
         self._clock = 0.0
         self._ready = []
         self._batch = []
+        self._spawned = []
         self._last_pos = -1
         self._attempts = []
         self._tasks = {}
@@ -1115,6 +1120,7 @@ cdef class Loop:
         if isinstance(self._poller, _EpollPoller):
             self._epoll = self._poller
         self._root = self._add_task(root)
+        self._queue_spawned()
         _local.loop = self
         try:
             self._main()
@@ -1203,18 +1209,21 @@ cdef class Loop:
                 else:
                     self._timed_step(task)
                 self._current = None
-                if self._failure is not None:
-                    break
-                if self._cut:
+                if self._end_pass:
+                    self._end_pass = False
+                    if self._failure is not None:
+                        break
                     # 0.2.0 starts a new pass when an error reaches a caller:
                     # the tasks not yet run join the next pass in place.
-                    self._cut = False
+                    self._queue_spawned()
                     rest = batch[i + 1:]
                     if rest:
                         rest.extend(self._ready)
                         self._ready[:] = rest
                         self._unsorted = True
                     break
+        self._rest = 0
+        self._queue_spawned()
         del batch[:]
         self._batch = batch
         return 0
@@ -1259,7 +1268,7 @@ cdef class Loop:
                         if self._alone():
                             continue
                         self._schedule(task, None, error)
-                        self._cut = True
+                        self._end_pass = True
                         return 0
                     self._finish(task, None, error)
                     return 0
@@ -1415,18 +1424,26 @@ cdef class Loop:
         # Whether nothing else can run before this task's next pass: then
         # its next-pass work is done now, since no order can tell. Counted
         # as a pass, so the fairness bound holds here too.
-        if self._rest or self._ready or self._passes >= _MAX_PASSES:
+        if self._rest or self._ready or self._spawned or self._passes >= _MAX_PASSES:
             return False
         self._passes += 1
         return True
 
     cdef object _push(self, _Task task, child):
         # Make ``child`` the task's innermost generator, at a new place.
+        cdef Py_ssize_t depth
+        cdef Py_ssize_t *grown
         if task.stack is None:
             task.stack = []
-            task.outer_pos = []
+        depth = len(task.stack)
+        if depth == task.outer_room:
+            grown = <Py_ssize_t *>realloc(task.outer_pos, (2 * depth + 4) * sizeof(Py_ssize_t))
+            if grown == NULL:
+                raise MemoryError()
+            task.outer_pos = grown
+            task.outer_room = 2 * depth + 4
         task.stack.append(task.gen)
-        task.outer_pos.append(task.pos)
+        task.outer_pos[depth] = task.pos
         task.pos = self._next_pos
         self._next_pos += 1
         task.gen = child
@@ -1434,8 +1451,8 @@ cdef class Loop:
 
     cdef object _pop(self, _Task task):
         # Return to the caller of the task's innermost generator.
-        task.pos = task.outer_pos.pop()
         gen = task.gen = task.stack.pop()
+        task.pos = task.outer_pos[len(task.stack)]
         return gen
 
     cdef int _timed_step(self, _Task task) except -1:
@@ -1452,22 +1469,30 @@ cdef class Loop:
         task.exc = exc
         if task.state != _S_READY:
             task.state = _S_READY
-            self._queue(task)
-        return 0
-
-    cdef inline int _queue(self, _Task task) except -1:
-        if task.pos < self._last_pos:
-            self._unsorted = True
-        self._last_pos = task.pos
-        self._ready.append(task)
+            # Noted when it breaks place order: the next pass is sorted then.
+            if task.pos < self._last_pos:
+                self._unsorted = True
+            self._last_pos = task.pos
+            self._ready.append(task)
         return 0
 
     cdef _Task _add_task(self, gen):
-        cdef _Task task = _Task(gen, self._next_pos)
+        cdef _Task task = _Task(gen)
+        task.pos = self._next_pos  # set here, not passed: no int is boxed
         self._next_pos += 1
         self._tasks[gen] = task
-        self._queue(task)
+        self._spawned.append(task)
         return task
+
+    cdef int _queue_spawned(self) except -1:
+        cdef list spawned = self._spawned
+        if spawned:
+            if (<_Task>spawned[0]).pos < self._last_pos:
+                self._unsorted = True
+            self._last_pos = (<_Task>spawned[len(spawned) - 1]).pos
+            self._ready.extend(spawned)
+            del spawned[:]
+        return 0
 
     cdef _Task _task_of(self, gen):
         return self._tasks.get(gen) if PyGen_CheckExact(gen) else None
@@ -1489,7 +1514,7 @@ cdef class Loop:
             for scope in task.scopes:
                 self._drop_timer(scope)
             task.scopes = None
-        task.gen = task.stack = task.outer_pos = task.wait = task.pending = None
+        task.gen = task.stack = task.wait = task.pending = None
         del self._tasks[task.base]
         if result is not None:
             self._results[task.base] = result
@@ -1505,6 +1530,7 @@ cdef class Loop:
                 log.debug("coroutine %r ended by %r", task.base, exc)
             elif self._failure is None:
                 self._failure = exc
+                self._end_pass = True
             else:
                 log.error("another coroutine failed while bluelet was stopping",
                           exc_info=exc)

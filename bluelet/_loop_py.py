@@ -820,8 +820,9 @@ class Loop:
     between two ``yield``s is logged as a warning on the ``bluelet`` logger.
     """
 
-    __slots__ = ("_virtual_time", "_slow_step", "_clock", "_ready", "_batch", "_unsorted",
-                 "_last_pos", "_next_pos", "_rest", "_passes", "_cut", "_attempts", "_tasks",
+    __slots__ = ("_virtual_time", "_slow_step", "_clock", "_ready", "_batch", "_spawned",
+                 "_unsorted",
+                 "_last_pos", "_next_pos", "_rest", "_passes", "_end_pass", "_attempts", "_tasks",
                  "_timers", "_timer_seq", "_stale_timers", "_fds", "_fd_waiters",
                  "_poller", "_root", "_current", "_failure", "_results", "_inbox",
                  "_external", "_waker_fd", "_waker", "_waker_lock", "_interrupts", "_deferred",
@@ -837,12 +838,13 @@ class Loop:
         self._clock = 0.0           # the time under virtual_time
         self._ready = []            # tasks to run on the next pass
         self._batch = []            # the pass being run (kept to reuse it)
+        self._spawned = []          # tasks spawned by the step being run
         self._unsorted = False      # whether _ready is out of pass order
         self._last_pos = -1         # the place of the task appended last
         self._next_pos = 0          # the place the next new generator takes
-        self._rest = 0              # tasks after the current one in its pass
+        self._rest = _NO_TASKS      # iterator over what is left of the pass
         self._passes = 0            # passes run since I/O was last polled
-        self._cut = False           # an error reached a caller: the pass ends
+        self._end_pass = False      # the run failed, or an error reached a caller
         self._attempts = []         # (task, event): I/O to try at the next poll
         self._tasks = {}            # base generator -> live _Task
         self._timers = []           # heap of (deadline, seq, task)
@@ -875,6 +877,7 @@ class Loop:
             raise RuntimeError("bluelet.run() called from inside a running loop")
         self._poller = _new_poller()
         self._root = self._add_task(root)
+        self._queue_spawned()
         _local.loop = self
         try:
             self._main()
@@ -949,28 +952,31 @@ class Loop:
         if self._unsorted:
             self._unsorted = False
             batch.sort(key=_place)
-        count = len(batch)
-        for i in range(count):
-            task = batch[i]
+        # An iterator, not an index: _alone() reads what is left from it,
+        # which costs no store per task (the compiled twin counts).
+        self._rest = rest = iter(batch)
+        for task in rest:
             if task.state == _S_READY:
-                self._rest = count - i - 1
                 if self._slow_step is None:
                     self._step(task)
                 else:
                     self._timed_step(task)
                 self._current = None
-                if self._failure is not None:
-                    break
-                if self._cut:
+                if self._end_pass:
+                    self._end_pass = False
+                    if self._failure is not None:
+                        break
                     # 0.2.0 starts a new pass when an error reaches a caller:
                     # the tasks not yet run join the next pass in place.
-                    self._cut = False
-                    rest = batch[i + 1:]
+                    self._queue_spawned()
+                    rest = list(rest)
                     if rest:
                         rest.extend(self._ready)
                         self._ready[:] = rest
                         self._unsorted = True
                     break
+        self._rest = _NO_TASKS
+        self._queue_spawned()
         batch.clear()
         self._batch = batch
 
@@ -1016,7 +1022,7 @@ class Loop:
                         if self._alone():
                             continue
                         self._schedule(task, None, error)
-                        self._cut = True
+                        self._end_pass = True
                         return
                     self._finish(task, None, error)
                     return
@@ -1164,7 +1170,8 @@ class Loop:
         """Whether nothing else can run before this task's next pass: then
         its next-pass work is done now, since no order can tell. Counted
         as a pass, so the fairness bound holds here too."""
-        if self._rest or self._ready or self._passes >= _MAX_PASSES:
+        if (self._ready or self._spawned or self._passes >= _MAX_PASSES
+                or _length_hint(self._rest)):
             return False
         self._passes += 1
         return True
@@ -1201,21 +1208,33 @@ class Loop:
         task.exc = exc
         if task.state != _S_READY:
             task.state = _S_READY
-            self._queue(task)
-
-    def _queue(self, task):
-        """Append ``task`` to the next pass, noting when that breaks place order."""
-        if task.pos < self._last_pos:
-            self._unsorted = True
-        self._last_pos = task.pos
-        self._ready.append(task)
+            # Noted when it breaks place order: the next pass is sorted then.
+            if task.pos < self._last_pos:
+                self._unsorted = True
+            self._last_pos = task.pos
+            self._ready.append(task)
 
     def _add_task(self, gen):
         task = _Task(gen, self._next_pos)
         self._next_pos += 1
         self._tasks[gen] = task
-        self._queue(task)
+        self._spawned.append(task)
         return task
+
+    def _queue_spawned(self):
+        """Append the tasks spawned during a pass to the next one.
+
+        Only at the end of the pass: they have the newest places, and the
+        tasks of the pass (earlier places) are queued as they run, so
+        queueing them at once would break place order on every spawn and
+        cost a sort of the next pass."""
+        spawned = self._spawned
+        if spawned:
+            if spawned[0].pos < self._last_pos:
+                self._unsorted = True
+            self._last_pos = spawned[-1].pos
+            self._ready.extend(spawned)
+            spawned.clear()
 
     def _task_of(self, gen):
         """The live task of spawned generator ``gen``, if any."""
@@ -1258,6 +1277,7 @@ class Loop:
                 log.debug("coroutine %r ended by %r", task.base, exc)
             elif self._failure is None:
                 self._failure = exc
+                self._end_pass = True
             else:
                 log.error("another coroutine failed while bluelet was stopping",
                           exc_info=exc)
@@ -1812,6 +1832,8 @@ def _task_info(task, now):
 
 
 _place = operator.attrgetter("pos")
+_length_hint = operator.length_hint
+_NO_TASKS = iter(())
 
 
 def _check_finished(gen, verb):
