@@ -1140,10 +1140,14 @@ cdef class Loop:
         return self._root.result
 
     cdef int _main(self) except -1:
-        cdef double timeout
+        cdef double timeout, jump
         while self._tasks:
             while self._interrupts:
                 self._interrupt(self._interrupts.popleft())
+            if self._failure is not None:
+                # An interrupt after the root ended: the run ends with it,
+                # whatever the others still wait for.
+                return 0
             # ---- phase 1: passes until nothing is ready, as 0.2.0 runs them
             # (docs/order.md); bounded, so a coroutine that never waits
             # cannot keep I/O and timers from being served forever.
@@ -1159,13 +1163,16 @@ cdef class Loop:
                 return 0
 
             # ---- phase 2: poll I/O, blocking only if nothing is ready.
+            jump = 0.0
             if self._ready or self._attempts:
                 timeout = 0.0
             elif self._has_timers():
                 timeout = min(max(self._next_deadline() - self._now(), 0.0), _MAX_TIMEOUT)
                 if self._virtual_time:
-                    # Nothing can happen before the next deadline: go there.
-                    self._clock += timeout
+                    # Nothing can happen before the next deadline but I/O
+                    # that is ready now: poll without waiting, and go there
+                    # only if that woke nobody (real time would not pass).
+                    jump = timeout
                     timeout = 0.0
             elif self._fd_waiters or self._external:
                 timeout = -1.0
@@ -1184,6 +1191,8 @@ cdef class Loop:
             # poll, as 0.2.0 fires it: what it sends wakes a reader at the
             # next poll, not this one.
             self._run_attempts()
+            if jump and not self._ready:
+                self._clock += jump
 
             # ---- phase 3: expire sleepers, earliest deadline first.
             self._expire_timers(self._now())

@@ -10,6 +10,7 @@ previous handler" that must be restored.
 
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -451,3 +452,25 @@ def test_run_passes_virtual_time_and_slow_step(core, caplog):
     with caplog.at_level("WARNING", logger="bluelet"):
         bluelet.run(root(), virtual_time=True, slow_step=0.01)
     assert any("without yielding" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize("handle_signals", [False, True])
+def test_ctrl_c_ends_run_after_the_root_ended(core, stop_handlers, handle_signals):
+    # The root has returned; another coroutine waits on a socket that never
+    # gets data. Ctrl-C must still end run() (0.2.0 raised at once), not be
+    # swallowed while the loop goes back to waiting.
+    left, right = socket.socketpair()
+    try:
+        def reader():
+            yield bluelet.Connection(left, None).recv(10)
+
+        def root():
+            yield bluelet.spawn(reader())
+            yield bluelet.null()
+
+        _send_later(signal.SIGINT, 0.2)
+        with pytest.raises(KeyboardInterrupt):
+            bluelet.run(root(), handle_signals=handle_signals)
+    finally:
+        left.close()
+        right.close()
