@@ -25,6 +25,8 @@ from ._impl import (
     Event,
     ReceiveEvent,
     SendEvent,
+    end,
+    later,
     notify_closing,
     timeout,
     wait_writable,
@@ -148,17 +150,14 @@ class Connection:
         self._check_open("recv()")
         size = _count(size, "recv() size")
         if self._buf:
-            return with_timeout(DelegationEvent(self._take(size)), timeout)
+            # Resumed on the next pass, as 0.2.0's ValueEvent of buffered
+            # bytes was; taken only then, so a Timeout or kill landing at the
+            # reader's yield leaves them buffered.
+            return with_timeout(later(self._take, size), timeout)
         return with_timeout(self._receive(size), timeout)
 
-    def _take(self, size: int) -> Generator[Any, Any, bytes]:
-        """Up to ``size`` buffered bytes, taken only once the reader runs.
-
-        Taken at the call, they would be lost to a Timeout or kill landing
-        at the reader's ``yield``. A call is no scheduling point, so nothing
-        can land between taking them here and the reader receiving them.
-        """
-        yield from ()  # a generator: its body runs when the reader is resumed
+    def _take(self, size: int) -> bytes:
+        """Up to ``size`` buffered bytes."""
         data = bytes(self._buf[:size])
         del self._buf[:size]
         return data
@@ -194,19 +193,21 @@ class Connection:
                             timeout)
 
     def _read_until(self, separator: bytes, limit: int, bufsize: int,
-                    eof_ends_line: bool) -> Generator[Any, Any, bytes]:
+                    eof_ends_line: bool) -> Generator[Any, bytes, bytes]:
         buf = self._buf
         start = 0
+        # A record ends with ``yield end(...)`` as 0.2.0's readline did: one
+        # pass more than a return, and programs written for it see passes.
         while True:
-            end = buf.find(separator, start)
-            if end >= 0:
-                end += len(separator)
-                if end > limit:
+            stop = buf.find(separator, start)
+            if stop >= 0:
+                stop += len(separator)
+                if stop > limit:
                     raise LimitExceeded("a %d-byte record is over the limit of %d bytes"
-                                        % (end, limit))
-                line = bytes(buf[:end])
-                del buf[:end]
-                return line
+                                        % (stop, limit))
+                line = bytes(buf[:stop])
+                del buf[:stop]
+                return (yield end(line))
             if len(buf) >= limit:
                 raise LimitExceeded("no %r in the first %d bytes (the limit)" % (separator, limit))
             # Resume the search where a separator could still begin.
@@ -216,7 +217,7 @@ class Connection:
                 rest = bytes(buf)
                 buf.clear()
                 if eof_ends_line:
-                    return rest
+                    return (yield end(rest))
                 raise IncompleteRead(rest, None)
             buf += data
 

@@ -53,7 +53,7 @@ __all__ = [
     "JoinEvent", "KillEvent", "DelegationEvent", "ReturnEvent", "SleepEvent",
     "ReadEvent", "WriteEvent", "AcceptEvent", "ReceiveEvent", "SendEvent",
     "Loop", "run", "null", "sleep", "spawn", "call", "end", "join", "kill",
-    "wait_readable", "wait_writable", "notify_closing",
+    "later", "wait_readable", "wait_writable", "notify_closing",
     "timeout", "WaitQueue", "Completion", "current", "tasks", "wakeup_fd",
 ]
 
@@ -213,12 +213,14 @@ cdef enum:
     _K_TIMEOUT = 11
     _K_PARK = 12
     _K_EXTERNAL = 13
+    _K_LATER = 14
 
 
 # Kinds that are scheduling points: inside an expired timeout they raise it.
 cdef inline bint _is_scheduling_point(int kind) noexcept:
     return (kind == _K_VALUE or kind == _K_IO or kind == _K_SLEEP or kind == _K_JOIN
-            or kind == _K_WAITABLE or kind == _K_PARK or kind == _K_EXTERNAL)
+            or kind == _K_WAITABLE or kind == _K_PARK or kind == _K_EXTERNAL
+            or kind == _K_LATER)
 
 
 cdef inline int _event_kind(event) except? -2:
@@ -247,7 +249,7 @@ cdef enum:
     _S_JOIN = 5
     _S_PARK = 6
     _S_EXTERNAL = 7
-    _S_TRY = 8         # its I/O is tried after the next poll, without waiting
+    _S_TRY = 8         # runs (trying its I/O) once the next poll has run
 
 # Readiness bits, the epoll values so the Linux poller needs no translation.
 READ = 0x001      # EPOLLIN
@@ -412,6 +414,20 @@ cdef class ReturnEvent(Event):
 
     def __init__(self, value):
         self.value = value
+
+
+cdef class _LaterEvent(Event):
+    """Twin of ``bluelet._loop_py._LaterEvent``."""
+
+    cdef public object func
+    cdef public tuple args
+
+    def __cinit__(self):
+        self._kind = _K_LATER
+
+    def __init__(self, func, tuple args):
+        self.func = func
+        self.args = args
 
 
 cdef class _TimeoutEvent(Event):
@@ -761,6 +777,10 @@ def kill(coro):
     return KillEvent(coro)
 
 
+def later(func, *args):
+    return _LaterEvent(func, args)
+
+
 def wait_readable(fileobj):
     cdef _FdEvent event = _FdEvent()
     event._watch(fileobj, _READ)
@@ -819,6 +839,7 @@ cdef class _Task(_Timed):
     cdef Py_ssize_t *outer_pos  # the places of the parents in ``stack`` (C array:
     cdef Py_ssize_t outer_room  # a call then boxes no int)
     cdef object pending      # an event yielded, to be handled on the next pass
+    cdef bint front          # woken first in its fd's line: if the I/O would block, back there
     cdef int state
     cdef object value        # what the next resume sends ...
     cdef object exc          # ... or throws
@@ -1053,7 +1074,8 @@ cdef class Loop:
     cdef Py_ssize_t _rest       # tasks after the current one in its pass
     cdef Py_ssize_t _passes     # passes run since I/O was last polled
     cdef bint _end_pass         # the run failed, or an error reached a caller
-    cdef list _attempts         # (task, event): I/O to try at the next poll
+    cdef bint _fire_pass        # whether the next pass is the first after a poll
+    cdef list _after_poll       # tasks in _S_TRY: to run once the next poll has run
     cdef dict _tasks            # base generator -> live _Task
     cdef _Timer *_timers        # heap of (deadline, seq, task)
     cdef Py_ssize_t _timer_count
@@ -1088,7 +1110,7 @@ cdef class Loop:
         self._batch = []
         self._spawned = []
         self._last_pos = -1
-        self._attempts = []
+        self._after_poll = []
         self._tasks = {}
         self._timers = NULL
         self._timer_count = 0
@@ -1141,6 +1163,7 @@ cdef class Loop:
 
     cdef int _main(self) except -1:
         cdef double timeout, jump
+        cdef bint fire
         while self._tasks:
             while self._interrupts:
                 self._interrupt(self._interrupts.popleft())
@@ -1164,7 +1187,7 @@ cdef class Loop:
 
             # ---- phase 2: poll I/O, blocking only if nothing is ready.
             jump = 0.0
-            if self._ready or self._attempts:
+            if self._ready or self._after_poll:
                 timeout = 0.0
             elif self._has_timers():
                 timeout = min(max(self._next_deadline() - self._now(), 0.0), _MAX_TIMEOUT)
@@ -1182,15 +1205,19 @@ cdef class Loop:
                     "wake them: %r" % (len(self._tasks), list(self._tasks.values())))
                 return 0
             self._passes = 0
+            # The next pass is 0.2.0's firing of what the poll reports, unless
+            # tasks were still ready (a poll for fairness: 0.2.0 has none).
+            fire = not self._ready
             try:
                 self._poll(timeout)
             except KeyboardInterrupt as exc:
                 self._interrupt(exc)
                 continue
-            # I/O that was likely to succeed is tried only now, after the
-            # poll, as 0.2.0 fires it: what it sends wakes a reader at the
-            # next poll, not this one.
-            self._run_attempts()
+            # I/O that was likely to succeed runs only now, after the poll,
+            # as 0.2.0 fires it: what it sends wakes a reader at the next
+            # poll, not this one.
+            self._queue_after_poll()
+            self._fire_pass = fire
             if jump and not self._ready:
                 self._clock += jump
 
@@ -1203,6 +1230,8 @@ cdef class Loop:
         cdef list rest
         cdef _Task task
         cdef Py_ssize_t i, count
+        cdef bint fire = self._fire_pass
+        self._fire_pass = False
         self._ready = self._batch
         self._last_pos = -1
         if self._unsorted:
@@ -1222,19 +1251,28 @@ cdef class Loop:
                     self._end_pass = False
                     if self._failure is not None:
                         break
-                    # 0.2.0 starts a new pass when an error reaches a caller:
-                    # the tasks not yet run join the next pass in place.
-                    self._queue_spawned()
-                    rest = batch[i + 1:]
-                    if rest:
-                        rest.extend(self._ready)
-                        self._ready[:] = rest
-                        self._unsorted = True
+                    self._cut_pass(batch[i + 1:], fire)
                     break
         self._rest = 0
         self._queue_spawned()
         del batch[:]
         self._batch = batch
+        return 0
+
+    cdef int _cut_pass(self, list rest, bint fire) except -1:
+        cdef _Task task
+        self._queue_spawned()
+        if not rest:
+            return 0
+        if fire:
+            for task in rest:
+                if task.state == _S_READY:
+                    task.state = _S_TRY
+                    self._after_poll.append(task)
+            return 0
+        rest.extend(self._ready)
+        self._ready[:] = rest
+        self._unsorted = True
         return 0
 
     cdef inline double _now(self) except? -1.0:
@@ -1247,6 +1285,7 @@ cdef class Loop:
         cdef _Task target
         cdef PyObject *sent = NULL
         cdef int status, kind
+        cdef bint fresh = False
         task.state = _S_RUNNING
         self._current = task
         gen = task.gen
@@ -1308,7 +1347,9 @@ cdef class Loop:
                     task.pending = event
                     self._schedule(task, None, None)
                     return 0
+                fresh = True
             else:
+                fresh = False
                 kind = _event_kind(event)
             # From here ``event`` is handled; what follows resumes ``gen``
             # (event None) or handles the next event.
@@ -1318,14 +1359,20 @@ cdef class Loop:
                 self._schedule(task, (<ValueEvent>handled)._value, None)
                 return 0
             elif kind == _K_IO:
-                if (<_FdEvent>handled)._try_first or self._claim_ready(<_FdEvent>handled):
-                    task.wait = handled
+                if not fresh:
+                    # Its turn after the poll: the I/O, then the resume.
+                    value, exc = self._fire(task, <_FdEvent>handled)
+                    if value is _WOULD_BLOCK:
+                        return 0
+                elif (<_FdEvent>handled)._try_first or self._claim_ready(<_FdEvent>handled):
+                    task.pending = handled
                     task.state = _S_TRY
-                    self._attempts.append((task, handled))
+                    self._after_poll.append(task)
                     return 0
-                exc = self._wait_fd(task, <_FdEvent>handled)
-                if exc is None:
-                    return 0
+                else:
+                    exc = self._wait_fd(task, <_FdEvent>handled, False)
+                    if exc is None:
+                        return 0
             elif kind == _K_SLEEP:
                 if self._virtual_time:
                     task.wait = self._clock + (<SleepEvent>handled).duration
@@ -1388,9 +1435,15 @@ cdef class Loop:
                         self._schedule(task, None, None)
                         return 0
             elif kind == _K_WAITABLE:
-                exc = self._wait_waitables(task, handled)
-                if exc is None:
-                    return 0
+                if not fresh:
+                    try:
+                        value = handled.fire()
+                    except Exception as error:
+                        exc = error
+                else:
+                    exc = self._wait_waitables(task, handled)
+                    if exc is None:
+                        return 0
             elif kind == _K_EXCEPTION:
                 self._schedule(task, None, (<ExceptionEvent>handled)._exc)
                 return 0
@@ -1425,9 +1478,47 @@ cdef class Loop:
                     task.wait = handled
                     task.state = _S_EXTERNAL
                     return 0
+            elif kind == _K_LATER:
+                if fresh:
+                    task.pending = handled
+                    self._schedule(task, None, None)
+                    return 0
+                try:
+                    value = (<_LaterEvent>handled).func(*(<_LaterEvent>handled).args)
+                except Exception as error:
+                    exc = error
             else:
                 exc = TypeError(
                     "bluelet coroutines must yield events or generators, not %r" % (handled,))
+
+    cdef tuple _fire(self, _Task task, _FdEvent event):
+        cdef bint front = task.front
+        cdef _FdState state
+        task.front = False
+        if not front:
+            state = self._fds.get(event._fileno)
+            if state is not None and state.fileobj is event._fileobj and (
+                    state.readers if event._mask == _READ else state.writers):
+                exc = self._wait_fd(task, event, False)
+                return (_WOULD_BLOCK, None) if exc is None else (None, exc)
+        try:
+            value = event._attempt()
+        except (BlockingIOError, InterruptedError):
+            value = _WOULD_BLOCK
+        except Exception as error:
+            state = self._fds.get(event._fileno)
+            if front and (state is None or state.fileobj is not event._fileobj):
+                # Closed (notify_closing) by another coroutine after the
+                # poll reported it: as if it had been closed while waiting.
+                error = SocketClosedError(
+                    "fd %d was closed while this coroutine waited on it" % event._fileno)
+            return None, error
+        if value is _WOULD_BLOCK:
+            # Not ready after all (or only partly done): wait, first in line
+            # again if it was.
+            exc = self._wait_fd(task, event, front)
+            return (_WOULD_BLOCK, None) if exc is None else (None, exc)
+        return value, None
 
     cdef inline bint _alone(self) noexcept:
         # Whether nothing else can run before this task's next pass: then
@@ -1583,7 +1674,9 @@ cdef class Loop:
                 self._external -= 1
         elif state == _S_EXTERNAL:
             (<Completion>task.wait)._task = None
-        elif state != _S_TRY:  # a _S_TRY entry is skipped once its task moves on
+        elif state == _S_TRY:  # its entry in _after_poll is skipped from now on
+            task.pending = None
+        else:
             return 0
         task.wait = task.wait_fds = None
         task.state = _S_RUNNING
@@ -1616,7 +1709,7 @@ cdef class Loop:
         for task in list(self._tasks.values()):
             self._kill(task)
         del self._ready[:]
-        del self._attempts[:]
+        del self._after_poll[:]
         self._clear_timers()
         for state in self._fds.values():
             self._poller.forget(state)
@@ -1654,9 +1747,13 @@ cdef class Loop:
             state.ready = 0
         return state
 
-    cdef int _enqueue(self, _Task task, _FdState state, int mask) except -1:
+    cdef int _enqueue(self, _Task task, _FdState state, int mask, bint front=False) except -1:
         cdef int wanted
-        (state.readers if mask == _READ else state.writers).append(task)
+        queue = state.readers if mask == _READ else state.writers
+        if front:
+            queue.appendleft(task)
+        else:
+            queue.append(task)
         wanted = state.interest | mask
         if wanted != state.interest:
             if self._epoll is not None:
@@ -1665,14 +1762,14 @@ cdef class Loop:
                 self._poller.set_interest(state, wanted)
         return 0
 
-    cdef object _wait_fd(self, _Task task, _FdEvent event):
+    cdef object _wait_fd(self, _Task task, _FdEvent event, bint front):
         cdef _FdState state
         task.wait = event
         task.state = _S_IO
         self._fd_waiters += 1
         try:
             state = self._fd_state(event._fileobj, event._fileno)
-            self._enqueue(task, state, event._mask)
+            self._enqueue(task, state, event._mask, front)
         except OSError as error:
             self._cancel_wait(task)
             if error.errno == errno_module.EPERM:
@@ -1732,37 +1829,14 @@ cdef class Loop:
                     pass
         return 0
 
-    cdef int _run_attempts(self) except -1:
-        cdef list attempts = self._attempts
+    cdef int _queue_after_poll(self) except -1:
+        cdef list tasks = self._after_poll
         cdef _Task task
-        cdef _FdEvent event
-        cdef _FdState state
-        if not attempts:
-            return 0
-        self._attempts = []
-        for task, event in attempts:
-            if task.state != _S_TRY or task.wait is not event:
-                continue  # cancelled meanwhile
-            state = self._fds.get(event._fileno)
-            if state is not None and state.fileobj is event._fileobj and (
-                    state.readers if event._mask == _READ else state.writers):
-                result = _WOULD_BLOCK
-            else:
-                try:
-                    result = event._attempt()
-                except (BlockingIOError, InterruptedError):
-                    result = _WOULD_BLOCK
-                except Exception as error:
-                    task.wait = None
-                    self._schedule(task, None, error)
-                    continue
-            if result is _WOULD_BLOCK:
-                exc = self._wait_fd(task, event)
-                if exc is not None:
-                    self._schedule(task, None, exc)
-            else:
-                task.wait = None
-                self._schedule(task, result, None)
+        if tasks:
+            self._after_poll = []
+            for task in tasks:
+                if task.state == _S_TRY:  # not cancelled meanwhile
+                    self._schedule(task, task.value, task.exc)
         return 0
 
     cdef int _poll(self, double timeout) except -1:
@@ -1807,7 +1881,7 @@ cdef class Loop:
     cdef int _report(self, _FdState state, int bit, queue, int wanted) except -1:
         if queue:
             state.ready &= ~bit
-            self._io_ready(queue.popleft(), queue)
+            self._io_ready(queue.popleft())
         elif state.ready & bit:
             wanted &= ~bit
         else:
@@ -1816,28 +1890,15 @@ cdef class Loop:
             state.ready |= bit
         return wanted
 
-    cdef int _io_ready(self, _Task task, queue) except -1:
+    cdef int _io_ready(self, _Task task) except -1:
         event = task.wait
         if task.wait_fds is not None:
             self._unwait_fds(task)
-            try:
-                value, exc = event.fire(), None
-            except Exception as error:
-                value, exc = None, error
-        else:
-            try:
-                value, exc = (<_FdEvent>event)._attempt(), None
-            except (BlockingIOError, InterruptedError):
-                value, exc = _WOULD_BLOCK, None
-            except Exception as error:
-                value, exc = None, error
-            if value is _WOULD_BLOCK:
-                # Not ready after all (or only partly done): first in line again.
-                queue.appendleft(task)
-                return 0
         self._fd_waiters -= 1
         task.wait = task.wait_fds = None
-        self._schedule(task, value, exc)
+        task.pending = event
+        task.front = True
+        self._schedule(task, None, None)
         return 0
 
     cdef int _close_fd(self, int fd) except -1:
@@ -2135,8 +2196,10 @@ cdef object _task_info(_Task task, double now):
     if state == _S_RUNNING:
         return TaskInfo(task.base, "running", "running now", chain)
     if state == _S_TRY:
+        if task.pending is None:
+            return TaskInfo(task.base, "ready", "ready to run after the next poll", chain)
         return TaskInfo(task.base, "io", "about to try I/O on fd %d" % (
-            (<_FdEvent>task.wait)._fileno,), chain)
+            (<_FdEvent>task.pending)._fileno,), chain)
     if state == _S_IO:
         if task.wait_fds is not None:
             return TaskInfo(task.base, "io", "waiting for %r (fds %s)" % (
@@ -2193,7 +2256,7 @@ def wakeup_fd():
 def _copy_docstrings():
     """Give the public functions and methods the pure twin's docstrings."""
     from . import _loop_py
-    for name in ("null", "sleep", "spawn", "call", "end", "join", "kill",
+    for name in ("null", "sleep", "spawn", "call", "end", "join", "kill", "later",
                  "wait_readable", "wait_writable", "run", "notify_closing",
                  "timeout", "current", "tasks", "wakeup_fd"):
         globals()[name].__doc__ = getattr(_loop_py, name).__doc__

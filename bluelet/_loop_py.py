@@ -17,7 +17,10 @@ How a coroutine runs
     ``pending`` for the next pass, unless nothing else is ready, when no
     order can tell and it is handled at once (the speed of a lone chain of
     calls). I/O that is likely to succeed is tried right after the next
-    poll (``_S_TRY``), as 0.2.0 fires it once select() says so.
+    poll (``_S_TRY``), as 0.2.0 fires it once select() says so. The I/O
+    of a task woken by the poll is done at its turn in the pass after the
+    poll, just before it resumes, so a round's I/O goes in place order and
+    nothing received can be lost to a kill or deadline landing between.
 
 Invariants
     - Place order: tasks run in the order of their innermost generator's
@@ -70,7 +73,7 @@ __all__ = [
     "JoinEvent", "KillEvent", "DelegationEvent", "ReturnEvent", "SleepEvent",
     "ReadEvent", "WriteEvent", "AcceptEvent", "ReceiveEvent", "SendEvent",
     "Loop", "run", "null", "sleep", "spawn", "call", "end", "join", "kill",
-    "wait_readable", "wait_writable", "notify_closing",
+    "later", "wait_readable", "wait_writable", "notify_closing",
     "timeout", "WaitQueue", "Completion", "current", "tasks", "wakeup_fd",
 ]
 
@@ -95,10 +98,11 @@ _K_EXCEPTION = 10
 _K_TIMEOUT = 11
 _K_PARK = 12
 _K_EXTERNAL = 13
+_K_LATER = 14
 
 # Kinds that are scheduling points: inside an expired timeout they raise it.
 _SCHEDULING_POINTS = frozenset((_K_VALUE, _K_IO, _K_SLEEP, _K_JOIN, _K_WAITABLE,
-                                _K_PARK, _K_EXTERNAL))
+                                _K_PARK, _K_EXTERNAL, _K_LATER))
 
 # Kinds 0.2.0 handles on the pass after the one that yielded them (a
 # timeout() is a call with a deadline, so it goes with them).
@@ -113,7 +117,7 @@ _S_SLEEP = 4
 _S_JOIN = 5
 _S_PARK = 6
 _S_EXTERNAL = 7
-_S_TRY = 8         # its I/O is tried after the next poll, without waiting
+_S_TRY = 8         # runs (trying its I/O) once the next poll has run
 
 # Readiness bits, the epoll values so the Linux poller needs no translation.
 READ = 0x001      # EPOLLIN
@@ -252,6 +256,19 @@ class DelegationEvent(Event):
 
     def __init__(self, coro):
         self.spawned = coro
+
+
+class _LaterEvent(Event):
+    """Resume on the next pass, as ``ValueEvent`` does, with ``func(*args)``
+    called then: what it takes (buffered bytes) cannot be lost to a kill or
+    deadline landing at the ``yield``."""
+
+    __slots__ = ("func", "args")
+    _kind = _K_LATER
+
+    def __init__(self, func, args):
+        self.func = func
+        self.args = args
 
 
 class ReturnEvent(Event):
@@ -587,6 +604,11 @@ def kill(coro):
     return KillEvent(coro)
 
 
+def later(func, *args):
+    """Event: resume on the next pass with what ``func(*args)`` returns then."""
+    return _LaterEvent(func, args)
+
+
 def wait_readable(fileobj):
     """Event: resume with None once ``fileobj`` (or an fd) is readable."""
     event = _FdEvent()
@@ -644,8 +666,8 @@ class _Timed:
 class _Task(_Timed):
     """One spawned coroutine and the sub-coroutines it is delegating to."""
 
-    __slots__ = ("base", "gen", "stack", "pos", "outer_pos", "pending", "state", "value",
-                 "exc", "result", "joiners", "wait", "wait_fds", "scopes", "expired")
+    __slots__ = ("base", "gen", "stack", "pos", "outer_pos", "pending", "front", "state",
+                 "value", "exc", "result", "joiners", "wait", "wait_fds", "scopes", "expired")
 
     def __init__(self, gen, pos):
         self.base = gen          # the spawned generator: the key for join/kill
@@ -654,6 +676,7 @@ class _Task(_Timed):
         self.pos = pos           # the innermost generator's place in pass order
         self.outer_pos = None    # the places of the parents in ``stack``
         self.pending = None      # an event yielded, to be handled on the next pass
+        self.front = False       # woken first in its fd's line: if the I/O would block, back there
         self.state = _S_READY
         self.value = None        # what the next resume sends ...
         self.exc = None          # ... or throws
@@ -822,7 +845,7 @@ class Loop:
 
     __slots__ = ("_virtual_time", "_slow_step", "_clock", "_ready", "_batch", "_spawned",
                  "_unsorted",
-                 "_last_pos", "_next_pos", "_rest", "_passes", "_end_pass", "_attempts", "_tasks",
+                 "_last_pos", "_next_pos", "_rest", "_passes", "_end_pass", "_fire_pass", "_after_poll", "_tasks",
                  "_timers", "_timer_seq", "_stale_timers", "_fds", "_fd_waiters",
                  "_poller", "_root", "_current", "_failure", "_results", "_inbox",
                  "_external", "_waker_fd", "_waker", "_waker_lock", "_interrupts", "_deferred",
@@ -845,7 +868,8 @@ class Loop:
         self._rest = _NO_TASKS      # iterator over what is left of the pass
         self._passes = 0            # passes run since I/O was last polled
         self._end_pass = False      # the run failed, or an error reached a caller
-        self._attempts = []         # (task, event): I/O to try at the next poll
+        self._fire_pass = False     # whether the next pass is the first after a poll
+        self._after_poll = []       # tasks in _S_TRY: to run once the next poll has run
         self._tasks = {}            # base generator -> live _Task
         self._timers = []           # heap of (deadline, seq, task)
         self._timer_seq = 0
@@ -920,7 +944,7 @@ class Loop:
 
             # ---- phase 2: poll I/O, blocking only if nothing is ready.
             jump = 0.0
-            if self._ready or self._attempts:
+            if self._ready or self._after_poll:
                 timeout = 0.0
             elif self._has_timers():
                 timeout = min(max(self._next_deadline() - self._now(), 0.0), _MAX_TIMEOUT)
@@ -938,15 +962,19 @@ class Loop:
                     "wake them: %r" % (len(self._tasks), list(self._tasks.values())))
                 return
             self._passes = 0
+            # The next pass is 0.2.0's firing of what the poll reports, unless
+            # tasks were still ready (a poll for fairness: 0.2.0 has none).
+            fire = not self._ready
             try:
                 self._poll(timeout)
             except KeyboardInterrupt as exc:
                 self._interrupt(exc)
                 continue
-            # I/O that was likely to succeed is tried only now, after the
-            # poll, as 0.2.0 fires it: what it sends wakes a reader at the
-            # next poll, not this one.
-            self._run_attempts()
+            # I/O that was likely to succeed runs only now, after the poll,
+            # as 0.2.0 fires it: what it sends wakes a reader at the next
+            # poll, not this one.
+            self._queue_after_poll()
+            self._fire_pass = fire
             if jump and not self._ready:
                 self._clock += jump
 
@@ -961,6 +989,8 @@ class Loop:
         if self._unsorted:
             self._unsorted = False
             batch.sort(key=_place)
+        fire = self._fire_pass
+        self._fire_pass = False
         # An iterator, not an index: _alone() reads what is left from it,
         # which costs no store per task (the compiled twin counts).
         self._rest = rest = iter(batch)
@@ -975,19 +1005,30 @@ class Loop:
                     self._end_pass = False
                     if self._failure is not None:
                         break
-                    # 0.2.0 starts a new pass when an error reaches a caller:
-                    # the tasks not yet run join the next pass in place.
-                    self._queue_spawned()
-                    rest = list(rest)
-                    if rest:
-                        rest.extend(self._ready)
-                        self._ready[:] = rest
-                        self._unsorted = True
+                    self._cut_pass(list(rest), fire)
                     break
         self._rest = _NO_TASKS
         self._queue_spawned()
         batch.clear()
         self._batch = batch
+
+    def _cut_pass(self, rest, fire):
+        """An error reached a caller: 0.2.0 starts a new pass there. The
+        tasks not yet run join the next pass in place; in the pass after a
+        poll (0.2.0's firing of what select() reported) they wait for the
+        next poll instead, their I/O not done."""
+        self._queue_spawned()
+        if not rest:
+            return
+        if fire:
+            for task in rest:
+                if task.state == _S_READY:
+                    task.state = _S_TRY
+                    self._after_poll.append(task)
+            return
+        rest.extend(self._ready)
+        self._ready[:] = rest
+        self._unsorted = True
 
     def _now(self):
         return self._clock if self._virtual_time else _monotonic()
@@ -1004,6 +1045,7 @@ class Loop:
         value = task.value
         exc = task.exc
         task.pending = task.value = task.exc = None
+        fresh = False
         while True:
             if event is None:
                 if task.scopes is not None:
@@ -1052,7 +1094,9 @@ class Loop:
                     task.pending = event
                     self._schedule(task, None, None)
                     return
+                fresh = True
             else:
+                fresh = False
                 kind = _kind_of(type(event))
                 if kind is None:
                     kind = _kind_slow(event)
@@ -1064,14 +1108,20 @@ class Loop:
                 self._schedule(task, handled._value, None)
                 return
             elif kind == _K_IO:
-                if handled._try_first or self._claim_ready(handled):
-                    task.wait = handled
+                if not fresh:
+                    # Its turn after the poll: the I/O, then the resume.
+                    value, exc = self._fire(task, handled)
+                    if value is _WOULD_BLOCK:
+                        return
+                elif handled._try_first or self._claim_ready(handled):
+                    task.pending = handled
                     task.state = _S_TRY
-                    self._attempts.append((task, handled))
+                    self._after_poll.append(task)
                     return
-                exc = self._wait_fd(task, handled)
-                if exc is None:
-                    return
+                else:
+                    exc = self._wait_fd(task, handled, False)
+                    if exc is None:
+                        return
             elif kind == _K_SLEEP:
                 if self._virtual_time:
                     task.wait = self._clock + handled.duration
@@ -1134,9 +1184,15 @@ class Loop:
                         self._schedule(task, None, None)
                         return
             elif kind == _K_WAITABLE:
-                exc = self._wait_waitables(task, handled)
-                if exc is None:
-                    return
+                if not fresh:
+                    try:
+                        value = handled.fire()
+                    except Exception as error:
+                        exc = error
+                else:
+                    exc = self._wait_waitables(task, handled)
+                    if exc is None:
+                        return
             elif kind == _K_EXCEPTION:
                 self._schedule(task, None, handled._exc)
                 return
@@ -1171,9 +1227,49 @@ class Loop:
                     task.wait = handled
                     task.state = _S_EXTERNAL
                     return
+            elif kind == _K_LATER:
+                if fresh:
+                    task.pending = handled
+                    self._schedule(task, None, None)
+                    return
+                try:
+                    value = handled.func(*handled.args)
+                except Exception as error:
+                    exc = error
             else:
                 exc = TypeError(
                     "bluelet coroutines must yield events or generators, not %r" % (handled,))
+
+    def _fire(self, task, event):
+        """Do the I/O of ``event``, whose fd was reported ready (or likely
+        is): ``(value, exc)`` to resume ``task`` with, or ``_WOULD_BLOCK``
+        once it waits again. A task that was not first in line goes behind
+        those already waiting on the fd (a sendall is never cut into)."""
+        front, task.front = task.front, False
+        if not front:
+            state = self._fds.get(event._fileno)
+            if state is not None and state.fileobj is event._fileobj and (
+                    state.readers if event._mask == READ else state.writers):
+                exc = self._wait_fd(task, event, False)
+                return (_WOULD_BLOCK, None) if exc is None else (None, exc)
+        try:
+            value = event._attempt()
+        except (BlockingIOError, InterruptedError):
+            value = _WOULD_BLOCK
+        except Exception as error:
+            state = self._fds.get(event._fileno)
+            if front and (state is None or state.fileobj is not event._fileobj):
+                # Closed (notify_closing) by another coroutine after the
+                # poll reported it: as if it had been closed while waiting.
+                error = SocketClosedError(
+                    "fd %d was closed while this coroutine waited on it" % event._fileno)
+            return None, error
+        if value is _WOULD_BLOCK:
+            # Not ready after all (or only partly done): wait, first in line
+            # again if it was.
+            exc = self._wait_fd(task, event, front)
+            return (_WOULD_BLOCK, None) if exc is None else (None, exc)
+        return value, None
 
     def _alone(self):
         """Whether nothing else can run before this task's next pass: then
@@ -1336,7 +1432,9 @@ class Loop:
                 self._external -= 1
         elif state == _S_EXTERNAL:
             task.wait._task = None
-        elif state != _S_TRY:  # a _S_TRY entry is skipped once its task moves on
+        elif state == _S_TRY:  # its entry in _after_poll is skipped from now on
+            task.pending = None
+        else:
             return
         task.wait = task.wait_fds = None
         task.state = _S_RUNNING
@@ -1367,7 +1465,7 @@ class Loop:
         for task in list(self._tasks.values()):
             self._kill(task)
         self._ready.clear()
-        self._attempts.clear()
+        self._after_poll.clear()
         self._timers.clear()
         for state in self._fds.values():
             self._poller.forget(state)
@@ -1405,20 +1503,25 @@ class Loop:
             state.ready = 0
         return state
 
-    def _enqueue(self, task, state, mask):
-        (state.readers if mask == READ else state.writers).append(task)
+    def _enqueue(self, task, state, mask, front=False):
+        queue = state.readers if mask == READ else state.writers
+        if front:
+            queue.appendleft(task)
+        else:
+            queue.append(task)
         wanted = state.interest | mask
         if wanted != state.interest:
             self._poller.set_interest(state, wanted)
 
-    def _wait_fd(self, task, event):
-        """Queue ``task`` for ``event``'s fd; an error to raise if that fails."""
+    def _wait_fd(self, task, event, front):
+        """Queue ``task`` for ``event``'s fd (at the front of its line if
+        ``front``); an error to raise if that fails."""
         task.wait = event
         task.state = _S_IO
         self._fd_waiters += 1
         try:
             state = self._fd_state(event._fileobj, event._fileno)
-            self._enqueue(task, state, event._mask)
+            self._enqueue(task, state, event._mask, front)
         except OSError as error:
             self._cancel_wait(task)
             if error.errno == errno.EPERM:
@@ -1478,37 +1581,14 @@ class Loop:
                 except ValueError:
                     pass
 
-    def _run_attempts(self):
-        """Try the I/O of the tasks in _S_TRY; wait for readiness where it
-        would block, or where earlier waiters are queued on the same fd
-        direction (they go first: a sendall is never cut into)."""
-        attempts = self._attempts
-        if not attempts:
-            return
-        self._attempts = []
-        for task, event in attempts:
-            if task.state != _S_TRY or task.wait is not event:
-                continue  # cancelled meanwhile
-            state = self._fds.get(event._fileno)
-            if state is not None and state.fileobj is event._fileobj and (
-                    state.readers if event._mask == READ else state.writers):
-                result = _WOULD_BLOCK
-            else:
-                try:
-                    result = event._attempt()
-                except (BlockingIOError, InterruptedError):
-                    result = _WOULD_BLOCK
-                except Exception as error:
-                    task.wait = None
-                    self._schedule(task, None, error)
-                    continue
-            if result is _WOULD_BLOCK:
-                exc = self._wait_fd(task, event)
-                if exc is not None:
-                    self._schedule(task, None, exc)
-            else:
-                task.wait = None
-                self._schedule(task, result, None)
+    def _queue_after_poll(self):
+        """Queue the tasks in _S_TRY for the pass after this poll."""
+        tasks = self._after_poll
+        if tasks:
+            self._after_poll = []
+            for task in tasks:
+                if task.state == _S_TRY:  # not cancelled meanwhile
+                    self._schedule(task, task.value, task.exc)
 
     def _poll(self, timeout):
         """Wait up to ``timeout`` seconds (-1: no limit) and serve ready fds."""
@@ -1541,7 +1621,7 @@ class Loop:
         remember it; return the interest to keep."""
         if queue:
             state.ready &= ~bit
-            self._io_ready(queue.popleft(), queue)
+            self._io_ready(queue.popleft())
         elif state.ready & bit:
             wanted &= ~bit
         else:
@@ -1550,29 +1630,18 @@ class Loop:
             state.ready |= bit
         return wanted
 
-    def _io_ready(self, task, queue):
-        """Complete ``task``'s wait now that one of its fds is ready."""
+    def _io_ready(self, task):
+        """One of ``task``'s fds is ready: it runs on the next pass, doing
+        its I/O (or ``fire()``) at its turn, first in line should that
+        block."""
         event = task.wait
         if task.wait_fds is not None:
             self._unwait_fds(task)
-            try:
-                value, exc = event.fire(), None
-            except Exception as error:
-                value, exc = None, error
-        else:
-            try:
-                value, exc = event._attempt(), None
-            except (BlockingIOError, InterruptedError):
-                value, exc = _WOULD_BLOCK, None
-            except Exception as error:
-                value, exc = None, error
-            if value is _WOULD_BLOCK:
-                # Not ready after all (or only partly done): first in line again.
-                queue.appendleft(task)
-                return
         self._fd_waiters -= 1
         task.wait = task.wait_fds = None
-        self._schedule(task, value, exc)
+        task.pending = event
+        task.front = True
+        self._schedule(task, None, None)
 
     def _close_fd(self, fd):
         """``fd`` is about to close: forget it, fail the tasks waiting on it."""
@@ -1765,7 +1834,7 @@ class Loop:
 _KINDS = {cls: cls._kind for cls in (
     ValueEvent, ReadEvent, WriteEvent, AcceptEvent, ReceiveEvent, SendEvent,
     _FdEvent, SleepEvent, DelegationEvent, ReturnEvent, SpawnEvent, JoinEvent,
-    KillEvent, ExceptionEvent, _TimeoutEvent, WaitQueue, Completion)}
+    KillEvent, ExceptionEvent, _TimeoutEvent, WaitQueue, Completion, _LaterEvent)}
 _KINDS[_GeneratorType] = _K_CALL
 _kind_of = _KINDS.get
 
@@ -1823,7 +1892,9 @@ def _task_info(task, now):
     if state == _S_RUNNING:
         return TaskInfo(task.base, "running", "running now", chain)
     if state == _S_TRY:
-        return TaskInfo(task.base, "io", "about to try I/O on fd %d" % task.wait._fileno, chain)
+        if task.pending is None:
+            return TaskInfo(task.base, "ready", "ready to run after the next poll", chain)
+        return TaskInfo(task.base, "io", "about to try I/O on fd %d" % task.pending._fileno, chain)
     if state == _S_IO:
         if task.wait_fds is not None:
             return TaskInfo(task.base, "io", "waiting for %r (fds %s)" % (
