@@ -70,6 +70,11 @@ class Connection:
     Usable as a context manager, which closes it.
     """
 
+    #: Whether a failed socket operation ends the coroutine that yielded it
+    #: (its caller gets None) instead of raising there: bluelet 0.2.0's
+    #: semantics, which ``bluelet.compat``'s connections keep.
+    _ends_on_error = False
+
     def __init__(self, sock: socket.socket, addr: Any) -> None:
         sock.setblocking(False)
         if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:

@@ -731,6 +731,9 @@ cdef object _byte_view(data):
 
 cdef ValueEvent _NULL = ValueEvent(None)
 
+# What a connection with 0.2.0's error semantics turns a failed I/O into.
+cdef ReturnEvent _END_NONE = ReturnEvent(None)
+
 
 cdef object _generator_error(obj, verb):
     if PyGen_CheckExact(obj):
@@ -1363,6 +1366,13 @@ cdef class Loop:
                     # Its turn after the poll: the I/O, then the resume.
                     value, exc = self._fire(task, <_FdEvent>handled)
                     if value is _WOULD_BLOCK:
+                        return 0
+                    if exc is not None and _ends_coroutine(handled, exc):
+                        # 0.2.0's semantics, on a connection that asks for
+                        # them (bluelet.compat): the coroutine that yielded
+                        # ends on the next pass; its caller gets None.
+                        task.pending = _END_NONE
+                        self._schedule(task, None, None)
                         return 0
                 elif (<_FdEvent>handled)._try_first or self._claim_ready(<_FdEvent>handled):
                     task.pending = handled
@@ -2215,6 +2225,16 @@ cdef object _task_info(_Task task, double now):
     if state == _S_PARK:
         return TaskInfo(task.base, "parked", "parked in %r" % (task.wait,), chain)
     return TaskInfo(task.base, "thread", "waiting for a result from another thread", chain)
+
+
+cdef bint _ends_coroutine(event, exc) except -1:
+    conn = getattr(event, "conn", None)
+    if not (isinstance(exc, OSError) and getattr(conn, "_ends_on_error", False)):
+        return False
+    if exc.errno not in (errno_module.EPIPE, errno_module.ECONNRESET):
+        log.error("%r failed; as in bluelet 0.2.0, the coroutine ends and its caller gets None",
+                  event, exc_info=exc)
+    return True
 
 
 _place = operator.attrgetter("pos")

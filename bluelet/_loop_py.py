@@ -548,6 +548,9 @@ def _byte_view(data):
 
 _NULL = ValueEvent(None)
 
+# What a connection with 0.2.0's error semantics turns a failed I/O into.
+_END_NONE = ReturnEvent(None)
+
 
 def _generator_error(obj, verb):
     """The ValueError for ``verb`` given ``obj`` if it is not a generator, else None."""
@@ -1112,6 +1115,13 @@ class Loop:
                     # Its turn after the poll: the I/O, then the resume.
                     value, exc = self._fire(task, handled)
                     if value is _WOULD_BLOCK:
+                        return
+                    if exc is not None and _ends_coroutine(handled, exc):
+                        # 0.2.0's semantics, on a connection that asks for
+                        # them (bluelet.compat): the coroutine that yielded
+                        # ends on the next pass; its caller gets None.
+                        task.pending = _END_NONE
+                        self._schedule(task, None, None)
                         return
                 elif handled._try_first or self._claim_ready(handled):
                     task.pending = handled
@@ -1909,6 +1919,20 @@ def _task_info(task, now):
     if state == _S_PARK:
         return TaskInfo(task.base, "parked", "parked in %r" % (task.wait,), chain)
     return TaskInfo(task.base, "thread", "waiting for a result from another thread", chain)
+
+
+def _ends_coroutine(event, exc):
+    """Whether ``exc``, raised by ``event``'s I/O, ends the coroutine instead
+    (a connection with ``_ends_on_error``, as bluelet.compat makes: 0.2.0
+    ended it with ``end(None)``, printing the traceback unless the peer had
+    gone: EPIPE, ECONNRESET)."""
+    conn = getattr(event, "conn", None)
+    if not (isinstance(exc, OSError) and getattr(conn, "_ends_on_error", False)):
+        return False
+    if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
+        log.error("%r failed; as in bluelet 0.2.0, the coroutine ends and its caller gets None",
+                  event, exc_info=exc)
+    return True
 
 
 _place = operator.attrgetter("pos")
