@@ -1396,8 +1396,9 @@ cdef class Loop:
                 exc = self._check_new(child, "call")
                 if exc is None:
                     gen = self._push(task, child)
-                    # The callee's first step is on the next pass.
-                    if not self._alone():
+                    # The callee's first step is on the next pass. A call
+                    # found alone at its yield is still alone: no code ran.
+                    if not (fresh or self._alone()):
                         self._schedule(task, None, None)
                         return 0
             elif kind == _K_RETURN:
