@@ -86,8 +86,8 @@ bluelet_dir=""
 if [ "$mode" = project ]; then
     bluelet_dir="$(cd / && env -u BLUELET_PURE_PYTHON "$target_python" -c \
         'import bluelet, os; print(os.path.dirname(os.path.realpath(bluelet.__file__)))')"
-    case "$bluelet_dir/" in
-        "$repo"/*) echo "FAILED: $target_python imports bluelet from the source tree ($bluelet_dir);" \
+    case "$bluelet_dir" in
+        "$repo/bluelet") echo "FAILED: $target_python imports bluelet from the source tree ($bluelet_dir);" \
                         "install the package (pip install $repo), not in editable mode" >&2; exit 1 ;;
     esac
 fi
