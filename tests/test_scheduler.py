@@ -1741,3 +1741,39 @@ def test_timeout_around_a_socket_send_completes(core):
             b.close()
 
     assert bluelet.run(root()) == b"x" * 10
+
+
+def test_a_coroutine_spinning_on_null_does_not_starve_timers_or_io(core):
+    # 0.2.0 polled only when nothing was ready, so this spinner froze every
+    # timer and socket; ours polls after 256 passes without a poll.
+    left, right = socket.socketpair()
+    done = []
+
+    def sleeper():
+        yield bluelet.sleep(0.01)
+        done.append("timer")
+
+    def reader():
+        data = yield bluelet.Connection(left, None).recv(10)
+        done.append(data)
+
+    def spinner():
+        for spins in range(20_000_000):
+            if len(done) == 2:
+                return spins
+            yield bluelet.null()
+        return None
+
+    def root():
+        right.sendall(b"ready")
+        yield bluelet.spawn(sleeper())
+        yield bluelet.spawn(reader())
+        return (yield spinner())
+
+    try:
+        spins = bluelet.run(root())
+    finally:
+        left.close()
+        right.close()
+    assert spins is not None, "the spinner starved the timer or the socket"
+    assert set(done) == {b"ready", "timer"}
