@@ -1047,7 +1047,11 @@ class Loop:
         event = task.pending
         value = task.value
         exc = task.exc
-        task.pending = task.value = task.exc = None
+        # Cleared only where set: a null() switch writes none of them.
+        if event is not None:
+            task.pending = None
+        if value is not None or exc is not None:
+            task.value = task.exc = None
         fresh = False
         while True:
             if event is None:
