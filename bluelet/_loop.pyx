@@ -1544,7 +1544,7 @@ cdef class Loop:
         self._passes += 1
         return True
 
-    cdef object _push(self, _Task task, child):
+    cdef inline object _push(self, _Task task, child):
         # Make ``child`` the task's innermost generator, at a new place.
         cdef Py_ssize_t depth
         cdef Py_ssize_t *grown
@@ -1564,7 +1564,7 @@ cdef class Loop:
         task.gen = child
         return child
 
-    cdef object _pop(self, _Task task):
+    cdef inline object _pop(self, _Task task):
         # Return to the caller of the task's innermost generator.
         gen = task.gen = task.stack.pop()
         task.pos = task.outer_pos[len(task.stack)]
