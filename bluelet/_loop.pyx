@@ -2211,10 +2211,13 @@ cdef object _task_info(_Task task, double now):
     if state == _S_RUNNING:
         return TaskInfo(task.base, "running", "running now", chain)
     if state == _S_TRY:
-        if task.pending is None:
+        pending = task.pending
+        if pending is None:
             return TaskInfo(task.base, "ready", "ready to run after the next poll", chain)
-        return TaskInfo(task.base, "io", "about to try I/O on fd %d" % (
-            (<_FdEvent>task.pending)._fileno,), chain)
+        if isinstance(pending, _FdEvent):
+            return TaskInfo(task.base, "io", "about to try I/O on fd %d" % (
+                (<_FdEvent>pending)._fileno,), chain)
+        return TaskInfo(task.base, "io", "about to fire %r" % (pending,), chain)
     if state == _S_IO:
         if task.wait_fds is not None:
             return TaskInfo(task.base, "io", "waiting for %r (fds %s)" % (

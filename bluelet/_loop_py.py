@@ -1907,9 +1907,12 @@ def _task_info(task, now):
     if state == _S_RUNNING:
         return TaskInfo(task.base, "running", "running now", chain)
     if state == _S_TRY:
-        if task.pending is None:
+        pending = task.pending
+        if pending is None:
             return TaskInfo(task.base, "ready", "ready to run after the next poll", chain)
-        return TaskInfo(task.base, "io", "about to try I/O on fd %d" % task.pending._fileno, chain)
+        if isinstance(pending, _FdEvent):
+            return TaskInfo(task.base, "io", "about to try I/O on fd %d" % pending._fileno, chain)
+        return TaskInfo(task.base, "io", "about to fire %r" % (pending,), chain)
     if state == _S_IO:
         if task.wait_fds is not None:
             return TaskInfo(task.base, "io", "waiting for %r (fds %s)" % (

@@ -132,6 +132,56 @@ def test_tasks_ready(core):
     assert info.chain == [coro]
 
 
+def test_tasks_describes_a_user_event_left_for_the_next_poll(core):
+    # Two waiters woken by one poll; the first lets an error reach its
+    # caller, which ends that pass (0.2.0's order), so the second, a user
+    # WaitableEvent, waits for the next poll with its fire() not done.
+    # tasks() in between must describe it, not read a descriptor it lacks.
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+
+    class Readable(bluelet.WaitableEvent):
+        def waitables(self):
+            return (r2,), (), ()
+
+        def fire(self):
+            return os.read(r2, 1)
+
+    def inner():
+        yield bluelet.wait_readable(r1)
+        raise ValueError("after the poll")
+
+    def first():
+        try:
+            yield inner()
+        except ValueError:
+            return [info for info in bluelet.tasks() if info.coroutine is other]
+
+    def second():
+        return (yield Readable())
+
+    other = second()
+
+    def root():
+        task = first()
+        yield bluelet.spawn(task)
+        yield bluelet.sleep(0)  # inner waits by then, at an earlier place than other's
+        yield bluelet.spawn(other)
+        yield bluelet.sleep(0)  # both wait by then
+        os.write(w1, b"x")
+        os.write(w2, b"y")
+        infos = yield bluelet.join(task)
+        return infos, (yield bluelet.join(other))
+
+    try:
+        [info], fired = bluelet.run(root())
+    finally:
+        for fd in (r1, w1, r2, w2):
+            os.close(fd)
+    assert (info.state, fired) == ("io", b"y")
+    assert info.detail.startswith("about to fire <")
+
+
 @pytest.mark.parametrize("direction", ["readable", "writable"])
 def test_tasks_waiting_for_io_names_the_fd_and_direction(core, direction):
     # An empty pipe's read end is never readable; a full one's write end
