@@ -1288,7 +1288,7 @@ cdef class Loop:
         cdef _Task target
         cdef PyObject *sent = NULL
         cdef int status, kind
-        cdef bint fresh = False
+        cdef bint fresh
         task.state = _S_RUNNING
         self._current = task
         gen = task.gen
@@ -1316,35 +1316,37 @@ cdef class Loop:
                     status = 0
                     event = stop.value
                 except BaseException as error:
-                    value, exc = None, error
+                    status = -1
+                    event = error
+                if status != 1:
+                    # The generator ended, returning (0) or raising (-1).
+                    if status == 0:
+                        value, exc = event, None
+                    else:
+                        value, exc = None, event
                     event = None
-                    if task.stack:
-                        gen = self._pop(task)
-                        if self._alone():
-                            continue
-                        self._schedule(task, None, error)
+                    if not task.stack:
+                        self._finish(task, value, exc)
+                        return 0
+                    # The caller takes the value or the error on the next
+                    # pass; an error also ends this pass, as in 0.2.0.
+                    gen = self._pop(task)
+                    if self._alone():
+                        continue
+                    self._schedule(task, value, exc)
+                    if exc is not None:
                         self._end_pass = True
-                        return 0
-                    self._finish(task, None, error)
-                    return 0
-                if status == 0:
-                    value, exc = event, None
-                    event = None
-                    if task.stack:
-                        # The caller takes the value on the next pass.
-                        gen = self._pop(task)
-                        if self._alone():
-                            continue
-                        self._schedule(task, value, None)
-                        return 0
-                    self._finish(task, value, None)
                     return 0
                 value = exc = None
 
                 if event is _NULL and not task.expired:
                     self._schedule(task, None, None)
                     return 0
-                kind = _event_kind(event)
+                fresh = True
+            else:
+                fresh = False
+            kind = _event_kind(event)
+            if fresh:
                 if task.expired and _is_scheduling_point(kind):
                     exc = self._due_error(task)
                     event = None
@@ -1354,10 +1356,6 @@ cdef class Loop:
                     task.pending = event
                     self._schedule(task, None, None)
                     return 0
-                fresh = True
-            else:
-                fresh = False
-                kind = _event_kind(event)
             # From here ``event`` is handled; what follows resumes ``gen``
             # (event None) or handles the next event.
             handled, event = event, None
@@ -1510,24 +1508,23 @@ cdef class Loop:
         cdef bint front = task.front
         cdef _FdState state
         task.front = False
-        if not front:
-            state = self._fds.get(event._fileno)
-            if state is not None and state.fileobj is event._fileobj and (
-                    state.readers if event._mask == _READ else state.writers):
-                exc = self._wait_fd(task, event, False)
-                return (_WOULD_BLOCK, None) if exc is None else (None, exc)
-        try:
-            value = event._attempt()
-        except (BlockingIOError, InterruptedError):
-            value = _WOULD_BLOCK
-        except Exception as error:
-            state = self._fds.get(event._fileno)
-            if front and (state is None or state.fileobj is not event._fileobj):
-                # Closed (notify_closing) by another coroutine after the
-                # poll reported it: as if it had been closed while waiting.
-                error = SocketClosedError(
-                    "fd %d was closed while this coroutine waited on it" % event._fileno)
-            return None, error
+        state = None if front else self._fds.get(event._fileno)
+        if state is not None and state.fileobj is event._fileobj and (
+                state.readers if event._mask == _READ else state.writers):
+            value = _WOULD_BLOCK  # behind those already waiting
+        else:
+            try:
+                value = event._attempt()
+            except (BlockingIOError, InterruptedError):
+                value = _WOULD_BLOCK
+            except Exception as error:
+                state = self._fds.get(event._fileno)
+                if front and (state is None or state.fileobj is not event._fileobj):
+                    # Closed (notify_closing) by another coroutine after the
+                    # poll reported it: as if it had been closed while waiting.
+                    error = SocketClosedError(
+                        "fd %d was closed while this coroutine waited on it" % event._fileno)
+                return None, error
         if value is _WOULD_BLOCK:
             # Not ready after all (or only partly done): wait, first in line
             # again if it was.

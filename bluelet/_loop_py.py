@@ -32,9 +32,9 @@ Invariants
     - Fairness: after ``_MAX_PASSES`` passes without a poll, I/O is polled
       without waiting, so a task that never waits cannot starve the rest.
     - Cost per event is O(1), but for the sort of a pass whose tasks became
-      ready out of place order (O(log n) each): no pass over all tasks; descriptors stay
-      registered with the poller between waits (interest is dropped lazily,
-      when the poller reports an fd nobody waits for).
+      ready out of place order (O(log n) each): no pass over all tasks;
+      descriptors stay registered with the poller between waits (interest is
+      dropped lazily, when the poller reports an fd nobody waits for).
     - One ready waiter per fd direction is woken per readiness report; more
       waiters queue FIFO behind it.
     - A finished coroutine is remembered (its generator is exhausted) so that
@@ -847,8 +847,8 @@ class Loop:
     """
 
     __slots__ = ("_virtual_time", "_slow_step", "_clock", "_ready", "_batch", "_spawned",
-                 "_unsorted",
-                 "_last_pos", "_next_pos", "_rest", "_passes", "_end_pass", "_fire_pass", "_after_poll", "_tasks",
+                 "_unsorted", "_last_pos", "_next_pos", "_rest", "_passes", "_end_pass",
+                 "_fire_pass", "_after_poll", "_tasks",
                  "_timers", "_timer_seq", "_stale_timers", "_fds", "_fd_waiters",
                  "_poller", "_root", "_current", "_failure", "_results", "_inbox",
                  "_external", "_waker_fd", "_waker", "_waker_lock", "_interrupts", "_deferred",
@@ -1052,7 +1052,6 @@ class Loop:
             task.pending = None
         if value is not None or exc is not None:
             task.value = task.exc = None
-        fresh = False
         while True:
             if event is None:
                 if task.scopes is not None:
@@ -1063,35 +1062,37 @@ class Loop:
                     else:
                         event = gen.throw(exc)
                 except StopIteration as stop:
-                    value, exc = stop.value, None
-                    if task.stack:
-                        # The caller takes the value on the next pass.
-                        gen = self._pop(task)
-                        if self._alone():
-                            continue
-                        self._schedule(task, value, None)
-                        return
-                    self._finish(task, value, None)
-                    return
+                    value, exc, ended = stop.value, None, True
                 except BaseException as error:
-                    value, exc = None, error
-                    if task.stack:
-                        gen = self._pop(task)
-                        if self._alone():
-                            continue
-                        self._schedule(task, None, error)
-                        self._end_pass = True
+                    value, exc, ended = None, error, True
+                else:
+                    ended = False
+                if ended:
+                    # The generator ended, returning or raising.
+                    if not task.stack:
+                        self._finish(task, value, exc)
                         return
-                    self._finish(task, None, error)
+                    # The caller takes the value or the error on the next
+                    # pass; an error also ends this pass, as in 0.2.0.
+                    gen = self._pop(task)
+                    if self._alone():
+                        continue
+                    self._schedule(task, value, exc)
+                    if exc is not None:
+                        self._end_pass = True
                     return
                 value = exc = None
 
                 if event is _NULL and not task.expired:
                     self._schedule(task, None, None)
                     return
-                kind = _kind_of(type(event))
-                if kind is None:
-                    kind = _kind_slow(event)
+                fresh = True
+            else:
+                fresh = False
+            kind = _kind_of(type(event))
+            if kind is None:
+                kind = _kind_slow(event)
+            if fresh:
                 if task.expired and kind in _SCHEDULING_POINTS:
                     exc = self._due_error(task)
                     event = None
@@ -1101,12 +1102,6 @@ class Loop:
                     task.pending = event
                     self._schedule(task, None, None)
                     return
-                fresh = True
-            else:
-                fresh = False
-                kind = _kind_of(type(event))
-                if kind is None:
-                    kind = _kind_slow(event)
             # From here ``event`` is handled; what follows resumes ``gen``
             # (event None) or handles the next event.
             handled, event = event, None
@@ -1261,24 +1256,23 @@ class Loop:
         once it waits again. A task that was not first in line goes behind
         those already waiting on the fd (a sendall is never cut into)."""
         front, task.front = task.front, False
-        if not front:
-            state = self._fds.get(event._fileno)
-            if state is not None and state.fileobj is event._fileobj and (
-                    state.readers if event._mask == READ else state.writers):
-                exc = self._wait_fd(task, event, False)
-                return (_WOULD_BLOCK, None) if exc is None else (None, exc)
-        try:
-            value = event._attempt()
-        except (BlockingIOError, InterruptedError):
-            value = _WOULD_BLOCK
-        except Exception as error:
-            state = self._fds.get(event._fileno)
-            if front and (state is None or state.fileobj is not event._fileobj):
-                # Closed (notify_closing) by another coroutine after the
-                # poll reported it: as if it had been closed while waiting.
-                error = SocketClosedError(
-                    "fd %d was closed while this coroutine waited on it" % event._fileno)
-            return None, error
+        state = None if front else self._fds.get(event._fileno)
+        if state is not None and state.fileobj is event._fileobj and (
+                state.readers if event._mask == READ else state.writers):
+            value = _WOULD_BLOCK  # behind those already waiting
+        else:
+            try:
+                value = event._attempt()
+            except (BlockingIOError, InterruptedError):
+                value = _WOULD_BLOCK
+            except Exception as error:
+                state = self._fds.get(event._fileno)
+                if front and (state is None or state.fileobj is not event._fileobj):
+                    # Closed (notify_closing) by another coroutine after the
+                    # poll reported it: as if it had been closed while waiting.
+                    error = SocketClosedError(
+                        "fd %d was closed while this coroutine waited on it" % event._fileno)
+                return None, error
         if value is _WOULD_BLOCK:
             # Not ready after all (or only partly done): wait, first in line
             # again if it was.
