@@ -51,11 +51,16 @@ from ._impl import (
     WriteEvent,
     call,
     current,
+    current_deadline,
+    current_time,
     end,
+    fail_after,
     join,
     kill,
+    move_on_after,
     notify_closing,
     null,
+    shield,
     sleep,
     spawn,
     tasks,
@@ -68,6 +73,7 @@ from ._group import first, join_all
 from ._introspect import dump, dump_on
 from ._records import TaskInfo
 from ._signals import run, signal
+from ._taskgroup import TaskGroup, started, task_group
 from ._connect import connect, connect_unix
 from ._connection import Connection
 from ._listener import Listener
@@ -110,6 +116,7 @@ __all__ = [
     "SocketClosedError",
     "SpawnEvent",
     "TLSConnection",
+    "TaskGroup",
     "TaskInfo",
     "ThreadException",
     "Timeout",
@@ -122,13 +129,17 @@ __all__ = [
     "connect",
     "connect_unix",
     "current",
+    "current_deadline",
+    "current_time",
     "dump",
     "dump_on",
     "end",
+    "fail_after",
     "first",
     "join",
     "join_all",
     "kill",
+    "move_on_after",
     "notify_closing",
     "null",
     "read",
@@ -136,9 +147,12 @@ __all__ = [
     "serve",
     "server",
     "set_thread_limit",
+    "shield",
     "signal",
     "sleep",
     "spawn",
+    "started",
+    "task_group",
     "tasks",
     "timeout",
     "to_thread",

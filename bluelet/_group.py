@@ -7,20 +7,17 @@ waiting parent through a core ``WaitQueue``. A failure thus reaches a joiner
 the order they happen.
 
 When the group is decided -- all done, the first done, a failure, or the
-parent itself timed out -- the parent kills the coroutines still running
-before its ``yield`` returns or raises, so their ``finally`` blocks have run.
-A parent that is being killed cannot yield a kill; a *guard* coroutine,
-parked from the start, is woken instead and kills them on its next turn.
+parent itself killed or out of time -- the parent kills the coroutines still
+running before its ``yield`` returns or raises, so their ``finally`` blocks
+have run; inside ``shield()``, so that a parent being cancelled can do it.
 """
 
 import collections
 import inspect
 from typing import Any, Deque, Generator, Iterable, List, Optional, Tuple
 
-from ._errors import Cancelled
-from ._impl import WaitQueue, join, kill, spawn
+from ._impl import WaitQueue, join, kill, shield, spawn
 from ._records import Coro
-from ._sync import _wake
 
 __all__ = ["join_all", "first"]
 
@@ -72,26 +69,21 @@ class _Group:
         # (index, value, exc), in finishing order
         self._outcomes: Deque[Tuple[int, Any, Optional[Exception]]] = collections.deque()
         self._arrived = WaitQueue()            # the parent waits here for outcomes
-        self._stop = WaitQueue()               # the guard waits here
         self._done = False                     # decided: outcomes are no longer wanted
-        self._abandoned = False                # the parent was killed: the guard cancels
 
     def _run(self, want_all: bool) -> Coro:
         for index, coro in enumerate(self._coros):
             yield spawn(self._watch(index, coro))
-        yield spawn(self._guard())
+        closing = False
         try:
-            value = yield from self._collect(want_all)
-        except (Cancelled, GeneratorExit):
-            # Being killed (or closed): no yield can run now; the guard kills.
-            self._done = self._abandoned = True
-            _wake(self._stop)
+            return (yield from self._collect(want_all))
+        except GeneratorExit:
+            closing = True  # closed, not cancelled: nothing can wait now
             raise
-        except BaseException:
-            yield from self._finish()
-            raise
-        yield from self._finish()
-        return value
+        finally:
+            self._done = True
+            if not closing:
+                yield shield(self._cancel())
 
     def _collect(self, want_all: bool) -> Coro:
         """Wait for the outcomes needed: every result, or the first one."""
@@ -109,12 +101,6 @@ class _Group:
             if left:
                 yield self._arrived.wait()
         return results
-
-    def _finish(self) -> Generator[Any, Any, None]:
-        """Decided: kill the coroutines still running, release the guard."""
-        self._done = True
-        self._stop.wake()
-        yield from self._cancel()
 
     def _cancel(self) -> Generator[Any, Any, None]:
         for coro in self._coros:
@@ -143,10 +129,3 @@ class _Group:
         if not self._done:
             self._outcomes.append((index, value, exc))
             self._arrived.wake()
-
-    def _guard(self) -> Generator[Any, Any, None]:
-        """Kill the group's coroutines if the parent is killed while waiting."""
-        if not self._done:
-            yield self._stop.wait()
-        if self._abandoned:
-            yield from self._cancel()

@@ -27,9 +27,10 @@ Twin rule
 
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.contextvars cimport PyContext_CopyCurrent, PyContext_Enter, PyContext_Exit
 from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF, Py_XDECREF
 from libc.stdlib cimport malloc, realloc, free
-from libc.math cimport isnan, ceil
+from libc.math cimport isnan, ceil, INFINITY
 from libc.errno cimport errno, EINTR
 
 import collections
@@ -54,7 +55,8 @@ __all__ = [
     "ReadEvent", "WriteEvent", "AcceptEvent", "ReceiveEvent", "SendEvent",
     "Loop", "run", "null", "sleep", "spawn", "call", "end", "join", "kill",
     "later", "wait_readable", "wait_writable", "notify_closing",
-    "timeout", "WaitQueue", "Completion", "current", "tasks", "wakeup_fd",
+    "timeout", "fail_after", "move_on_after", "shield", "current_deadline",
+    "current_time", "WaitQueue", "Completion", "current", "tasks", "wakeup_fd",
 ]
 
 log = logging.getLogger("bluelet")
@@ -216,7 +218,7 @@ cdef enum:
     _K_LATER = 14
 
 
-# Kinds that are scheduling points: inside an expired timeout they raise it.
+# Kinds that are scheduling points: where a cancellation is raised.
 cdef inline bint _is_scheduling_point(int kind) noexcept:
     return (kind == _K_VALUE or kind == _K_IO or kind == _K_SLEEP or kind == _K_JOIN
             or kind == _K_WAITABLE or kind == _K_PARK or kind == _K_EXTERNAL
@@ -280,6 +282,19 @@ cdef double _MAX_TIMEOUT = 86400.0
 # starved every socket and timer; real 0.2.0 programs settle within a few
 # passes, so this bound changes no order they rely on.
 cdef Py_ssize_t _MAX_PASSES = 256
+
+# What a scope does when its deadline passes: fail_after() raises Timeout
+# where it returns, move_on_after() gives None there; shield() has no
+# deadline and hides every cancellation from outside it.
+cdef enum:
+    _M_FAIL = 0
+    _M_MOVE_ON = 1
+    _M_SHIELD = 2
+
+# Cancellations a coroutine may swallow (catch and carry on to the next
+# scheduling point) before it is closed: a bound, not a policy; a loop that
+# catches Cancelled would otherwise never end.
+cdef int _MAX_SWALLOWS = 100
 
 _python_monotonic = time.monotonic
 _GeneratorType = types.GeneratorType
@@ -435,13 +450,15 @@ cdef class _TimeoutEvent(Event):
 
     cdef public double seconds
     cdef public object body
+    cdef public int mode
 
     def __cinit__(self):
         self._kind = _K_TIMEOUT
 
-    def __init__(self, seconds, body):
+    def __init__(self, seconds, body, mode):
         self.seconds = seconds
         self.body = body
+        self.mode = mode
 
 
 cdef class WaitQueue(Event):
@@ -797,14 +814,41 @@ def wait_writable(fileobj):
 
 
 def timeout(seconds, body):
+    return _scope_event(seconds, body, _M_FAIL, "timeout")
+
+
+def fail_after(seconds, body):
+    return _scope_event(seconds, body, _M_FAIL, "fail_after")
+
+
+def move_on_after(seconds, body):
+    return _scope_event(seconds, body, _M_MOVE_ON, "move_on_after")
+
+
+def shield(body):
+    return _scope_event(INFINITY, body, _M_SHIELD, "shield")
+
+
+cdef _TimeoutEvent _scope_event(seconds, body, int mode, str verb):
     if not isinstance(body, Event) and not PyGen_CheckExact(body):
-        raise TypeError("timeout() needs an event or a generator, not %r" % (body,))
-    return _TimeoutEvent(_seconds(seconds), body)
+        raise TypeError("%s() needs an event or a generator, not %r" % (verb, body))
+    return _TimeoutEvent(_seconds(seconds), body, mode)
 
 
-def _single(event):
-    # Lets an event be the body of a timeout like any sub-coroutine.
-    return (yield event)
+def current_deadline():
+    cdef _Task task = (<Loop>_running_loop())._current
+    cdef _Scope scope
+    cdef double deadline = INFINITY
+    if task is not None and task.scopes is not None:
+        for scope in reversed(task.scopes):
+            if scope.mode == _M_SHIELD:
+                break
+            deadline = min(deadline, scope.deadline)
+    return deadline
+
+
+def current_time():
+    return (<Loop>_running_loop())._now()
 
 
 def current():
@@ -850,8 +894,11 @@ cdef class _Task(_Timed):
     cdef list joiners
     cdef object wait         # the event, queue or task waited on
     cdef list wait_fds       # [(state, mask)] of a WaitableEvent's fds
-    cdef list scopes         # active timeouts, outermost first
-    cdef bint expired        # whether one of them has run out
+    cdef list scopes         # active scopes (_Scope), outermost first
+    cdef bint expired        # whether a cancellation is due at its next scheduling point
+    cdef bint killed         # killed, and a shield held the kill off
+    cdef int swallows        # cancellations it has caught and carried on from
+    cdef object context      # the contextvars.Context its steps run in
 
     def __cinit__(self, gen):
         self.base = gen
@@ -870,14 +917,18 @@ cdef class _Scope(_Timed):
     """Twin of ``bluelet._loop_py._Scope``."""
 
     cdef _Task task
-    cdef Py_ssize_t depth    # the chain depth that yielded timeout()
+    cdef Py_ssize_t depth    # the chain depth that yielded the scope's event
     cdef double seconds
+    cdef double deadline
+    cdef int mode
     cdef bint expired
 
-    def __cinit__(self, _Task task, Py_ssize_t depth, double seconds):
+    def __cinit__(self, _Task task, Py_ssize_t depth, double seconds, double deadline, int mode):
         self.task = task
         self.depth = depth
         self.seconds = seconds
+        self.deadline = deadline
+        self.mode = mode
 
 
 @cython.final
@@ -1232,6 +1283,7 @@ cdef class Loop:
         cdef list batch = self._ready
         cdef list rest
         cdef _Task task
+        cdef object context
         cdef Py_ssize_t i, count
         cdef bint fire = self._fire_pass
         self._fire_pass = False
@@ -1245,10 +1297,16 @@ cdef class Loop:
             task = <_Task>batch[i]
             if task.state == _S_READY:
                 self._rest = count - i - 1
-                if self._slow_step is None:
-                    self._step(task)
-                else:
-                    self._timed_step(task)
+                # Each step runs in the task's own contextvars context.
+                context = task.context
+                PyContext_Enter(context)
+                try:
+                    if self._slow_step is None:
+                        self._step(task)
+                    else:
+                        self._timed_step(task)
+                finally:
+                    PyContext_Exit(context)
                 self._current = None
                 if self._end_pass:
                     self._end_pass = False
@@ -1285,6 +1343,7 @@ cdef class Loop:
 
     cdef int _step(self, _Task task) except -1:
         cdef object gen, value, exc, event, handled, child, body
+        cdef _Scope caught
         cdef _Task target
         cdef PyObject *sent = NULL
         cdef int status, kind
@@ -1300,10 +1359,16 @@ cdef class Loop:
             task.pending = None
         if value is not None or exc is not None:
             task.value = task.exc = None
+        fresh = False
         while True:
             if event is None:
                 if task.scopes is not None:
-                    self._leave_scopes(task)
+                    caught = self._leave_scopes(task, exc)
+                    if caught is not None:
+                        # A scope's own cancellation ends where the scope does.
+                        value = None
+                        exc = Timeout("timed out after %g s" % caught.seconds) \
+                            if caught.mode == _M_FAIL else None
                 try:
                     if exc is None:
                         status = bluelet_send(gen, value, &sent)
@@ -1343,14 +1408,11 @@ cdef class Loop:
                     self._schedule(task, None, None)
                     return 0
                 fresh = True
-            else:
-                fresh = False
             kind = _event_kind(event)
             if fresh:
                 if task.expired and _is_scheduling_point(kind):
-                    exc = self._due_error(task)
-                    event = None
-                    continue
+                    self._raise_due(task)
+                    return 0
                 if _is_next_pass(kind) and not self._alone():
                     # 0.2.0 handles these on the pass after the yield.
                     task.pending = event
@@ -1429,24 +1491,25 @@ cdef class Loop:
                 elif target is task:
                     exc = RuntimeError("a coroutine cannot join itself")
                 else:
-                    if target.joiners is None:
-                        target.joiners = []
-                    target.joiners.append(task)
-                    task.wait = target
-                    task.state = _S_JOIN
+                    self._wait_for_end(task, target)
                     return 0
             elif kind == _K_KILL:
                 target = self._task_of((<KillEvent>handled).child)
                 if target is None:
                     exc = _check_finished((<KillEvent>handled).child, "kill")
-                else:
-                    self._kill(target)
+                elif self._kill(target, False):
                     if target is task:
                         return 0
                     # The killer goes on on the next pass.
                     if not self._alone():
                         self._schedule(task, None, None)
                         return 0
+                elif target is not task:
+                    # A shield holds the kill off: the killer waits for the end.
+                    self._wait_for_end(task, target)
+                    return 0
+                elif task.state == _S_READY:
+                    return 0  # its finally block entered shield(): scheduled for it
             elif kind == _K_WAITABLE:
                 if not fresh:
                     try:
@@ -1462,12 +1525,16 @@ cdef class Loop:
                 return 0
             elif kind == _K_TIMEOUT:
                 body = (<_TimeoutEvent>handled).body
-                if PyGen_CheckExact(body):
-                    exc = self._check_new(body, "timeout")
-                else:
-                    body = _single(body)
+                if not PyGen_CheckExact(body):
+                    # An event as the body: handled as if yielded inside the
+                    # scope, which ends when this generator resumes.
+                    self._enter_scope(task, <_TimeoutEvent>handled)
+                    event = body
+                    fresh = True
+                    continue
+                exc = self._check_new(body, _SCOPE_VERBS[(<_TimeoutEvent>handled).mode])
                 if exc is None:
-                    self._enter_scope(task, (<_TimeoutEvent>handled).seconds)
+                    self._enter_scope(task, <_TimeoutEvent>handled)
                     gen = self._push(task, body)
                     # Like a call: the body's first step is on the next pass.
                     if not self._alone():
@@ -1588,10 +1655,21 @@ cdef class Loop:
             self._ready.append(task)
         return 0
 
+    cdef int _wait_for_end(self, _Task task, _Task target) except -1:
+        if target.joiners is None:
+            target.joiners = []
+        target.joiners.append(task)
+        task.wait = target
+        task.state = _S_JOIN
+        return 0
+
     cdef _Task _add_task(self, gen):
         cdef _Task task = _Task(gen)
         task.pos = self._next_pos  # set here, not passed: no int is boxed
         self._next_pos += 1
+        # A copy of the spawner's context (the caller's, for the root), as
+        # asyncio.create_task makes: what one coroutine sets, no other sees.
+        task.context = PyContext_CopyCurrent()
         self._tasks[gen] = task
         self._spawned.append(task)
         return task
@@ -1620,6 +1698,12 @@ cdef class Loop:
     cdef int _finish(self, _Task task, result, exc) except -1:
         cdef _Task joiner
         cdef _Scope scope
+        if task.killed:
+            # Killed: it ends with None, whether Cancelled came out or it
+            # carried on to its end after a shield.
+            result = None
+            if isinstance(exc, Cancelled):
+                exc = None
         task.state = _S_DONE
         task.result = result
         if task.scopes is not None:
@@ -1648,27 +1732,48 @@ cdef class Loop:
                           exc_info=exc)
         return 0
 
-    cdef int _kill(self, _Task task) except -1:
-        cdef _Task killer = self._current
+    cdef bint _kill(self, _Task task, bint force) except -1:
+        cdef _Task killer
+        cdef bint ended
+        task.killed = True
+        if not force and self._shielded(task):
+            return False
+        killer = self._current
         self._cancel_wait(task)
-        self._current = task
-        gens = [task.gen]
-        if task.stack:
-            gens.extend(reversed(task.stack))
+        self._current = task  # its finally blocks see themselves as current()
+        if task is killer:
+            ended = self._cancel_chain(task, not force)
+        else:
+            PyContext_Enter(task.context)
+            try:
+                ended = self._cancel_chain(task, not force)
+            finally:
+                PyContext_Exit(task.context)
+        self._current = killer
+        return ended
+
+    cdef bint _cancel_chain(self, _Task task, bint hold) except -1:
         exc = Cancelled()
         swallowed = None
-        for gen in gens:
-            exc = _cancel_one(gen, exc)
+        while True:
+            exc, held = _cancel_one(task.gen, exc, hold)
+            if held is not None:
+                self._drop_scopes(task, len(task.stack) if task.stack else 0)
+                task.pending = held
+                self._schedule(task, None, None)
+                return False
             if exc is None:
                 if swallowed is None:
                     swallowed = RuntimeError(
-                        "%r carried on while being cancelled; it was closed" % (gen,))
+                        "%r carried on while being cancelled; it was closed" % (task.gen,))
                 exc = Cancelled()
+            if not task.stack:
+                break
+            self._pop(task)
         if swallowed is None and not isinstance(exc, Cancelled):
             swallowed = exc
-        self._current = killer
         self._finish(task, None, swallowed)
-        return 0
+        return True
 
     cdef int _cancel_wait(self, _Task task) except -1:
         cdef int state = task.state
@@ -1719,7 +1824,7 @@ cdef class Loop:
         cdef _Task task
         cdef _FdState state
         for task in list(self._tasks.values()):
-            self._kill(task)
+            self._kill(task, True)
         del self._ready[:]
         del self._after_poll[:]
         self._clear_timers()
@@ -2041,51 +2146,75 @@ cdef class Loop:
         self._timer_count = 0
         self._stale_timers = 0
 
-    # -- timeouts -----------------------------------------------------------
+    # -- scopes: deadlines, shields, cancellation -------------------------------
 
-    cdef int _enter_scope(self, _Task task, double seconds) except -1:
-        cdef _Scope scope = _Scope(task, len(task.stack) if task.stack else 0, seconds)
+    cdef int _enter_scope(self, _Task task, _TimeoutEvent event) except -1:
+        cdef _Scope scope = _Scope(task, len(task.stack) if task.stack else 0, event.seconds,
+                                   self._now() + event.seconds, event.mode)
         if task.scopes is None:
             task.scopes = []
         task.scopes.append(scope)
-        self._add_timer(scope, self._now() + seconds)
+        if event.mode == _M_SHIELD:
+            task.expired = self._is_due(task)  # what was due is held off now
+        else:
+            self._add_timer(scope, scope.deadline)
         return 0
 
-    cdef int _leave_scopes(self, _Task task) except -1:
+    cdef _Scope _leave_scopes(self, _Task task, exc):
         cdef Py_ssize_t depth = len(task.stack) if task.stack else 0
+        cdef _Scope caught = None
+        if (<_Scope>task.scopes[len(task.scopes) - 1]).depth < depth:
+            return None
+        if isinstance(exc, Cancelled):
+            canceller = self._canceller(task)
+            if type(canceller) is _Scope and (<_Scope>canceller).depth >= depth:
+                caught = <_Scope>canceller
+        self._drop_scopes(task, depth)
+        task.expired = self._is_due(task)
+        if not task.expired:
+            task.swallows = 0
+        return caught
+
+    cdef int _drop_scopes(self, _Task task, Py_ssize_t depth) except -1:
         cdef list scopes = task.scopes
         while scopes and (<_Scope>scopes[len(scopes) - 1]).depth >= depth:
             self._drop_timer(scopes.pop())
         if not scopes:
             task.scopes = None
-        task.expired = self._is_due(task)
         return 0
 
     cdef int _expire_scope(self, _Scope scope) except -1:
         cdef _Task task = scope.task
         scope.expired = True
-        task.expired = True
-        if task.state >= _S_IO:
+        task.expired = self._is_due(task)
+        if task.expired and task.state >= _S_IO:
             self._cancel_wait(task)
-            self._schedule(task, None, self._timeout_error(task))
+            self._schedule(task, None, self._due_error(task))
         return 0
 
-    cdef object _timeout_error(self, _Task task):
+    cdef object _canceller(self, _Task task):
         cdef _Scope scope
-        for scope in reversed(task.scopes):
-            if scope.expired:
-                return Timeout("timed out after %g s" % scope.seconds)
-        raise AssertionError("no expired timeout")
+        cdef object found = None
+        if task.scopes is not None:
+            for scope in reversed(task.scopes):
+                if scope.expired:
+                    found = scope
+                elif scope.mode == _M_SHIELD:
+                    return found
+        return task if task.killed else found
 
-    cdef bint _is_due(self, _Task task):
+    cdef bint _shielded(self, _Task task):
         cdef _Scope scope
-        if task is self._root and self._deferred is not None:
-            return True
         if task.scopes is not None:
             for scope in task.scopes:
-                if scope.expired:
+                if scope.mode == _M_SHIELD:
                     return True
         return False
+
+    cdef bint _is_due(self, _Task task):
+        if task is self._root and self._deferred is not None:
+            return True
+        return self._canceller(task) is not None
 
     cdef object _due_error(self, _Task task):
         cdef object exc
@@ -2093,7 +2222,18 @@ cdef class Loop:
             exc, self._deferred = self._deferred, None
             task.expired = self._is_due(task)
             return exc
-        return self._timeout_error(task)
+        canceller = self._canceller(task)
+        if canceller is task:
+            return Cancelled()
+        return Cancelled("the deadline of a %g s scope passed" % (<_Scope>canceller).seconds)
+
+    cdef int _raise_due(self, _Task task) except -1:
+        task.swallows += 1
+        if task.swallows > _MAX_SWALLOWS:
+            self._kill(task, True)
+        else:
+            self._schedule(task, None, self._due_error(task))
+        return 0
 
     # -- parked tasks and threads -------------------------------------------
 
@@ -2175,22 +2315,24 @@ else:  # Python < 3.11: a generator that has not started is at instruction -1
         return gen.gi_running or (gen.gi_frame is not None and gen.gi_frame.f_lasti != -1)
 
 
-cdef object _cancel_one(gen, exc):
-    for _ in range(100):
+cdef tuple _cancel_one(gen, exc, bint hold):
+    for _ in range(_MAX_SWALLOWS):
         try:
-            gen.throw(exc)
+            event = gen.throw(exc)
         except StopIteration:
-            return None
+            return None, None
         except BaseException as raised:
-            return raised
-        # It yielded (a clean-up step in a finally block): that step cannot
-        # run during a kill, so Cancelled is raised at it too.
+            return raised, None
+        if hold and type(event) is _TimeoutEvent and (<_TimeoutEvent>event).mode == _M_SHIELD:
+            return None, event
+        # It yielded (a clean-up step in a finally block): outside a shield
+        # that step cannot wait during a kill, so Cancelled is raised at it too.
         exc = Cancelled()
     try:
         gen.close()
     except BaseException:
         pass
-    return None
+    return None, None
 
 
 cdef object _running_loop():
@@ -2243,6 +2385,7 @@ cdef bint _ends_coroutine(event, exc) except -1:
 
 
 _place = operator.attrgetter("pos")
+_SCOPE_VERBS = ("timeout", "move_on_after", "shield")
 
 
 cdef object _check_finished(gen, verb):
@@ -2283,7 +2426,8 @@ def _copy_docstrings():
     from . import _loop_py
     for name in ("null", "sleep", "spawn", "call", "end", "join", "kill", "later",
                  "wait_readable", "wait_writable", "run", "notify_closing",
-                 "timeout", "current", "tasks", "wakeup_fd"):
+                 "timeout", "fail_after", "move_on_after", "shield", "current_deadline",
+                 "current_time", "current", "tasks", "wakeup_fd"):
         globals()[name].__doc__ = getattr(_loop_py, name).__doc__
     for cls, method in ((Loop, "run"), (Loop, "interrupt"), (WaitableEvent, "waitables"),
                         (WaitableEvent, "fire"), (SleepEvent, "time_left"),

@@ -50,6 +50,7 @@ Twin rule
 """
 
 import collections
+import contextvars
 import errno
 import heapq
 import logging
@@ -74,7 +75,8 @@ __all__ = [
     "ReadEvent", "WriteEvent", "AcceptEvent", "ReceiveEvent", "SendEvent",
     "Loop", "run", "null", "sleep", "spawn", "call", "end", "join", "kill",
     "later", "wait_readable", "wait_writable", "notify_closing",
-    "timeout", "WaitQueue", "Completion", "current", "tasks", "wakeup_fd",
+    "timeout", "fail_after", "move_on_after", "shield", "current_deadline",
+    "current_time", "WaitQueue", "Completion", "current", "tasks", "wakeup_fd",
 ]
 
 log = logging.getLogger("bluelet")
@@ -100,7 +102,7 @@ _K_PARK = 12
 _K_EXTERNAL = 13
 _K_LATER = 14
 
-# Kinds that are scheduling points: inside an expired timeout they raise it.
+# Kinds that are scheduling points: where a cancellation is raised.
 _SCHEDULING_POINTS = frozenset((_K_VALUE, _K_IO, _K_SLEEP, _K_JOIN, _K_WAITABLE,
                                 _K_PARK, _K_EXTERNAL, _K_LATER))
 
@@ -145,6 +147,18 @@ _MAX_TIMEOUT = 86400.0
 # starved every socket and timer; real 0.2.0 programs settle within a few
 # passes, so this bound changes no order they rely on.
 _MAX_PASSES = 256
+
+# What a scope does when its deadline passes: fail_after() raises Timeout
+# where it returns, move_on_after() gives None there; shield() has no
+# deadline and hides every cancellation from outside it.
+_M_FAIL = 0
+_M_MOVE_ON = 1
+_M_SHIELD = 2
+
+# Cancellations a coroutine may swallow (catch and carry on to the next
+# scheduling point) before it is closed: a bound, not a policy; a loop that
+# catches Cancelled would otherwise never end.
+_MAX_SWALLOWS = 100
 
 _monotonic = time.monotonic
 _GeneratorType = types.GeneratorType
@@ -282,14 +296,16 @@ class ReturnEvent(Event):
 
 
 class _TimeoutEvent(Event):
-    """Run ``body`` (an event or a generator) with a deadline."""
+    """Run ``body`` (an event or a generator) in a scope: with a deadline
+    (``mode`` _M_FAIL or _M_MOVE_ON) or shielded (_M_SHIELD)."""
 
-    __slots__ = ("seconds", "body")
+    __slots__ = ("seconds", "body", "mode")
     _kind = _K_TIMEOUT
 
-    def __init__(self, seconds, body):
+    def __init__(self, seconds, body, mode):
         self.seconds = seconds
         self.body = body
+        self.mode = mode
 
 
 class WaitQueue(Event):
@@ -629,19 +645,68 @@ def wait_writable(fileobj):
 def timeout(seconds, body):
     """Event: run ``body`` (an event or a generator) for at most ``seconds``.
 
-    The value is ``body``'s. When time runs out, ``bluelet.Timeout`` is
-    raised inside ``body`` at its current ``yield`` (so its ``finally``
-    blocks run), then here. Inside an expired timeout every later
-    scheduling point raises it again.
+    The value is ``body``'s. When time runs out, ``Cancelled`` is raised
+    inside ``body`` at its current ``yield`` and at every later scheduling
+    point (so ``except Exception`` cannot swallow it, and its ``finally``
+    blocks run); it becomes ``bluelet.Timeout`` here, where the scope ends.
+    The same as ``fail_after()``.
     """
+    return _scope_event(seconds, body, _M_FAIL, "timeout")
+
+
+def fail_after(seconds, body):
+    """Event: the same as ``timeout(seconds, body)``: ``Timeout`` when time runs out."""
+    return _scope_event(seconds, body, _M_FAIL, "fail_after")
+
+
+def move_on_after(seconds, body):
+    """Event: like ``timeout()``, but when time runs out the value is None.
+
+    ``body`` is cancelled as in ``timeout()``; no exception comes out here.
+    """
+    return _scope_event(seconds, body, _M_MOVE_ON, "move_on_after")
+
+
+def shield(body):
+    """Event: run ``body`` (an event or a generator) protected from cancellation.
+
+    Neither a ``kill`` of this coroutine nor a deadline set outside reaches
+    ``body``; deadlines set inside it still apply. A kill or an outer
+    deadline that came meanwhile is raised at the next scheduling point
+    after it. A ``finally`` block of a coroutine being killed may wait
+    inside ``shield()`` (a goodbye message, a flush); the kill then waits
+    for it.
+    """
+    return _scope_event(math.inf, body, _M_SHIELD, "shield")
+
+
+def _scope_event(seconds, body, mode, verb):
     if not isinstance(body, (Event, _GeneratorType)):
-        raise TypeError("timeout() needs an event or a generator, not %r" % (body,))
-    return _TimeoutEvent(_seconds(seconds), body)
+        raise TypeError("%s() needs an event or a generator, not %r" % (verb, body))
+    return _TimeoutEvent(_seconds(seconds), body, mode)
 
 
-def _single(event):
-    # Lets an event be the body of a timeout like any sub-coroutine.
-    return (yield event)
+def current_deadline():
+    """The deadline that applies at this point of the running coroutine.
+
+    The earliest deadline of the scopes it is in (``timeout``,
+    ``fail_after``, ``move_on_after``), up to the innermost ``shield``, on
+    the clock of ``current_time()``; ``math.inf`` if there is none.
+    """
+    task = _running_loop()._current
+    deadline = math.inf
+    if task is not None and task.scopes is not None:
+        for scope in reversed(task.scopes):
+            if scope.mode == _M_SHIELD:
+                break
+            deadline = min(deadline, scope.deadline)
+    return deadline
+
+
+def current_time():
+    """The running loop's clock, in seconds: ``time.monotonic()``, or the
+    virtual clock under ``virtual_time``."""
+    return _running_loop()._now()
 
 
 def current():
@@ -670,7 +735,8 @@ class _Task(_Timed):
     """One spawned coroutine and the sub-coroutines it is delegating to."""
 
     __slots__ = ("base", "gen", "stack", "pos", "outer_pos", "pending", "front", "state",
-                 "value", "exc", "result", "joiners", "wait", "wait_fds", "scopes", "expired")
+                 "value", "exc", "result", "joiners", "wait", "wait_fds", "scopes", "expired",
+                 "killed", "swallows", "context")
 
     def __init__(self, gen, pos):
         self.base = gen          # the spawned generator: the key for join/kill
@@ -688,22 +754,28 @@ class _Task(_Timed):
         self.wait = None         # the event, queue or task waited on
         self.wait_fds = None     # [(state, mask)] of a WaitableEvent's fds
         self.timer_seq = 0       # heap entry that may wake it; 0: none
-        self.scopes = None       # active timeouts, outermost first
-        self.expired = False     # whether one of them has run out
+        self.scopes = None       # active scopes (_Scope), outermost first
+        self.expired = False     # whether a cancellation is due at its next scheduling point
+        self.killed = False      # killed, and a shield held the kill off
+        self.swallows = 0        # cancellations it has caught and carried on from
+        self.context = None      # the contextvars.Context its steps run in
 
     def __repr__(self):
         return "<bluelet task %s>" % (getattr(self.base, "__qualname__", self.base),)
 
 
 class _Scope(_Timed):
-    """One active ``timeout()``: a deadline over a part of a task's chain."""
+    """One active scope (``timeout()``, ``move_on_after()``, ``shield()``)
+    over a part of a task's chain."""
 
-    __slots__ = ("task", "depth", "seconds", "expired")
+    __slots__ = ("task", "depth", "seconds", "deadline", "mode", "expired")
 
-    def __init__(self, task, depth, seconds):
+    def __init__(self, task, depth, seconds, deadline, mode):
         self.task = task
-        self.depth = depth       # the chain depth that yielded timeout()
+        self.depth = depth       # the chain depth that yielded the scope's event
         self.seconds = seconds
+        self.deadline = deadline
+        self.mode = mode
         self.timer_seq = 0
         self.expired = False
 
@@ -999,10 +1071,11 @@ class Loop:
         self._rest = rest = iter(batch)
         for task in rest:
             if task.state == _S_READY:
+                # Each step runs in the task's own contextvars context.
                 if self._slow_step is None:
-                    self._step(task)
+                    task.context.run(self._step, task)
                 else:
-                    self._timed_step(task)
+                    task.context.run(self._timed_step, task)
                 self._current = None
                 if self._end_pass:
                     self._end_pass = False
@@ -1052,10 +1125,16 @@ class Loop:
             task.pending = None
         if value is not None or exc is not None:
             task.value = task.exc = None
+        fresh = False
         while True:
             if event is None:
                 if task.scopes is not None:
-                    self._leave_scopes(task)
+                    caught = self._leave_scopes(task, exc)
+                    if caught is not None:
+                        # A scope's own cancellation ends where the scope does.
+                        value = None
+                        exc = Timeout("timed out after %g s" % caught.seconds) \
+                            if caught.mode == _M_FAIL else None
                 try:
                     if exc is None:
                         event = gen.send(value)
@@ -1087,16 +1166,13 @@ class Loop:
                     self._schedule(task, None, None)
                     return
                 fresh = True
-            else:
-                fresh = False
             kind = _kind_of(type(event))
             if kind is None:
                 kind = _kind_slow(event)
             if fresh:
                 if task.expired and kind in _SCHEDULING_POINTS:
-                    exc = self._due_error(task)
-                    event = None
-                    continue
+                    self._raise_due(task)
+                    return
                 if kind in _NEXT_PASS and not self._alone():
                     # 0.2.0 handles these on the pass after the yield.
                     task.pending = event
@@ -1175,24 +1251,25 @@ class Loop:
                 elif target is task:
                     exc = RuntimeError("a coroutine cannot join itself")
                 else:
-                    if target.joiners is None:
-                        target.joiners = []
-                    target.joiners.append(task)
-                    task.wait = target
-                    task.state = _S_JOIN
+                    self._wait_for_end(task, target)
                     return
             elif kind == _K_KILL:
                 target = self._task_of(handled.child)
                 if target is None:
                     exc = _check_finished(handled.child, "kill")
-                else:
-                    self._kill(target)
+                elif self._kill(target, False):
                     if target is task:
                         return
                     # The killer goes on on the next pass.
                     if not self._alone():
                         self._schedule(task, None, None)
                         return
+                elif target is not task:
+                    # A shield holds the kill off: the killer waits for the end.
+                    self._wait_for_end(task, target)
+                    return
+                elif task.state == _S_READY:
+                    return  # its finally block entered shield(): scheduled for it
             elif kind == _K_WAITABLE:
                 if not fresh:
                     try:
@@ -1208,12 +1285,16 @@ class Loop:
                 return
             elif kind == _K_TIMEOUT:
                 body = handled.body
-                if type(body) is _GeneratorType:
-                    exc = self._check_new(body, "timeout")
-                else:
-                    body = _single(body)
+                if type(body) is not _GeneratorType:
+                    # An event as the body: handled as if yielded inside the
+                    # scope, which ends when this generator resumes.
+                    self._enter_scope(task, handled)
+                    event = body
+                    fresh = True
+                    continue
+                exc = self._check_new(body, _SCOPE_VERBS[handled.mode])
                 if exc is None:
-                    self._enter_scope(task, handled.seconds)
+                    self._enter_scope(task, handled)
                     gen = self._push(task, body)
                     # Like a call: the body's first step is on the next pass.
                     if not self._alone():
@@ -1328,9 +1409,20 @@ class Loop:
             self._last_pos = task.pos
             self._ready.append(task)
 
+    def _wait_for_end(self, task, target):
+        """Park ``task`` until ``target`` has ended (a join, a held-off kill)."""
+        if target.joiners is None:
+            target.joiners = []
+        target.joiners.append(task)
+        task.wait = target
+        task.state = _S_JOIN
+
     def _add_task(self, gen):
         task = _Task(gen, self._next_pos)
         self._next_pos += 1
+        # A copy of the spawner's context (the caller's, for the root), as
+        # asyncio.create_task makes: what one coroutine sets, no other sees.
+        task.context = _copy_context()
         self._tasks[gen] = task
         self._spawned.append(task)
         return task
@@ -1369,6 +1461,12 @@ class Loop:
         Joiners get the result, or the exception raised at their ``yield``;
         an exception that no joiner takes ends the run (unless quiet).
         """
+        if task.killed:
+            # Killed: it ends with None, whether Cancelled came out or it
+            # carried on to its end after a shield.
+            result = None
+            if isinstance(exc, Cancelled):
+                exc = None
         task.state = _S_DONE
         task.result = result
         if task.scopes is not None:
@@ -1396,33 +1494,58 @@ class Loop:
                 log.error("another coroutine failed while bluelet was stopping",
                           exc_info=exc)
 
-    def _kill(self, task):
+    def _kill(self, task, force):
         """Stop ``task``: leave what it waits on, raise Cancelled in its chain.
+
+        Returns whether it has ended. Not if it is inside shield(), or a
+        finally block enters one as Cancelled goes through: the kill then
+        lands at its first scheduling point after the shield's body, going
+        through the scheduler like a deadline's cancellation. ``force``
+        (shutdown, a task that swallowed too many) ignores shields.
+        """
+        task.killed = True
+        if not force and self._shielded(task):
+            return False
+        killer = self._current
+        self._cancel_wait(task)
+        self._current = task  # its finally blocks see themselves as current()
+        if task is killer:
+            ended = self._cancel_chain(task, not force)
+        else:
+            ended = task.context.run(self._cancel_chain, task, not force)
+        self._current = killer
+        return ended
+
+    def _cancel_chain(self, task, hold):
+        """Raise Cancelled in ``task``'s chain and finish it; with ``hold``,
+        stop at a generator that yields shield() and schedule that instead.
 
         Cancelled goes in innermost first and propagates outwards like any
         exception (an error raised while cleaning up replaces it). A
         coroutine that carries on after it is closed, and the task fails
         with a RuntimeError saying so.
         """
-        killer = self._current
-        self._cancel_wait(task)
-        self._current = task  # its finally blocks see themselves as current()
-        gens = [task.gen]
-        if task.stack:
-            gens.extend(reversed(task.stack))
         exc = Cancelled()
         swallowed = None
-        for gen in gens:
-            exc = _cancel_one(gen, exc)
+        while True:
+            exc, held = _cancel_one(task.gen, exc, hold)
+            if held is not None:
+                self._drop_scopes(task, len(task.stack) if task.stack else 0)
+                task.pending = held
+                self._schedule(task, None, None)
+                return False
             if exc is None:
                 if swallowed is None:
                     swallowed = RuntimeError(
-                        "%r carried on while being cancelled; it was closed" % (gen,))
+                        "%r carried on while being cancelled; it was closed" % (task.gen,))
                 exc = Cancelled()
+            if not task.stack:
+                break
+            self._pop(task)
         if swallowed is None and not isinstance(exc, Cancelled):
             swallowed = exc
-        self._current = killer
         self._finish(task, None, swallowed)
+        return True
 
     def _cancel_wait(self, task):
         """Take a waiting task out of whatever would wake it; others are left."""
@@ -1472,7 +1595,7 @@ class Loop:
     def _shutdown(self):
         """Close every coroutine still alive, then the poller."""
         for task in list(self._tasks.values()):
-            self._kill(task)
+            self._kill(task, True)
         self._ready.clear()
         self._after_poll.clear()
         self._timers.clear()
@@ -1711,57 +1834,102 @@ class Loop:
             else:
                 self._stale_timers -= 1
 
-    # -- timeouts -----------------------------------------------------------
+    # -- scopes: deadlines, shields, cancellation -------------------------------
 
-    def _enter_scope(self, task, seconds):
-        scope = _Scope(task, len(task.stack) if task.stack else 0, seconds)
+    def _enter_scope(self, task, event):
+        """Open the scope of ``event`` (a _TimeoutEvent) at the chain's depth."""
+        scope = _Scope(task, len(task.stack) if task.stack else 0, event.seconds,
+                       self._now() + event.seconds, event.mode)
         if task.scopes is None:
             task.scopes = []
         task.scopes.append(scope)
-        self._add_timer(scope, self._now() + seconds)
+        if event.mode == _M_SHIELD:
+            task.expired = self._is_due(task)  # what was due is held off now
+        else:
+            self._add_timer(scope, scope.deadline)
 
-    def _leave_scopes(self, task):
-        """Close the timeouts whose body has ended: the chain is back at (or
-        above) the depth that entered them."""
+    def _leave_scopes(self, task, exc):
+        """Close the scopes whose body has ended: the chain is back at (or
+        above) the depth that entered them. Returns the one whose own
+        cancellation ``exc`` is, if any: it is caught there."""
         depth = len(task.stack) if task.stack else 0
+        if task.scopes[-1].depth < depth:
+            return None
+        caught = None
+        if isinstance(exc, Cancelled):
+            canceller = self._canceller(task)
+            if type(canceller) is _Scope and canceller.depth >= depth:
+                caught = canceller
+        self._drop_scopes(task, depth)
+        task.expired = self._is_due(task)
+        if not task.expired:
+            task.swallows = 0
+        return caught
+
+    def _drop_scopes(self, task, depth):
+        """Forget the scopes entered at ``depth`` or deeper, and their timers."""
         scopes = task.scopes
         while scopes and scopes[-1].depth >= depth:
             self._drop_timer(scopes.pop())
         if not scopes:
             task.scopes = None
-        task.expired = self._is_due(task)
 
     def _expire_scope(self, scope):
-        """A timeout ran out: raise Timeout in its task if it waits now;
-        otherwise at its next scheduling point."""
+        """A deadline passed: cancel its task now if it waits and no shield
+        hides the scope; otherwise at its next scheduling point."""
         scope.expired = True
         task = scope.task
-        task.expired = True
-        if task.state >= _S_IO:
+        task.expired = self._is_due(task)
+        if task.expired and task.state >= _S_IO:
             self._cancel_wait(task)
-            self._schedule(task, None, self._timeout_error(task))
+            self._schedule(task, None, self._due_error(task))
 
-    def _timeout_error(self, task):
-        for scope in reversed(task.scopes):
-            if scope.expired:
-                return Timeout("timed out after %g s" % scope.seconds)
-        raise AssertionError("no expired timeout")
+    def _canceller(self, task):
+        """What cancels ``task`` where its chain is now: the outermost expired
+        scope no shield hides, or the task itself if it was killed and no
+        shield holds the kill off; None if nothing does."""
+        found = None
+        if task.scopes is not None:
+            for scope in reversed(task.scopes):
+                if scope.expired:
+                    found = scope
+                elif scope.mode == _M_SHIELD:
+                    return found
+        return task if task.killed else found
+
+    def _shielded(self, task):
+        return task.scopes is not None and any(
+            scope.mode == _M_SHIELD for scope in task.scopes)
 
     def _is_due(self, task):
         """Whether an exception waits for ``task``'s next scheduling point: a
-        timeout of its that has run out or, for the root, a deferred interrupt."""
+        cancellation or, for the root, a deferred interrupt."""
         if task is self._root and self._deferred is not None:
             return True
-        return task.scopes is not None and any(scope.expired for scope in task.scopes)
+        return self._canceller(task) is not None
 
     def _due_error(self, task):
         """The exception due at ``task``'s scheduling point: a deferred
-        interrupt before a timeout."""
+        interrupt before a cancellation."""
         if task is self._root and self._deferred is not None:
             exc, self._deferred = self._deferred, None
             task.expired = self._is_due(task)
             return exc
-        return self._timeout_error(task)
+        canceller = self._canceller(task)
+        if canceller is task:
+            return Cancelled()
+        return Cancelled("the deadline of a %g s scope passed" % canceller.seconds)
+
+    def _raise_due(self, task):
+        """``task`` yielded a scheduling point with an exception due. It is
+        raised there at its next turn, through the scheduler, so the others
+        run meanwhile; a task that keeps swallowing it is closed instead
+        (and reported, as a task that swallows a kill is)."""
+        task.swallows += 1
+        if task.swallows > _MAX_SWALLOWS:
+            self._kill(task, True)
+        else:
+            self._schedule(task, None, self._due_error(task))
 
     # -- parked tasks and threads -------------------------------------------
 
@@ -1865,24 +2033,28 @@ else:  # Python < 3.11: a generator that has not started is at instruction -1
         return gen.gi_running or (gen.gi_frame is not None and gen.gi_frame.f_lasti != -1)
 
 
-def _cancel_one(gen, exc):
+def _cancel_one(gen, exc, hold):
     """Throw ``exc`` (Cancelled, or an error from a callee's clean-up) into
-    ``gen``; return what came out, or None if ``gen`` swallowed it."""
-    for _ in range(100):
+    ``gen``; return ``(what came out, None)``, with None if ``gen``
+    swallowed it, or, with ``hold``, ``(None, event)`` when ``gen`` yields a
+    shield() event."""
+    for _ in range(_MAX_SWALLOWS):
         try:
-            gen.throw(exc)
+            event = gen.throw(exc)
         except StopIteration:
-            return None
+            return None, None
         except BaseException as raised:
-            return raised
-        # It yielded (a clean-up step in a finally block): that step cannot
-        # run during a kill, so Cancelled is raised at it too.
+            return raised, None
+        if hold and type(event) is _TimeoutEvent and event.mode == _M_SHIELD:
+            return None, event
+        # It yielded (a clean-up step in a finally block): outside a shield
+        # that step cannot wait during a kill, so Cancelled is raised at it too.
         exc = Cancelled()
     try:
         gen.close()
     except BaseException:
         pass
-    return None
+    return None, None
 
 
 def _running_loop():
@@ -1938,6 +2110,8 @@ def _ends_coroutine(event, exc):
 
 
 _place = operator.attrgetter("pos")
+_copy_context = contextvars.copy_context
+_SCOPE_VERBS = ("timeout", "move_on_after", "shield")
 _length_hint = operator.length_hint
 _NO_TASKS = iter(())
 
