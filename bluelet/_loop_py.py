@@ -39,6 +39,11 @@ Invariants
       waiters queue FIFO behind it.
     - A finished coroutine is remembered (its generator is exhausted) so that
       ``join`` returns at once; every ``finally`` runs on kill and shutdown.
+    - A cancellation (a kill, a passed deadline) is raised only at scheduling
+      points, and raised again there through the ready list like any
+      resume, so a coroutine that swallows it cannot hold the loop; a
+      shield() scope hides what is outside it (docs/cancellation.md).
+    - Each task's steps run in its own contextvars context.
     - An unhandled exception ends ``run()`` with that exception after all
       other coroutines are closed; a reset or broken connection ends only its
       own coroutine.
@@ -1069,13 +1074,11 @@ class Loop:
         # An iterator, not an index: _alone() reads what is left from it,
         # which costs no store per task (the compiled twin counts).
         self._rest = rest = iter(batch)
+        step = self._step if self._slow_step is None else self._timed_step
         for task in rest:
             if task.state == _S_READY:
                 # Each step runs in the task's own contextvars context.
-                if self._slow_step is None:
-                    task.context.run(self._step, task)
-                else:
-                    task.context.run(self._timed_step, task)
+                task.context.run(step, task)
                 self._current = None
                 if self._end_pass:
                     self._end_pass = False
