@@ -162,14 +162,9 @@ cdef extern from *:
         PySendResult r = PyIter_Send(gen, arg, result);
         return r == PYGEN_NEXT ? 1 : (r == PYGEN_RETURN ? 0 : -1);
     #else
-        /* _PyGen_Send takes real generators only; the core's own generators
-           (timeout's wrapper) are Cython's type and are sent to by method. */
-        if (PyGen_CheckExact(gen))
-            *result = _PyGen_Send((PyGenObject *)gen, arg);
-        else
-            /* "(O)", not "O": a tuple given as "O" would be spread into
-               several arguments. */
-            *result = PyObject_CallMethod(gen, "send", "(O)", arg);
+        /* Every generator the core resumes is a plain generator (spawn, call
+           and timeout check), the only kind _PyGen_Send takes. */
+        *result = _PyGen_Send((PyGenObject *)gen, arg);
         if (*result != NULL)
             return 1;
         if (_PyGen_FetchStopIterationValue(result) == 0)
