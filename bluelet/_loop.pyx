@@ -938,6 +938,7 @@ cdef class _FdState:
     cdef int ready           # reported ready, no waiter has claimed it yet
     cdef object readers
     cdef object writers
+    cdef _Task writer        # the writer woken last: first to write at its turn
 
     def __cinit__(self, int fd, fileobj):
         self.fd = fd
@@ -1573,9 +1574,8 @@ cdef class Loop:
         cdef _FdState state
         task.front = False
         state = None if front else self._fds.get(event._fileno)
-        if state is not None and state.fileobj is event._fileobj and (
-                state.readers if event._mask == _READ else state.writers):
-            value = _WOULD_BLOCK  # behind those already waiting
+        if state is not None and state.fileobj is event._fileobj and _behind(state, event._mask):
+            value = _WOULD_BLOCK
         else:
             try:
                 value = event._attempt()
@@ -1702,6 +1702,7 @@ cdef class Loop:
             if isinstance(exc, Cancelled):
                 exc = None
         task.state = _S_DONE
+        task.front = False  # not a woken writer any more: others may write
         task.result = result
         if task.scopes is not None:
             for scope in task.scopes:
@@ -1993,9 +1994,13 @@ cdef class Loop:
         return 0
 
     cdef int _report(self, _FdState state, int bit, queue, int wanted) except -1:
+        cdef _Task task
         if queue:
             state.ready &= ~bit
-            self._io_ready(queue.popleft())
+            task = <_Task>queue.popleft()
+            if bit == _WRITE:
+                state.writer = task
+            self._io_ready(task)
         elif state.ready & bit:
             wanted &= ~bit
         else:
@@ -2310,6 +2315,15 @@ else:  # Python < 3.11: a generator that has not started is at instruction -1
     def _driven(gen):
         """Whether ``gen`` has started and not finished: somebody drives it."""
         return gen.gi_running or (gen.gi_frame is not None and gen.gi_frame.f_lasti != -1)
+
+
+cdef inline bint _behind(_FdState state, int mask):
+    # Whether an operation in ``mask``'s direction must wait its turn: behind
+    # those already waiting, and, for a write, behind a woken writer that
+    # has not had its turn (it may be in the middle of a sendall).
+    if mask == _READ:
+        return len(state.readers) != 0
+    return len(state.writers) != 0 or (state.writer is not None and state.writer.front)
 
 
 cdef tuple _cancel_one(gen, exc, bint hold):

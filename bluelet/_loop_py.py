@@ -788,7 +788,7 @@ class _Scope(_Timed):
 class _FdState:
     """What the loop knows of one descriptor: its waiters and poller interest."""
 
-    __slots__ = ("fd", "fileobj", "interest", "ready", "readers", "writers")
+    __slots__ = ("fd", "fileobj", "interest", "ready", "readers", "writers", "writer")
 
     def __init__(self, fd, fileobj):
         self.fd = fd
@@ -797,6 +797,7 @@ class _FdState:
         self.ready = 0           # reported ready, no waiter has claimed it yet
         self.readers = collections.deque()
         self.writers = collections.deque()
+        self.writer = None       # the writer woken last: first to write at its turn
 
 
 # ---------------------------------------------------------------------------
@@ -1341,9 +1342,8 @@ class Loop:
         those already waiting on the fd (a sendall is never cut into)."""
         front, task.front = task.front, False
         state = None if front else self._fds.get(event._fileno)
-        if state is not None and state.fileobj is event._fileobj and (
-                state.readers if event._mask == READ else state.writers):
-            value = _WOULD_BLOCK  # behind those already waiting
+        if state is not None and state.fileobj is event._fileobj and _behind(state, event._mask):
+            value = _WOULD_BLOCK
         else:
             try:
                 value = event._attempt()
@@ -1471,6 +1471,7 @@ class Loop:
             if isinstance(exc, Cancelled):
                 exc = None
         task.state = _S_DONE
+        task.front = False  # not a woken writer any more: others may write
         task.result = result
         if task.scopes is not None:
             for scope in task.scopes:
@@ -1756,7 +1757,10 @@ class Loop:
         remember it; return the interest to keep."""
         if queue:
             state.ready &= ~bit
-            self._io_ready(queue.popleft())
+            task = queue.popleft()
+            if bit == WRITE:
+                state.writer = task
+            self._io_ready(task)
         elif state.ready & bit:
             wanted &= ~bit
         else:
@@ -2034,6 +2038,15 @@ else:  # Python < 3.11: a generator that has not started is at instruction -1
     def _driven(gen):
         """Whether ``gen`` has started and not finished: somebody drives it."""
         return gen.gi_running or (gen.gi_frame is not None and gen.gi_frame.f_lasti != -1)
+
+
+def _behind(state, mask):
+    """Whether an operation in ``mask``'s direction must wait its turn: behind
+    those already waiting, and, for a write, behind a woken writer that has
+    not had its turn (it may be in the middle of a sendall)."""
+    if mask == READ:
+        return len(state.readers) != 0
+    return len(state.writers) != 0 or (state.writer is not None and state.writer.front)
 
 
 def _cancel_one(gen, exc, hold):
