@@ -5,14 +5,17 @@ The scripts run as ``python bench/X.py``, so ``bench/`` is on ``sys.path``
 and they import this module by name. The worker scripts run with ``python -I``
 (``_micro_worker.py``, ``_switch_worker.py``) do not use it: the 0.2.0 side
 venv runs ``_switch_worker.py`` on its own, and ``_micro_worker.py`` shares
-code with it instead. Only the standard library is imported here.
+code with it instead. Only the standard library is imported here, and never
+bluelet: which bluelet a benchmark measures is asked of a separate process.
 """
 
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 
 
 def say(*args):
@@ -80,3 +83,47 @@ def write_json(path, doc, ensure_ascii=True):
         json.dump(doc, f, indent=2, ensure_ascii=ensure_ascii)
         f.write("\n")
     say("wrote %s" % path)
+
+
+def bluelet_under_test(tree=None, pure=False):
+    """What ``import bluelet`` gives a benchmark's process: a dict with the
+    package's ``path``, ``version`` and ``implementation``, or with ``error``.
+
+    Asked of a ``python -I`` run in a temporary directory, so a checkout's
+    source tree (which may hold no built core, or a stale one) never stands
+    in for the installed package; ``tree`` puts that directory first
+    instead (the scripts' ``--tree``). ``pure`` sets BLUELET_PURE_PYTHON=1.
+    """
+    code = ("import json, sys; sys.path[:0] = %r; import bluelet; print(json.dumps({"
+            "'path': bluelet.__path__[0], 'version': getattr(bluelet, '__version__', None), "
+            "'implementation': getattr(bluelet, 'IMPLEMENTATION', None)}))" % ([tree] if tree else [],))
+    env = dict(os.environ)
+    env.pop("BLUELET_PURE_PYTHON", None)
+    env.pop("BLUELET_REQUIRE_EXTENSIONS", None)
+    if pure:
+        env["BLUELET_PURE_PYTHON"] = "1"
+    with tempfile.TemporaryDirectory(prefix="bluelet-which-") as cwd:
+        res = subprocess.run([sys.executable, "-I", "-c", code], cwd=cwd, env=env,
+                             capture_output=True, text=True, timeout=60)
+    if res.returncode != 0:
+        lines = res.stderr.strip().splitlines()
+        return {"error": lines[-1] if lines else "exit status %d" % res.returncode}
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def describe_bluelet(info):
+    """One line saying which bluelet ``bluelet_under_test()`` found."""
+    if "error" in info:
+        return "bluelet does not import: %s" % info["error"]
+    return "bluelet %s from %s (core: %s)" % (info["version"], info["path"], info["implementation"])
+
+
+def missing_core(info):
+    """Why ``info``'s bluelet cannot give the compiled rows, or None if it can."""
+    if "error" in info:
+        return describe_bluelet(info)
+    if info["implementation"] != "cython":
+        return ("the bluelet that benchmarks import (%s) has no compiled core; install it "
+                "with a C compiler and Cython (pip install .), or build a source tree in "
+                "place (python setup.py build_ext --inplace) and pass --tree" % info["path"])
+    return None

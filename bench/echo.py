@@ -89,6 +89,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -121,8 +122,9 @@ SERVER_MAX_SECONDS = 1800  # a server never outlives this, whatever happens to t
 
 if HERE not in sys.path:  # run as a script it is there already; append shadows nothing
     sys.path.append(HERE)
-from _common import (add_run_args, cpu_model as _cpu_model, default_rounds,  # noqa: E402
-                     json_header, markdown_rows, median, say, write_json)
+from _common import (add_run_args, bluelet_under_test, cpu_model as _cpu_model,  # noqa: E402
+                     default_rounds, json_header, markdown_rows, median, missing_core, say,
+                     write_json)
 
 
 # ============================================================================
@@ -345,21 +347,20 @@ def probe(kind):
     """None if the server can run here, else the reason it cannot."""
     if kind == REFERENCE:
         return None
-    mods = {"bluelet-cython": "import bluelet, sys; sys.exit(bluelet.IMPLEMENTATION != 'cython')",
-            "bluelet-python": "import bluelet",
-            "asyncio-streams": "import asyncio",
+    if kind in ("bluelet-cython", "bluelet-python"):
+        info = bluelet_under_test(TREE[0], pure=kind == "bluelet-python")
+        return missing_core(info) if kind == "bluelet-cython" else info.get("error")
+    mods = {"asyncio-streams": "import asyncio",
             "asyncio-protocols": "import asyncio",
             "uvloop-streams": "import uvloop",
             "uvloop-protocols": "import uvloop",
             "gevent": "import gevent.server"}
-    res = subprocess.run([sys.executable, "-c", mods[kind]], cwd=TREE[0], env=server_env(kind),
-                         capture_output=True, text=True, timeout=60)
+    with tempfile.TemporaryDirectory(prefix="bluelet-probe-") as cwd:
+        res = subprocess.run([sys.executable, "-I", "-c", mods[kind]], cwd=cwd,
+                             env=server_env(kind), capture_output=True, text=True, timeout=60)
     if res.returncode == 0:
         return None
-    if kind == "bluelet-cython" and res.returncode == 1 and not res.stderr.strip():
-        return "the compiled core is not built (bluelet.IMPLEMENTATION != 'cython')"
-    last = (res.stderr.strip().splitlines() or ["exit %d" % res.returncode])[-1]
-    return last
+    return (res.stderr.strip().splitlines() or ["exit %d" % res.returncode])[-1]
 
 
 class Server:
@@ -731,6 +732,12 @@ def main(argv=None):
     def cell_cost(kind):
         return results.get(NAMES[kind], {}).get(gk, {}).get("server_cpu_us_per_request")
 
+    def cell_disturbed(kind):
+        # Whether a kept interval of the goal cell had other processes
+        # busier than --max-other: a ratio built on it is marked.
+        return any((o.get("other_cpu") or 0) > args.max_other
+                   for o in raw.get(kind, {}).get(gk, []))
+
     ours = cell_rps("bluelet-cython")
     for peer, target, what in (("uvloop-streams", 1.0, "goal"), ("uvloop-protocols", 1.0, "aim")):
         theirs = cell_rps(peer)
@@ -740,6 +747,7 @@ def main(argv=None):
             "goal": "echo 100 conns x 1 KiB: bluelet (cython) / %s req/s >= %.1f (%s)"
                     % (NAMES[peer], target, what),
             "value": ratio, "target": target, "met": None if ratio is None else ratio >= target,
+            "disturbed": cell_disturbed("bluelet-cython") or cell_disturbed(peer),
             # the same comparison by server CPU time per request (theirs / ours: > 1 means
             # bluelet needs less CPU per request); less sensitive to a busy machine
             "cpu_per_request_ratio": (cost_theirs / cost_ours if cost_ours and cost_theirs else None)})
@@ -762,6 +770,12 @@ def main(argv=None):
                      % (statistics.median(others), max(others), busy, len(others), args.max_other,
                         " (figures there are disturbed)" if busy else "", retried,
                         "" if retried == 1 else "s"))
+
+    for kind in kinds:
+        if kind.startswith("bluelet-") and info.get(kind):
+            notes.append("%s ran bluelet %s from %s (IMPLEMENTATION %r)" % (
+                NAMES[kind], info[kind].get("version"), info[kind].get("path"),
+                info[kind].get("impl")))
 
     # ---- stray processes ------------------------------------------------------
     _kill_children()

@@ -14,11 +14,17 @@ disturb each other):
   not there, or fails without producing figures, the results say so and the
   micro part is still written.
 
-Each writes its figures as JSON (``bench/results/micro.json``,
-``bench/results/echo.json``); this script then writes
-``bench/results/RESULTS.md`` (the machine, the goal checks of issue 3, every
-table) and ``bench/results/chart.png`` (matplotlib, Agg backend), and prints
-the Markdown. ``--quick`` and ``--rounds`` are passed through to both
+Each writes its figures as JSON (``micro.json``, ``echo.json``); this script
+then writes ``RESULTS.md`` (the machine, the bluelet measured, the goal
+checks, every table) and ``chart.png`` (matplotlib, Agg backend), and prints
+the Markdown. They go to ``bench/results/local/`` (not tracked), or to the
+committed ``bench/results/`` with ``--update-results``.
+
+Which bluelet is measured is asked of a ``python -I`` outside the tree: the
+installed package, never a checkout's source tree. Without its compiled core
+the run stops and says why (``--allow-missing-core`` goes on without the
+compiled rows). ``BLUELET_PURE_PYTHON=1 python bench/run.py`` measures the
+pure-Python build only. ``--quick`` and ``--rounds`` are passed through to both
 benchmarks (without ``--rounds`` each uses its own default). Needs the peers
 and tools of ``bench/requirements.txt``; without matplotlib the chart is
 left out with a note.
@@ -35,11 +41,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 MICRO = os.path.join(HERE, "micro.py")
 ECHO = os.path.join(HERE, "echo.py")
-DEFAULT_OUT = os.path.join(HERE, "results")
+COMMITTED_OUT = os.path.join(HERE, "results")
+LOCAL_OUT = os.path.join(COMMITTED_OUT, "local")
 
 sys.path.insert(0, HERE)
 import micro  # noqa: E402
-from _common import say  # noqa: E402
+import echo  # noqa: E402
+from _common import bluelet_under_test, describe_bluelet, missing_core, say  # noqa: E402
 
 
 def parse_args(argv):
@@ -47,13 +55,25 @@ def parse_args(argv):
                                             "bench/results/RESULTS.md and chart.png.")
     p.add_argument("--quick", action="store_true", help="smoke run of every benchmark")
     p.add_argument("--rounds", type=int, help="rounds per figure, passed to every benchmark")
-    p.add_argument("--out", default=DEFAULT_OUT, help="results directory (default bench/results)")
+    p.add_argument("--out", help="results directory (default bench/results/local, not tracked)")
+    p.add_argument("--update-results", action="store_true",
+                   help="write to the committed bench/results/ instead")
+    p.add_argument("--allow-missing-core", action="store_true",
+                   help="go on without the compiled core's rows if it is not installed")
     p.add_argument("--skip-micro", action="store_true", help="do not run bench/micro.py")
     p.add_argument("--skip-echo", action="store_true", help="do not run bench/echo.py")
     p.add_argument("--reuse", action="store_true",
                    help="do not run anything; rebuild RESULTS.md and chart.png from the JSON "
                         "(and echo.md) already in --out")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.out is None:
+        args.out = COMMITTED_OUT if args.update_results else LOCAL_OUT
+    return args
+
+
+def pure_only():
+    """Whether BLUELET_PURE_PYTHON=1 asks for the pure build alone."""
+    return os.environ.get("BLUELET_PURE_PYTHON", "") not in ("", "0")
 
 
 def run_bench(script, json_path, args, timeout):
@@ -61,6 +81,12 @@ def run_bench(script, json_path, args, timeout):
     if os.path.exists(json_path):
         os.remove(json_path)
     cmd = [sys.executable, script, "--json", json_path]
+    if args.without_compiled:
+        # Every row but the compiled core's.
+        if script == MICRO:
+            cmd += ["--only", ",".join(k for k, _ in micro.IMPLS if k != "cython")]
+        else:
+            cmd += ["--servers", ",".join(k for k, _ in echo.SERVERS if k != "bluelet-cython")]
     if args.quick:
         cmd.append("--quick")
     if args.rounds is not None:
@@ -103,15 +129,18 @@ def goals_table(micro_doc, echo_doc):
     rows = []
     if micro_doc:
         for g in micro_doc.get("goals", []):
-            rows.append((g["goal"], g["measured"], g["met"], "micro"))
+            rows.append((g["goal"], g["measured"], g["met"], False, "micro"))
     if echo_doc:
         for g in echo_doc.get("goals", []):
-            rows.append((g.get("goal", "?"), fmt_ratio(g.get("value")), g.get("met"), "echo"))
+            rows.append((g.get("goal", "?"), fmt_ratio(g.get("value")), g.get("met"),
+                         g.get("disturbed", False), "echo"))
     if not rows:
         return "No goal could be checked (no benchmark produced figures).\n"
     out = ["| goal | measured | status | benchmark |", "| --- | --- | --- | --- |"]
-    for goal, measured, met, where in rows:
+    for goal, measured, met, disturbed, where in rows:
         status = "n/a" if met is None else ("**met**" if met else "**not met**")
+        if disturbed and met is not None:
+            status += " (disturbed: other processes were busy)"
         out.append("| %s | %s | %s | %s |" % (goal, measured, status, where))
     return "\n".join(out) + "\n"
 
@@ -119,6 +148,7 @@ def goals_table(micro_doc, echo_doc):
 def machine_section(machine, args, end_load=True):
     la = machine.get("loadavg")
     rows = [
+        ("bluelet", describe_bluelet(args.bluelet) if getattr(args, "bluelet", None) else "n/a"),
         ("CPU", machine["cpu"]),
         ("cores", str(machine["cores"])),
         ("Python", machine["python"]),
@@ -127,9 +157,9 @@ def machine_section(machine, args, end_load=True):
         ("load average (1, 5, 15 min) at start", "n/a" if not la else "%.2f %.2f %.2f" % tuple(la)),
         ("load average at end", "n/a" if not (end_load and hasattr(os, "getloadavg"))
          else "%.2f %.2f %.2f" % os.getloadavg()),
-        ("command", "`python bench/run.py%s%s`" % (" --quick" if args.quick else "",
-                                                  " --rounds %d" % args.rounds
-                                                  if args.rounds is not None else "")),
+        ("command", "`%spython bench/run.py%s%s`" % (
+            "BLUELET_PURE_PYTHON=1 " if pure_only() else "", " --quick" if args.quick else "",
+            " --rounds %d" % args.rounds if args.rounds is not None else "")),
     ]
     out = ["| machine | |", "| --- | --- |"]
     out += ["| %s | %s |" % r for r in rows]
@@ -331,6 +361,16 @@ def draw_chart(path, machine, micro_doc, echo_doc):
 
 def main(argv=None):
     args = parse_args(argv)
+    args.without_compiled = pure_only()
+    args.bluelet = None
+    if not args.reuse:
+        args.bluelet = bluelet_under_test()
+        say("measuring " + describe_bluelet(args.bluelet))
+        problem = None if pure_only() else missing_core(args.bluelet)
+        if problem and not args.allow_missing_core:
+            say("stopping: " + problem + " (--allow-missing-core goes on without it)")
+            return 2
+        args.without_compiled = args.without_compiled or problem is not None
     os.makedirs(args.out, exist_ok=True)
     machine = micro.machine_info()
     micro_json = os.path.join(args.out, "micro.json")

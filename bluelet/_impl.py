@@ -15,6 +15,7 @@ import os
 import platform
 import sys
 import types
+import warnings
 from typing import TYPE_CHECKING
 
 from . import _loop_py
@@ -51,8 +52,24 @@ def _choose() -> str:
     except ImportError:
         if _flag("BLUELET_REQUIRE_EXTENSIONS"):
             raise
+        _warn_if_unbuilt_tree()
         return "python"
     return "cython"
+
+
+def _warn_if_unbuilt_tree() -> None:
+    """Say so when ``import bluelet`` found a checkout's source tree whose
+    compiled core was never built: from the repository's root that tree
+    shadows the installed package, and would run on the pure core unnoticed."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    if os.path.exists(os.path.join(package, "_loop.pyx")) and \
+            os.path.exists(os.path.join(os.path.dirname(package), "setup.py")):
+        warnings.warn(
+            "bluelet is imported from the source tree %s, whose compiled core is not built, "
+            "so it runs on the pure-Python core. Build it in place (python setup.py "
+            "build_ext --inplace), or import the installed package from outside the "
+            "checkout; BLUELET_PURE_PYTHON=1 asks for the pure core and silences this."
+            % package, RuntimeWarning, stacklevel=2)
 
 
 IMPLEMENTATION = _choose()
