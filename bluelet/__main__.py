@@ -64,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     http.add_argument("--timeout", type=float, default=15.0, metavar="SECONDS",
                       help="drop a client that sends no request, or takes none of its "
                       "response, for this long (default 15)")
+    http.add_argument("--no-access-log", action="store_true",
+                      help="do not log a line per response")
 
     bench = commands.add_parser(
         "bench", help="Run the repository's benchmark (bench/run.py).",
@@ -89,7 +91,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         if not os.path.isdir(args.directory):
             parser.error("--directory %s: not a directory" % args.directory)
-        handler = StaticFiles(args.directory, args.timeout)
+        handler = StaticFiles(args.directory, args.timeout, not args.no_access_log)
         what = "HTTP"
     try:
         if args.workers == 1:

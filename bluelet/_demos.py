@@ -33,8 +33,9 @@ import os
 import re
 import socket
 import stat
+import time
 from http import HTTPStatus
-from typing import Any, BinaryIO, Dict, Generator, List, NamedTuple, Optional, Tuple
+from typing import Any, BinaryIO, Dict, Generator, List, NamedTuple, Optional, Tuple, Union
 from urllib.parse import quote, unquote, unquote_to_bytes, urlsplit
 
 import bluelet
@@ -196,8 +197,25 @@ class _Reply(NamedTuple):
     status: int
     headers: _Headers
     body: bytes = b""                 # the whole body, unless ``file`` is set
-    file: Optional[BinaryIO] = None   # an open file to stream ``size`` bytes of
+    file: Optional[BinaryIO] = None   # an open file to send ``size`` bytes of, from ``offset``
     size: int = 0
+    offset: int = 0
+
+
+class _Found(NamedTuple):
+    """A regular file an URL path leads to, as a worker thread found it."""
+    path: str
+    size: int
+    mtime: float
+    ctype: str
+
+
+# How long a lookup (_Found) is reused before the disk is asked again: a
+# busy small file is then served without a worker thread round trip, and a
+# change shows within this many seconds.
+FOUND_TTL = 1.0
+
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
 def _page(status: int, headers: _Headers, title: str, body: str) -> _Reply:
@@ -232,16 +250,60 @@ def _listing(directory: str, url_path: str) -> _Reply:
     return _page(HTTPStatus.OK, [], title, "<ul>\n%s\n</ul>" % "\n".join(rows))
 
 
+def _file_reply(request: _Request, found: _Found, file: BinaryIO) -> _Reply:
+    """The reply for ``found``, open as ``file``: 200, 304, 206 or 416."""
+    modified = email.utils.formatdate(found.mtime, usegmt=True)
+    headers = [("Content-Type", found.ctype), ("Last-Modified", modified),
+               ("Accept-Ranges", "bytes")]
+    since = _http_date(request.headers.get("if-modified-since"))
+    if since is not None and int(found.mtime) <= since:
+        file.close()
+        return _Reply(HTTPStatus.NOT_MODIFIED, headers)
+    wanted = _RANGE.fullmatch(request.headers.get("range", "").replace(" ", ""))
+    if wanted is None or request.headers.get("if-range", modified) != modified:
+        return _Reply(HTTPStatus.OK, headers, file=file, size=found.size)
+    first, last = wanted.groups()
+    if first:
+        start = int(first)
+        end = min(int(last), found.size - 1) if last else found.size - 1
+    elif last:  # the last N bytes
+        start, end = max(found.size - int(last), 0), found.size - 1
+    else:
+        return _Reply(HTTPStatus.OK, headers, file=file, size=found.size)
+    if start > end or start >= found.size:
+        file.close()
+        return _error(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE, "",
+                      [("Content-Range", "bytes */%d" % found.size)])
+    headers.append(("Content-Range", "bytes %d-%d/%d" % (start, end, found.size)))
+    return _Reply(HTTPStatus.PARTIAL_CONTENT, headers, file=file, size=end - start + 1,
+                  offset=start)
+
+
+def _http_date(text: Optional[str]) -> Optional[int]:
+    """An HTTP date as a POSIX time, or None if absent or malformed."""
+    if not text:
+        return None
+    try:
+        return int(email.utils.parsedate_to_datetime(text).timestamp())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
 class StaticFiles:
     """Handler: serve the files under ``directory`` over HTTP (GET and HEAD).
 
     ``timeout`` bounds, in seconds, how long a client may take to send a
-    request head and to take each chunk of a response.
+    request head and to take each chunk of a response. Regular files go out
+    with ``sendfile``; ``Range`` (one range) and ``If-Modified-Since`` are
+    honoured. Each response is logged on the ``bluelet.http`` logger once it
+    has been sent, with the bytes really sent, unless ``access_log`` is false.
     """
 
-    def __init__(self, directory: str, timeout: float = 15.0) -> None:
+    def __init__(self, directory: str, timeout: float = 15.0, access_log: bool = True) -> None:
         self.root = os.path.realpath(directory)
         self.timeout = timeout
+        self.access_log = access_log
+        self._found: Dict[str, Tuple[float, _Found]] = {}  # URL path -> (until, lookup)
         # Now, not lazily in a worker thread: init() is not thread-safe.
         mimetypes.init()
 
@@ -268,8 +330,25 @@ class StaticFiles:
     def _reply(self, request: _Request) -> _Coroutine:
         if request.method not in ("GET", "HEAD"):
             return _error(HTTPStatus.METHOD_NOT_ALLOWED, "", [("Allow", "GET, HEAD")])
-        segments = _segments(request.path)
-        return (yield bluelet.to_thread(self._locate, request.path, segments))
+        now = time.monotonic()
+        until, found = self._found.get(request.path, (0.0, None))
+        if found is None or until < now:
+            segments = _segments(request.path)
+            located = yield bluelet.to_thread(self._locate, request.path, segments)
+            if isinstance(located, _Reply):
+                return located
+            found = located
+            if len(self._found) > 4096:
+                self._found.clear()  # bounded: a crawler cannot grow it without end
+            self._found[request.path] = (now + FOUND_TTL, found)
+        try:
+            # Looked up within FOUND_TTL: its inode is cached, so opening
+            # it here does not wait for the disk.
+            file = open(found.path, "rb")
+        except OSError:
+            self._found.pop(request.path, None)
+            return _error(HTTPStatus.NOT_FOUND)
+        return _file_reply(request, found, file)
 
     def _inside(self, path: str) -> Optional[str]:
         """The real ``path`` if it is inside the served directory, else None."""
@@ -278,7 +357,7 @@ class StaticFiles:
             return real
         return None
 
-    def _locate(self, url_path: str, segments: List[str]) -> _Reply:
+    def _locate(self, url_path: str, segments: List[str]) -> Union[_Reply, _Found]:
         """Runs in a worker thread: every call here may wait for the disk."""
         path = self._inside(os.path.join(self.root, *segments))
         if path is None:
@@ -293,17 +372,15 @@ class StaticFiles:
                     return _listing(path, url_path)
                 path = index
             # Only regular files: opening a FIFO would block, a device never end.
-            if not stat.S_ISREG(os.stat(path).st_mode):
+            info = os.stat(path)
+            if not stat.S_ISREG(info.st_mode):
                 return _error(HTTPStatus.NOT_FOUND)
-            file = open(path, "rb")
+            os.close(os.open(path, os.O_RDONLY))  # readable: else 403 here, not later
         except PermissionError:
             return _error(HTTPStatus.FORBIDDEN)
         except OSError:
             return _error(HTTPStatus.NOT_FOUND)
-        info = os.fstat(file.fileno())
-        modified = email.utils.formatdate(info.st_mtime, usegmt=True)
-        headers = [("Content-Type", _content_type(path)), ("Last-Modified", modified)]
-        return _Reply(HTTPStatus.OK, headers, file=file, size=info.st_size)
+        return _Found(path, info.st_size, info.st_mtime, _content_type(path))
 
     def _send(self, conn: bluelet.Connection, request: Optional[_Request], reply: _Reply,
               keep_alive: bool) -> _Coroutine:
@@ -311,37 +388,42 @@ class StaticFiles:
         lines = ["HTTP/1.1 %d %s" % (reply.status, HTTPStatus(reply.status).phrase),
                  "Date: " + email.utils.formatdate(usegmt=True),
                  "Server: " + SERVER,
-                 "Content-Length: %d" % size,
                  "Connection: " + ("keep-alive" if keep_alive else "close")]
+        if reply.status != HTTPStatus.NOT_MODIFIED:
+            lines.append("Content-Length: %d" % size)
         lines += ["%s: %s" % header for header in reply.headers]
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        access_log.info('%s "%s" %d %d', conn.addr[0] if conn.addr else "-",
-                        request.line if request else "-", reply.status, size)
+        sent = 0
         try:
-            if request is not None and request.method == "HEAD":
+            if request is not None and request.method == "HEAD" or \
+                    reply.status == HTTPStatus.NOT_MODIFIED:
                 yield bluelet.timeout(self.timeout, conn.sendall(head))
             elif reply.file is None:
                 yield bluelet.timeout(self.timeout, conn.sendall(head + reply.body))
+                sent = size
             else:
-                yield self._stream(conn, head, reply.file, size)
+                yield bluelet.timeout(self.timeout, conn.sendall(head))
+                sent = yield from self._send_file(conn, reply)
         finally:
             if reply.file is not None:
                 reply.file.close()
+            # After the body, with what really went out (a cut transfer shows).
+            if self.access_log:
+                access_log.info('%s "%s" %d %d', conn.addr[0] if conn.addr else "-",
+                                request.line if request else "-", reply.status, sent)
 
-    def _stream(self, conn: bluelet.Connection, head: bytes, file: BinaryIO,
-                size: int) -> _Coroutine:
-        out = head  # sent with the first chunk: a small file goes in one packet
-        left = size
-        while left:
-            chunk = yield bluelet.read(file, min(CHUNK, left))
-            if not chunk:
+    def _send_file(self, conn: bluelet.Connection, reply: _Reply) -> Generator[Any, Any, int]:
+        """Send ``reply.size`` bytes of its file with sendfile, a chunk per timeout."""
+        assert reply.file is not None
+        sent = 0
+        while sent < reply.size:
+            done = yield conn.sendfile(reply.file, reply.offset + sent,
+                                       min(CHUNK, reply.size - sent), timeout=self.timeout)
+            if not done:
                 # Content-Length is promised: only closing can tell the client.
-                raise OSError("%s shrank while being sent" % file.name)
-            left -= len(chunk)
-            yield bluelet.timeout(self.timeout, conn.sendall(out + chunk))
-            out = b""
-        if out:
-            yield bluelet.timeout(self.timeout, conn.sendall(out))
+                raise OSError("%s shrank while being sent" % reply.file.name)
+            sent += done
+        return sent
 
     def _linger(self, conn: bluelet.Connection) -> _Coroutine:
         """Close gracefully: FIN first, then drain what the client still sends.

@@ -295,6 +295,57 @@ def test_http_traversal_refused(http_port, path):
     assert SECRET not in raw
 
 
+def test_http_range(http_port, site):
+    data = (site / "big.bin").read_bytes()
+    response, body = _get(http_port, "GET", "/big.bin", {"Range": "bytes=100-199"})
+    assert response.status == 206
+    assert response.getheader("Content-Range") == "bytes 100-199/%d" % len(data)
+    assert body == data[100:200]
+    response, body = _get(http_port, "GET", "/big.bin", {"Range": "bytes=-17"})
+    assert (response.status, body) == (206, data[-17:])
+    response, body = _get(http_port, "GET", "/big.bin", {"Range": "bytes=3000000-"})
+    assert (response.status, body) == (206, data[3000000:])
+    response, body = _get(http_port, "GET", "/big.bin", {"Range": "bytes=%d-" % len(data)})
+    assert response.status == 416
+    assert response.getheader("Content-Range") == "bytes */%d" % len(data)
+    # A stale If-Range: the whole file, not the range.
+    response, body = _get(http_port, "GET", "/big.bin", {
+        "Range": "bytes=0-9", "If-Range": "Thu, 01 Jan 1970 00:00:00 GMT"})
+    assert (response.status, body) == (200, data)
+
+
+def test_http_if_modified_since(http_port):
+    response, _ = _get(http_port, "GET", "/hello.txt")
+    modified = response.getheader("Last-Modified")
+    response, body = _get(http_port, "GET", "/hello.txt", {"If-Modified-Since": modified})
+    assert (response.status, body) == (304, b"")
+    assert response.getheader("Content-Length") is None
+    response, body = _get(http_port, "GET", "/hello.txt",
+                          {"If-Modified-Since": "Thu, 01 Jan 1970 00:00:00 GMT"})
+    assert (response.status, body) == (200, b"hello, world\n")
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_http_access_log_after_the_body(core, site, tmp_path, quiet):
+    args = [sys.executable, "-m", "bluelet", "http", "--port", "0", "-d", str(site)]
+    command = Running(args + (["--no-access-log"] if quiet else []), core_env(core), tmp_path)
+    try:
+        port = int(command.expect(r"serving HTTP on http://127\.0\.0\.1:(\d+)/").group(1))
+        _get(port, "GET", "/big.bin", {"Range": "bytes=0-99"})
+        _get(port, "GET", "/missing.txt")
+        os.kill(command.proc.pid, signal.SIGTERM)
+        command.expect("^stopped$")
+        assert command.wait() == 0
+    finally:
+        command.close()
+    log = command.errors.read_text()
+    if quiet:
+        assert '"GET' not in log
+    else:
+        assert '"GET /big.bin HTTP/1.1" 206 100' in log       # the bytes sent
+        assert '"GET /missing.txt HTTP/1.1" 404' in log
+
+
 def test_http_directories(http_port):
     response, body = _get(http_port, "GET", "/with%20index")
     assert response.status == 301
