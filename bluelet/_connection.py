@@ -152,14 +152,19 @@ class Connection:
 
     def recv(self, size: int, timeout: Optional[float] = None) -> Event:
         """Event: up to ``size`` bytes; b'' at end of stream."""
-        self._check_open("recv()")
-        size = _count(size, "recv() size")
+        # The per-request path: checks inlined, no helper calls when all is well.
+        if self._closed:
+            self._check_open("recv()")
+        if type(size) is not int or size < 0:
+            size = _count(size, "recv() size")
         if self._buf:
             # Resumed on the next pass, as 0.2.0's ValueEvent of buffered
             # bytes was; taken only then, so a Timeout or kill landing at the
             # reader's yield leaves them buffered.
-            return with_timeout(later(self._take, size), timeout)
-        return with_timeout(self._receive(size), timeout)
+            event = later(self._take, size)
+        else:
+            event = self._receive(size)
+        return event if timeout is None else with_timeout(event, timeout)
 
     def _take(self, size: int) -> bytes:
         """Up to ``size`` buffered bytes."""
@@ -253,8 +258,10 @@ class Connection:
 
     def send(self, data: Bytes, timeout: Optional[float] = None) -> Event:
         """Event: send some of ``data``; the value is the number of bytes sent."""
-        self._check_open("send()")
-        return with_timeout(self._transmit(data, False), timeout)
+        if self._closed:
+            self._check_open("send()")
+        event = self._transmit(data, False)
+        return event if timeout is None else with_timeout(event, timeout)
 
     def sendall(self, data: Bytes, timeout: Optional[float] = None) -> Event:
         """Event: send all of ``data``, waiting for room as needed.
@@ -262,8 +269,10 @@ class Connection:
         Nothing is copied or queued: while the peer does not read, the
         coroutine waits, so a slow reader costs no memory beyond ``data``.
         """
-        self._check_open("sendall()")
-        return with_timeout(self._transmit(data, True), timeout)
+        if self._closed:
+            self._check_open("sendall()")
+        event = self._transmit(data, True)
+        return event if timeout is None else with_timeout(event, timeout)
 
     def sendfile(self, file: BinaryIO, offset: int = 0, count: Optional[int] = None, *,
                  timeout: Optional[float] = None) -> Event:

@@ -637,10 +637,11 @@ cdef class ReceiveEvent(_FdEvent):
     cdef bint _direct        # a plain socket: recv() from C
 
     def __init__(self, conn, bufsize):
+        sock = conn.sock
         self.conn = conn
         self.bufsize = bufsize
-        self._watch(conn.sock, _READ)
-        self._direct = _plain_socket(conn.sock)
+        self._watch(sock, _READ)
+        self._direct = _plain_socket(sock)
 
     cdef object _attempt(self):
         bufsize = self.bufsize
@@ -661,15 +662,22 @@ cdef class SendEvent(_FdEvent):
     cdef bint _direct        # a plain socket and contiguous data: send() from C
 
     def __init__(self, conn, data, sendall=False):
+        sock = conn.sock
         self.conn = conn
         self.data = data
         self.sendall = sendall
-        self._view = _byte_view(data)
         self._sent = 0
         # Socket buffers usually have room: trying first saves a poll.
         self._try_first = True
-        self._watch(conn.sock, _WRITE)
-        self._direct = _plain_socket(conn.sock) and self._view.c_contiguous
+        self._watch(sock, _WRITE)
+        if type(data) is bytes and _plain_socket(sock):
+            # The common case: sent from C straight out of the bytes object,
+            # with no memoryview made.
+            self._view = data
+            self._direct = True
+        else:
+            self._view = _byte_view(data)
+            self._direct = _plain_socket(sock) and self._view.c_contiguous
 
     cdef object _attempt(self):
         sock = self.conn.sock
@@ -709,10 +717,13 @@ cdef inline bint _same_fd(sock, int fileno) except -1:
     return sock.fileno() == fileno
 
 
-cdef bint _plain_socket(sock) except -1:
+cdef object _SocketType = socket.socket
+
+
+cdef inline bint _plain_socket(sock) noexcept:
     # Exactly socket.socket: an SSL socket or a user subclass keeps its own
     # recv/send.
-    return BLUELET_HAVE_SOCKIO and type(sock) is socket.socket
+    return BLUELET_HAVE_SOCKIO and type(sock) is _SocketType
 
 
 cdef double _seconds(duration) except? -1.0:
