@@ -1,4 +1,5 @@
-"""``python -m bluelet echo|http|bench``: two servers and the benchmark.
+"""``python -m bluelet echo|http|bench|info``: two servers, the benchmark, and
+what is installed.
 
 ``echo`` and ``http`` run their handler (from ``bluelet._demos``) under
 ``bluelet.serve()``. Ctrl-C or SIGTERM stops them gracefully: no new
@@ -11,6 +12,9 @@ does (``bluelet._prefork``): a worker that dies is restarted.
 import argparse
 import logging
 import os
+import platform
+import select as select_module
+import selectors
 import subprocess
 import sys
 from pathlib import Path
@@ -39,12 +43,18 @@ def _seconds(text: str) -> float:
 
 
 def _parser() -> argparse.ArgumentParser:
+    version = "bluelet %s (%s core)" % (bluelet.__version__, bluelet.IMPLEMENTATION)
     parser = argparse.ArgumentParser(
         prog="python -m bluelet", description="bluelet's demo servers and its benchmark.")
+    parser.add_argument("--version", action="version", version=version)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("info", help="Print bluelet's version, core, path, poller and Python.",
+                        description="Print what runs: bluelet's version, core (and why "
+                        "not the compiled one), path, poller and Python.")
 
     def server_command(name: str, port: int, what: str) -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=what, description=what + " Ctrl-C stops it.")
+        command.add_argument("--version", action="version", version=version)
         command.add_argument("--host", default="127.0.0.1", help="address to listen on "
                              "(default 127.0.0.1; '' for every IPv4 address)")
         command.add_argument("--port", type=int, default=port,
@@ -77,10 +87,33 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _info() -> int:
+    """``python -m bluelet info``: what an ``import bluelet`` here gives."""
+    from bluelet import _impl
+
+    poller = "epoll (C)" if bluelet.IMPLEMENTATION == "cython" and hasattr(select_module, "epoll") \
+        else "selectors.%s" % type(selectors.DefaultSelector()).__name__
+    rows = [("bluelet", bluelet.__version__),
+            ("core", bluelet.IMPLEMENTATION),
+            ("path", os.path.dirname(bluelet.__file__)),
+            ("poller", poller),
+            ("python", "%s %s (%s)" % (platform.python_implementation(), platform.python_version(),
+                                      sys.executable))]
+    if _impl.FALLBACK_REASON:
+        rows.append(("why not compiled", _impl.FALLBACK_REASON))
+    elif os.environ.get("BLUELET_PURE_PYTHON", "") not in ("", "0"):
+        rows.append(("why not compiled", "BLUELET_PURE_PYTHON is set"))
+    for name, value in rows:
+        print("%-17s %s" % (name + ":", value))
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """The command line; returns the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "info":
+        return _info()
     if args.command == "bench":
         return _bench(args.quick, args.args)
     if args.workers > 1 and not AVAILABLE:

@@ -49,27 +49,41 @@ def _choose() -> str:
         return "python"
     try:
         load("cython")
-    except ImportError:
+    except ImportError as exc:
         if _flag("BLUELET_REQUIRE_EXTENSIONS"):
-            raise
-        _warn_if_unbuilt_tree()
+            raise ImportError("bluelet's compiled core (bluelet._loop) is not built in %s; "
+                              "BLUELET_REQUIRE_EXTENSIONS=1 forbids the pure-Python "
+                              "fallback" % _PACKAGE) from exc
+        _warn_fallback(exc)
         return "python"
     return "cython"
 
 
-def _warn_if_unbuilt_tree() -> None:
-    """Say so when ``import bluelet`` found a checkout's source tree whose
-    compiled core was never built: from the repository's root that tree
-    shadows the installed package, and would run on the pure core unnoticed."""
-    package = os.path.dirname(os.path.abspath(__file__))
-    if os.path.exists(os.path.join(package, "_loop.pyx")) and \
-            os.path.exists(os.path.join(os.path.dirname(package), "setup.py")):
-        warnings.warn(
-            "bluelet is imported from the source tree %s, whose compiled core is not built, "
-            "so it runs on the pure-Python core. Build it in place (python setup.py "
-            "build_ext --inplace), or import the installed package from outside the "
-            "checkout; BLUELET_PURE_PYTHON=1 asks for the pure core and silences this."
-            % package, RuntimeWarning, stacklevel=2)
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+#: Why the compiled core is not running, when it is not (``python -m bluelet info``).
+FALLBACK_REASON = ""
+
+
+def _warn_fallback(exc: ImportError) -> None:
+    """Say once, at import, that the compiled core is missing: a silent
+    fallback would leave a program several times slower with no sign why."""
+    global FALLBACK_REASON
+    if os.path.exists(os.path.join(_PACKAGE, "_loop.pyx")) and \
+            os.path.exists(os.path.join(os.path.dirname(_PACKAGE), "setup.py")):
+        # From a checkout's root, the source tree shadows the installed package.
+        FALLBACK_REASON = (
+            "bluelet is imported from the source tree %s, whose compiled core is not built. "
+            "Build it in place (python setup.py build_ext --inplace), or import the "
+            "installed package from outside the checkout" % _PACKAGE)
+    else:
+        FALLBACK_REASON = (
+            "bluelet's compiled core did not import (%s). Reinstall with a C compiler; pip "
+            "may reuse a pure wheel it cached before: pip install --no-cache-dir "
+            "--force-reinstall bluelet" % exc)
+    warnings.warn(FALLBACK_REASON + ". Running on the pure-Python core; "
+                  "BLUELET_PURE_PYTHON=1 chooses it and silences this.",
+                  RuntimeWarning, stacklevel=2)
 
 
 IMPLEMENTATION = _choose()

@@ -7,6 +7,9 @@
 returns, as a plain function call would; an exception in ``child`` is
 raised at that ``yield``. (``yield bluelet.call(child())`` and
 ``yield bluelet.end(value)`` are the 0.2.0 spellings and still work.)
+
+Rewritten for today's Python from Adrian Sampson's demo/delegation.py in bluelet 0.2.0
+(https://github.com/sampsyo/bluelet, MIT).
 """
 
 import argparse

@@ -5,6 +5,9 @@
 
 then, in another terminal, `nc 127.0.0.1 4915` and type. Each client is
 served by its own coroutine; they all share one thread.
+
+Rewritten for today's Python from Adrian Sampson's demo/echo.py in bluelet 0.2.0
+(https://github.com/sampsyo/bluelet, MIT).
 """
 
 import argparse

@@ -9,6 +9,9 @@ With no URLs, a local server (the standard library's, in a thread) answers
 take about one delay in all, not one delay per page. At most
 ``--concurrency`` requests are open at a time. Plain http:// only: this is a
 small HTTP/1.0 client written with ``bluelet.connect``.
+
+Rewritten for today's Python from Adrian Sampson's demo/crawler.py in bluelet 0.2.0
+(https://github.com/sampsyo/bluelet, MIT).
 """
 
 import argparse

@@ -6,6 +6,9 @@
 HTTP/1.0, GET only, one request per connection. For a complete server
 (HTTP/1.1 keep-alive, HEAD, timeouts, size limits, several processes) run
 ``python -m bluelet http``.
+
+Rewritten for today's Python from Adrian Sampson's demo/httpd.py in bluelet 0.2.0
+(https://github.com/sampsyo/bluelet, MIT).
 """
 
 import argparse

@@ -7,6 +7,9 @@ starts a child process with one end, and keeps the other. Messages are
 JSON values, each sent as a 4-byte length and then its bytes. The parent
 sends numbers from one coroutine while another reads the child's replies
 (their squares) at the same time: a conversation, not lock-step.
+
+Rewritten for today's Python from Adrian Sampson's demo/ipc.py in bluelet 0.2.0
+(https://github.com/sampsyo/bluelet, MIT).
 """
 
 import argparse

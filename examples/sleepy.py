@@ -5,6 +5,9 @@
 
 Each sleeper announces its sleep at once and wakes in order of duration:
 the whole run takes as long as the longest sleep, not the sum of them.
+
+Rewritten for today's Python from Adrian Sampson's demo/sleepy.py in bluelet 0.2.0
+(https://github.com/sampsyo/bluelet, MIT).
 """
 
 import argparse

@@ -13,6 +13,7 @@ import http.client
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -80,6 +81,57 @@ def test_help(capsys, command, option):
         main([command, "--help"] if command else ["--help"])
     assert stop.value.code == 0
     assert option in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [None, "echo", "http"])
+def test_version(capsys, command):
+    from bluelet.__main__ import main
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--version"] if command else ["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == "bluelet %s (%s core)" % (
+        bluelet.__version__, bluelet.IMPLEMENTATION)
+
+
+@pytest.mark.parametrize("core_name", CORES)
+def test_info_says_what_runs(tmp_path, core_name):
+    done = subprocess.run([sys.executable, "-m", "bluelet", "info"], env=core_env(core_name),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=WAIT)
+    assert done.returncode == 0, done.stderr
+    fields = dict(line.split(":", 1) for line in done.stdout.splitlines())
+    assert fields["core"].strip() == core_name
+    assert fields["bluelet"].strip() == bluelet.__version__
+    assert os.path.isdir(fields["path"].strip())
+    assert fields["poller"].strip()
+    if core_name == "python":
+        assert "BLUELET_PURE_PYTHON" in fields["why not compiled"]
+
+
+def test_a_missing_compiled_core_is_said_at_import(tmp_path):
+    """A copy of the package without its compiled core: a warning at import
+    (not silence), and under BLUELET_REQUIRE_EXTENSIONS=1 an ImportError that
+    says the core is not built (not a circular import)."""
+    package = tmp_path / "bluelet"
+    shutil.copytree(os.path.dirname(bluelet.__file__), package,
+                    ignore=shutil.ignore_patterns("_loop.*.so", "_loop.*.pyd", "__pycache__"))
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    env.pop("BLUELET_PURE_PYTHON", None)
+    env.pop("BLUELET_REQUIRE_EXTENSIONS", None)
+    code = "import bluelet; print(bluelet.IMPLEMENTATION)"
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=WAIT)
+    assert done.returncode == 0 and done.stdout.strip() == "python", done.stderr
+    assert "compiled core did not import" in done.stderr and "RuntimeWarning" in done.stderr
+    env["BLUELET_REQUIRE_EXTENSIONS"] = "1"
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=WAIT)
+    assert done.returncode != 0
+    assert "compiled core (bluelet._loop) is not built" in done.stderr
+    env.pop("BLUELET_REQUIRE_EXTENSIONS")
+    env["BLUELET_PURE_PYTHON"] = "1"
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=WAIT)
+    assert done.stdout.strip() == "python" and "RuntimeWarning" not in done.stderr
 
 
 def test_module_runs_as_a_script(tmp_path):
