@@ -47,11 +47,6 @@ exclude_patterns = ["_build"]
 # Markdown pages link to each other's headings by their slug.
 myst_heading_anchors = 4
 
-# guide.md includes a section of README.md whose headings start at ###
-# (under the README's ##); below the page's own # title that jump of levels
-# is intended.
-suppress_warnings = ["myst.header"]
-
 # Core events and classes are defined in private modules (bluelet._loop_py,
 # bluelet._connection, ...); in signatures show them as their public short names.
 python_use_unqualified_type_names = True

@@ -31,7 +31,7 @@ order in which they wake is determined.
     the order of ``threads.values()`` -- the order in which the coroutines
     were added, which is the place order our cores use.
 
-Deliberate differences (docs/differences.md, README "Differences from 0.2.0")
+Deliberate differences (docs/differences.md)
     Kept out of the programs by construction:
 
     - join-result: join's value is not traced (0.2.0: None; ours: the result).
