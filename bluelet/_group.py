@@ -23,11 +23,11 @@ __all__ = ["join_all", "first"]
 
 
 def _coroutines(coros: Iterable[Coro], verb: str) -> List[Coro]:
-    """``coros`` as a list, checked at the call: ValueError for a non-generator."""
+    """``coros`` as a list, checked at the call: TypeError for a non-generator."""
     coros = list(coros)
     for coro in coros:
         if not inspect.isgenerator(coro):
-            raise ValueError("%s() needs generators (coroutines), not %r" % (verb, coro))
+            raise TypeError("%s() needs generators (coroutines), not %r" % (verb, coro))
     return coros
 
 

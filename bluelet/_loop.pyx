@@ -763,7 +763,7 @@ cdef ReturnEvent _END_NONE = ReturnEvent(None)
 cdef object _generator_error(obj, verb):
     if PyGen_CheckExact(obj):
         return None
-    return ValueError("%s() needs a generator (a coroutine), not %r" % (verb, obj))
+    return TypeError("%s() needs a generator (a coroutine), not %r" % (verb, obj))
 
 
 cdef int _require_generator(obj, verb) except -1:

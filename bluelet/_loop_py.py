@@ -574,10 +574,10 @@ _END_NONE = ReturnEvent(None)
 
 
 def _generator_error(obj, verb):
-    """The ValueError for ``verb`` given ``obj`` if it is not a generator, else None."""
+    """The TypeError for ``verb`` given ``obj`` if it is not a generator, else None."""
     if type(obj) is _GeneratorType:
         return None
-    return ValueError("%s() needs a generator (a coroutine), not %r" % (verb, obj))
+    return TypeError("%s() needs a generator (a coroutine), not %r" % (verb, obj))
 
 
 def _require_generator(obj, verb):

@@ -310,7 +310,7 @@ class _Server:
             if isinstance(conn, TLSConnection) and not (yield from self._handshake(conn)):
                 return
             if self._raise_errors:
-                yield self._handler(conn)
+                yield self._handle(conn)
             else:
                 yield from self._logged(conn)
         finally:
@@ -326,9 +326,21 @@ class _Server:
             return False
         return True
 
+    def _handle(self, conn: Connection) -> Coro:
+        """``handler(conn)``, checked: a plain function's None would
+        otherwise fail at the yield with a message that names no handler."""
+        coro = self._handler(conn)
+        if not inspect.isgenerator(coro):
+            if inspect.iscoroutine(coro):
+                coro.close()
+            raise TypeError("the handler %s returned %r, not a coroutine: it must be a "
+                            "generator function (a def with yield) taking the connection"
+                            % (getattr(self._handler, "__qualname__", self._handler), coro))
+        return coro
+
     def _logged(self, conn: Connection) -> Coro:
         try:
-            yield self._handler(conn)
+            yield self._handle(conn)
         except _PEER_CONDUCT as error:
             log.debug("connection from %s ended by %r", conn.addr, error)
         except LimitExceeded as error:

@@ -152,7 +152,7 @@ def run_test(gen: Coro, timeout: Optional[float] = 5.0,
     """
     __tracebackhide__ = True  # pytest: show the test's frames, not ours
     if not isinstance(gen, types.GeneratorType):
-        raise ValueError("run_test() needs a generator (a coroutine), not %r" % (gen,))
+        raise TypeError("run_test() needs a generator (a coroutine), not %r" % (gen,))
     if timeout is not None and not timeout > 0:
         raise ValueError("timeout must be a positive number of seconds or None, not %r"
                          % (timeout,))

@@ -488,7 +488,7 @@ def test_run_rejects_non_generators_the_same_way():
     errors = []
     for module in (pure, compiled):
         for target in (module.run, module.Loop().run):
-            with pytest.raises(ValueError) as info:
+            with pytest.raises(TypeError) as info:
                 target([1, 2])
             errors.append(str(info.value))
     assert len(set(errors)) == 1, errors

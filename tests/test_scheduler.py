@@ -459,10 +459,10 @@ def _not_generators():
 
 
 @pytest.mark.parametrize("factory", ["spawn", "call", "join", "kill"])
-def test_non_generator_raises_valueerror_at_the_call(core, factory):
+def test_non_generator_raises_typeerror_at_the_call(core, factory):
     fn = getattr(bluelet, factory)
     for obj in _not_generators():
-        with pytest.raises(ValueError):
+        with pytest.raises(TypeError):
             fn(obj)
     # An async-def coroutine object is not a generator either.
     async def acoro():
@@ -470,7 +470,7 @@ def test_non_generator_raises_valueerror_at_the_call(core, factory):
 
     c = acoro()
     try:
-        with pytest.raises(ValueError):
+        with pytest.raises(TypeError):
             fn(c)
     finally:
         c.close()
@@ -480,7 +480,7 @@ def test_spawn_non_generator_inside_coroutine_raises_at_call(core):
     def root():
         try:
             ev = bluelet.spawn(123)
-        except ValueError:
+        except TypeError:
             return "caught at call"
         yield ev  # pragma: no cover
         return "not raised"

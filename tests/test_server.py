@@ -359,6 +359,30 @@ def test_a_failing_handler_is_logged_and_the_others_are_served(core, caplog):
     assert closed(listener)
 
 
+def test_a_handler_that_is_not_a_coroutine_is_named_in_the_error(core, caplog):
+    caplog.set_level(logging.ERROR, logger="bluelet.server")
+
+    def plain_handler(conn):
+        conn.sock.sendall(b"no yield here\n")   # a plain function: returns None
+
+    listener = bluelet.Listener(HOST, 0)
+
+    def root():
+        srv = bluelet.serve(listener, plain_handler)
+        yield bluelet.spawn(srv)
+        reply = yield ask(listener.port, b"x\n")
+        yield bluelet.kill(srv)
+        return reply
+
+    assert run_test(root(), DEADLINE) == b"no yield here\n"
+    [error] = server_records(caplog, logging.ERROR)
+    assert error.exc_info[0] is TypeError
+    message = str(error.exc_info[1])
+    assert "plain_handler returned None, not a coroutine" in message
+    assert "generator function" in message
+    assert closed(listener)
+
+
 def test_handler_errors_raise_ends_run(core):
     listener = bluelet.Listener(HOST, 0)
     port = listener.port

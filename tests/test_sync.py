@@ -1114,9 +1114,9 @@ def test_group_parent_killed_cancels_children(core):
 def test_group_arguments_checked_at_the_call(core):
     with pytest.raises(ValueError):
         bluelet.first([])
-    with pytest.raises(ValueError):
+    with pytest.raises(TypeError):
         bluelet.join_all([lambda: None])
-    with pytest.raises(ValueError):
+    with pytest.raises(TypeError):
         bluelet.first([42])
 
 
