@@ -40,7 +40,9 @@ python3 -m venv "$work/asan-venv"
         "$work/asan-venv/bin/python" setup.py -q build_ext --inplace
 )
 # The flags must have taken: a core built without them would pass silently.
-ldd "$work"/asan/bluelet/_loop*.so | grep -q libasan || {
+# (grep reads all of ldd's output: -q would quit early, and under pipefail
+# ldd's SIGPIPE would fail the check.)
+ldd "$work"/asan/bluelet/_loop*.so | grep libasan >/dev/null || {
     echo "memory check: the core was not built with AddressSanitizer" >&2; exit 1; }
 log="$work/asan.log"
 set +e
