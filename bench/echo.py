@@ -69,7 +69,7 @@ during each interval; an interval disturbed by more than ``--max-other``
 least disturbed is kept. ``--tree DIR`` benchmarks the bluelet package in
 DIR instead of this repository's (for A/B experiments on the core).
 
-Goals (issue 3): echo at 100 connections x 1 KiB, bluelet (cython) at least
+Goals: echo at 100 connections x 1 KiB, bluelet (cython) at least
 uvloop streams, aiming for uvloop protocols; idle scaling >= 0.9 for
 bluelet (cython).
 

@@ -36,7 +36,7 @@ Benchmarks (the kernels and what each window covers are described in
 Every figure is the median of ``--rounds`` rounds (default 5, 1 with
 ``--quick``); a round runs every implementation once, in a rotating order.
 ``--quick`` also shrinks the sizes (100 yields, 10,000 spawns, 1,000 sleepers).
-The goals of issue 3 that these figures decide are printed as checks.
+The goals these figures decide are printed as checks.
 """
 
 import argparse
@@ -300,7 +300,7 @@ def render_markdown(doc, heading="##", machine=True, with_goals=True):
     lines.append("")
 
     if with_goals:
-        lines.append("%s# Goals (issue 3)" % h)
+        lines.append("%s# Goals" % h)
         lines.append("")
         rows = []
         for g in doc["goals"]:

@@ -173,7 +173,7 @@ def build_markdown(args, machine, micro_doc, micro_problem, echo_doc, echo_md, e
                  "are medians over rounds, all measured on this machine in one run.")
     parts.append("")
     parts.append(machine_section(machine, args, end_load=not args.reuse))
-    parts.append("## Goals (issue 3)")
+    parts.append("## Goals")
     parts.append("")
     parts.append(goals_table(micro_doc, echo_doc))
     if micro_doc:
