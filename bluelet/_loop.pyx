@@ -904,7 +904,7 @@ cdef class _Task(_Timed):
     cdef list wait_fds       # [(state, mask)] of a WaitableEvent's fds
     cdef list scopes         # active scopes (_Scope), outermost first
     cdef bint expired        # whether a cancellation is due at its next scheduling point
-    cdef bint killed         # killed, and a shield held the kill off
+    cdef bint killed         # a kill was asked for: it lands once no shield holds it off
     cdef int swallows        # cancellations it has caught and carried on from
     cdef object context      # the contextvars.Context its steps run in
 

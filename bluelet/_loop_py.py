@@ -761,7 +761,7 @@ class _Task(_Timed):
         self.timer_seq = 0       # heap entry that may wake it; 0: none
         self.scopes = None       # active scopes (_Scope), outermost first
         self.expired = False     # whether a cancellation is due at its next scheduling point
-        self.killed = False      # killed, and a shield held the kill off
+        self.killed = False      # a kill was asked for: it lands once no shield holds it off
         self.swallows = 0        # cancellations it has caught and carried on from
         self.context = None      # the contextvars.Context its steps run in
 

@@ -6,8 +6,10 @@ list of operations -- spawn, call (bare generator or ``call()``), ``return`` /
 its parent, the root), sleep (also through a user SleepEvent subclass), null,
 ValueEvent, raise (Boom, the "quiet" connection errors, SystemExit), an
 ExceptionEvent, yield of a non-event or of a plain Event subclass, a user
-WaitableEvent or a core fd event on always-ready pipes, and reuse of an
-existing generator (spawn/call it again). Each operation's errors are caught
+WaitableEvent or a core fd event on always-ready pipes, reuse of an
+existing generator (spawn/call it again), a child run in a
+``fail_after``/``move_on_after`` scope or a ``shield``, a child as the body
+of a ``task_group`` and children spawned into that group. Each operation's errors are caught
 there or propagate to the caller; a coroutine may also raise or yield again
 when it is closed. One interpreter (``coro``) turns the description into
 generators that append what they observe to a trace. The same description
@@ -25,6 +27,9 @@ of sleepers, killed in bulk), and hand-written programs pin expected traces.
 Sleep durations are small dyadic fractions (k/1024 s, about 0, 1, 2 and 5 ms):
 sums of decimal durations such as 0.1 + 0.2 round, so "equal" deadlines reached
 by different paths might not tie; dyadic durations add exactly.
+
+200 derandomized examples run in CI; ``BLUELET_DIFFERENTIAL_EXAMPLES=20000``
+runs that many random ones offline (``--hypothesis-seed`` picks them).
 
 Needs the compiled core: without it these tests fail when
 ``BLUELET_REQUIRE_EXTENSIONS=1`` and are skipped otherwise.
