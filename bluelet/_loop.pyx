@@ -1027,6 +1027,11 @@ cdef class _EpollPoller:
         """Wait; the ready events are left in ``_events``; return their count."""
         cdef int n
         cdef int ms = -1 if timeout < 0 else <int>ceil(timeout * 1000.0)
+        if ms != 0:
+            # A signal that came while the loop ran C code still has its
+            # Python handler pending (no bytecode has run since): run it
+            # before sleeping, not after some later wake-up.
+            PyErr_CheckSignals()
         with nogil:
             n = epoll_wait(self._epfd, self._events, _MAX_EVENTS, ms)
         if n < 0:
@@ -2306,6 +2311,11 @@ cdef class Loop:
                 pass
         except BlockingIOError:
             pass
+        # A signal's byte may be what woke the poll. Its Python handler
+        # (Loop.interrupt) runs at the next bytecode, which this twin may
+        # not reach before it blocks in the next poll (a hang until some
+        # other wake-up): run it now.
+        PyErr_CheckSignals()
         while self._inbox:
             completion = self._inbox.popleft()
             self._external -= 1

@@ -2004,6 +2004,9 @@ class Loop:
                 pass
         except BlockingIOError:
             pass
+        # A signal's byte may be what woke the poll. Its Python handler
+        # (Loop.interrupt) runs at the next bytecode, which this twin always
+        # reaches before it polls again; the compiled twin runs it here.
         while self._inbox:
             completion = self._inbox.popleft()
             self._external -= 1

@@ -308,6 +308,38 @@ def test_stop_signal_caught_by_the_root_lets_run_return(core, stop_handlers, sig
     assert sorted(events[2:]) == ["child 0 finally", "child 1 finally", "child 2 finally"]
 
 
+def test_a_stop_signal_taken_by_another_thread_still_stops_the_loop(core, stop_handlers):
+    """SIGTERM blocked in the main thread, so the kernel hands it to another
+    one: its C handler writes the wake-up byte, which wakes the poll, but its
+    Python handler is left for the main thread's next bytecode. The compiled
+    loop runs none before it polls again, so it must run the handler itself,
+    or the stop waits for the next wake-up (here the end of the sleep)."""
+    events = []
+
+    def send_from_here():
+        # Threads inherit the creator's mask: this one takes SIGTERM again.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])
+        time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def root():
+        sender = threading.Thread(target=send_from_here, daemon=True)
+        sender.start()
+        try:
+            yield bluelet.sleep(WAIT)
+            return "slept through it"
+        except KeyboardInterrupt:
+            return "stopped"
+        finally:
+            sender.join()
+
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])
+    try:
+        assert bluelet.run(root(), handle_signals=True) == "stopped"
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
 def test_root_that_caught_the_stop_can_let_a_child_finish(core, stop_handlers):
     """The interrupt goes to the root only: a child is still running after it."""
     events = []
