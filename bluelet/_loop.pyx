@@ -2168,13 +2168,15 @@ cdef class Loop:
 
     cdef int _enter_scope(self, _Task task, _TimeoutEvent event) except -1:
         cdef _Scope scope = _Scope(task, len(task.stack) if task.stack else 0, event.seconds,
-                                   self._now() + event.seconds, event.mode)
+                                   INFINITY, event.mode)
         if task.scopes is None:
             task.scopes = []
         task.scopes.append(scope)
         if event.mode == _M_SHIELD:
             task.expired = self._is_due(task)  # what was due is held off now
         else:
+            # Only a deadline reads the clock: entering a shield does not.
+            scope.deadline = self._now() + event.seconds
             self._add_timer(scope, scope.deadline)
         return 0
 

@@ -1846,13 +1846,15 @@ class Loop:
     def _enter_scope(self, task, event):
         """Open the scope of ``event`` (a _TimeoutEvent) at the chain's depth."""
         scope = _Scope(task, len(task.stack) if task.stack else 0, event.seconds,
-                       self._now() + event.seconds, event.mode)
+                       math.inf, event.mode)
         if task.scopes is None:
             task.scopes = []
         task.scopes.append(scope)
         if event.mode == _M_SHIELD:
             task.expired = self._is_due(task)  # what was due is held off now
         else:
+            # Only a deadline reads the clock: entering a shield does not.
+            scope.deadline = self._now() + event.seconds
             self._add_timer(scope, scope.deadline)
 
     def _leave_scopes(self, task, exc):
