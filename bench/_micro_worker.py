@@ -36,6 +36,12 @@ The three benchmarks, the same shape for every implementation:
   (``time.monotonic``), over all N * 5 sleeps. bluelet 0.2.0 spawns the
   sleepers through the fan-out of ``_switch_worker`` (one spawn per
   scheduler pass over all coroutines would cost it O(N**2)).
+* timer scaling (this repository's bluelet only): P coroutines sleep far
+  beyond the window (pending timers), then C coroutines each sleep S seeded
+  intervals of 0-1 ms, so that most passes of the loop fire several timers
+  and the figure is the timers' cost, not the poll's: us = CPU of the window
+  / (C S), measured for each P asked; the ratio between the largest and the
+  smallest P says how the cost of one timer grows with the timers pending.
 
 Only the standard library is imported at module level; each peer is imported
 when its IMPL is asked for.
@@ -222,6 +228,37 @@ class BlueletKernels(object):
         gc.collect()
         bl.run(root())
         return st.result()
+
+    def timer_scale(self, pending, churners, sleeps, seed):
+        bl = self.bl
+        iv = intervals(churners, sleeps, 1e-3, seed)
+        far = random.Random(seed + 1)
+        box = {}
+
+        def idle(d):
+            yield bl.sleep(d)
+
+        def churn(i):
+            for d in iv[i]:
+                yield bl.sleep(d)
+
+        def root():
+            idlers = [idle(3600.0 + far.random()) for _ in range(pending)]
+            for c in idlers:
+                yield bl.spawn(c)
+            coros = [churn(i) for i in range(churners)]
+            cpu0 = process_time()
+            for c in coros:
+                yield bl.spawn(c)
+            for c in coros:
+                yield bl.join(c)
+            box["us"] = (process_time() - cpu0) * 1e6 / (churners * sleeps)
+            for c in idlers:
+                yield bl.kill(c)
+
+        gc.collect()
+        bl.run(root())
+        return box["us"]
 
 
 def load_bluelet(spec, old):
@@ -521,6 +558,10 @@ def run_spec(k, spec, floor=False):
             gc.enable()
     if tm:
         out["timers"] = k.timers(tm["n"], tm["sleeps"], tm["max_ms"] / 1e3, tm["seed"])
+    ts = spec.get("timer_scale")
+    if ts:
+        out["timer_scale_us"] = {str(p): k.timer_scale(p, ts["churners"], ts["sleeps"], ts["seed"])
+                                 for p in ts["pending"]}
     return out
 
 

@@ -32,6 +32,9 @@ Benchmarks (the kernels and what each window covers are described in
 * timers: 10,000 coroutines each sleeping five seeded random intervals of
   0-50 ms; CPU seconds (``time.process_time``) and lateness (wake time minus
   deadline: median and p99, ms).
+* timer scaling (bluelet's two cores): 1,000 coroutines each sleeping 20
+  seeded intervals of 0-1 ms beside 10, then 100,000, coroutines asleep for
+  an hour; CPU us per timer, and the ratio of the two.
 
 Every figure is the median of ``--rounds`` rounds (default 5, 1 with
 ``--quick``); a round runs every implementation once, in a rotating order.
@@ -152,7 +155,17 @@ def spec_for(args, key):
     spec["timers"] = {"n": args.timers_n, "sleeps": 5, "max_ms": 50.0, "seed": args.seed}
     if key in ("cython", "python"):
         spec["core"] = key
+        spec["timer_scale"] = dict(TIMER_SCALE, pending=timer_scale_pending(args))
     return spec
+
+
+#: The timer-scaling shape: churners x sleeps timers fire beside each count of
+#: pending ones (timer_scale_pending).
+TIMER_SCALE = {"churners": 1000, "sleeps": 20, "seed": 7}
+
+
+def timer_scale_pending(args):
+    return [10, 10000 if args.quick else 100000]
 
 
 # -- running the workers ----------------------------------------------------------
@@ -299,6 +312,22 @@ def render_markdown(doc, heading="##", machine=True, with_goals=True):
                         "lateness median", "lateness p99"], rows))
     lines.append("")
 
+    ts = res.get("timer_scale", {})
+    if ts:
+        pend = p["timer_scale"]["pending"]
+        lines.append("%s# timer scaling: {:,} coroutines × {} sleeps of 0–1 ms beside pending "
+                     "timers, CPU per timer".format(p["timer_scale"]["churners"],
+                                                    p["timer_scale"]["sleeps"]) % h)
+        lines.append("")
+        rows = []
+        for label, r in measured(ts):
+            us = r["median_us"]
+            rows.append([label] + [fmt(us[str(n)], "µs", 3) for n in pend]
+                        + [fmt_ratio(ratio(us[str(pend[-1])], us[str(pend[0])]))])
+        lines.append(table(["implementation"] + ["{:,} pending".format(n) for n in pend]
+                           + ["growth"], rows))
+        lines.append("")
+
     if with_goals:
         lines.append("%s# Goals" % h)
         lines.append("")
@@ -343,6 +372,19 @@ def goals(results):
                     fmt_ratio(r), fmt(get(sp, "python", "median_us"), "µs"),
                     fmt(get(sp, "cython", "median_us"), "µs"), fmt_ratio(rn)),
                 "met": None if r is None else r >= 2.0})
+    ts = results.get("timer_scale", {})
+    for key in ("cython", "python"):
+        us = ts.get(key, {}).get("median_us")
+        if not us:
+            continue
+        lo, hi = min(us, key=int), max(us, key=int)
+        r = ratio(us[hi], us[lo])
+        out.append({"goal": "%s: CPU per timer with {:,} pending ≤ 2× that with {:,}"
+                    .format(int(hi), int(lo)) % ("compiled" if key == "cython" else "pure"),
+                    "ratio": r, "target": 2.0,
+                    "measured": "%s (%s vs %s)" % (fmt_ratio(r), fmt(us[hi], "µs", 3),
+                                                   fmt(us[lo], "µs", 3)),
+                    "met": None if r is None else r <= 2.0})
     return out
 
 
@@ -399,7 +441,7 @@ def main(argv=None):
             raw[key].append(res)
             info[key] = dict(res.get("info") or {}, python=res.get("python"))
 
-    results = {"switch": {}, "spawn": {}, "timers": {}}
+    results = {"switch": {}, "spawn": {}, "timers": {}, "timer_scale": {}}
     for key, runs in raw.items():
         if not runs:
             continue
@@ -421,6 +463,10 @@ def main(argv=None):
             {f: median([t[f] for t in tms]) for f in
              ("cpu_s", "wall_s", "late_median_ms", "late_p99_ms", "late_max_ms")},
             n=args.timers_n, rounds=tms)
+        if runs[0].get("timer_scale_us"):
+            tss = [x["timer_scale_us"] for x in runs]
+            results["timer_scale"][key] = {
+                "median_us": {p: median([t[p] for t in tss]) for p in tss[0]}, "rounds_us": tss}
 
     if "old" in raw:
         sizes = ("the same sizes as the others" if args.old_switch_k == args.switch_k
@@ -444,10 +490,12 @@ def main(argv=None):
                               "k_old": args.old_switch_k},
                    "spawn": {"n": args.spawn_n},
                    "timers": {"n": args.timers_n, "sleeps": 5, "max_ms": 50.0,
-                              "seed": args.seed}},
+                              "seed": args.seed},
+                   "timer_scale": dict(TIMER_SCALE, pending=timer_scale_pending(args))},
         "implementations": {k: {"label": LABELS[k], "info": info.get(k)} for k in raw},
         "units": {"switch": "ns per switch", "spawn": "µs per coroutine",
-                  "timers": "CPU s, wall s, lateness ms"},
+                  "timers": "CPU s, wall s, lateness ms",
+                  "timer_scale": "CPU µs per timer, by pending timers"},
         "results": results,
         "goals": goals(results),
         "notes": notes,
