@@ -110,28 +110,43 @@ def floor_b(n, k):
 
 # -- bluelet ------------------------------------------------------------------
 
-def shape_a(bl, n, k):
+def shape_a(bl, n, k, awaited=False):
     """ns per switch of n coroutines each yielding null() k times.
 
     The coroutines are spawned first and spin on null() until a start flag is
     set; the window opens when the flag is set and closes when the last one
     has been resumed for the last time. In that window every coroutine is
     resumed exactly k times (its last spin yield, then k - 1 more), n * k in
-    all.
+    all. With ``awaited`` the coroutines are ``async def`` and ``await
+    null()`` instead.
     """
     null = bl.null
     state = {"ready": 0, "go": False, "done": 0, "t0": 0.0, "t1": 0.0}
 
-    def worker():
+    def finished(st):
+        st["done"] += 1
+        if st["done"] == n:
+            st["t1"] = perf_counter()
+
+    def yielder():
         st = state
         st["ready"] += 1
         while not st["go"]:
             yield null()
         for _ in range(k - 1):
             yield null()
-        st["done"] += 1
-        if st["done"] == n:
-            st["t1"] = perf_counter()
+        finished(st)
+
+    async def awaiter():
+        st = state
+        st["ready"] += 1
+        while not st["go"]:
+            await null()
+        for _ in range(k - 1):
+            await null()
+        finished(st)
+
+    worker = awaiter if awaited else yielder
 
     def root():
         yield bl.spawn(_fan_out(bl, worker, n))
@@ -213,6 +228,8 @@ def measure(bl, spec):
     out = {"b": {}}
     if spec.get("a"):
         out["a"] = shape_a(bl, spec["a"]["n"], spec["a"]["k"])
+    if spec.get("a_await"):
+        out["a_await"] = shape_a(bl, spec["a_await"]["n"], spec["a_await"]["k"], awaited=True)
     for b in spec.get("b", ()):
         out["b"][str(b["n"])] = shape_b(bl, b["n"], b["k"], spec.get("max_seconds"))
     return out

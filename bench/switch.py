@@ -19,6 +19,11 @@ What is measured: the time per switch in ns -- one coroutine yielding
     whose cost per event does not grow with the program shows the same figure
     for every N; bluelet 0.2.0 scans every coroutine on every pass.
 
+(a) is also measured for this repository's cores with ``async def``
+coroutines that ``await null()``, in a second table: the cost of the
+``await`` style against the ``yield`` style, side by side in the same
+rounds (goal: at most 1.5x on the compiled core).
+
 Rows:
 
 * floor -- a bare round robin over generators (``deque``: popleft, ``send``,
@@ -270,15 +275,28 @@ def build_table(args, results):
     return markdown_rows(rows)
 
 
+def build_style_table(styles):
+    rows = [["core", "`yield null()`", "`await null()`", "await / yield", "goal (compiled)"],
+            ["---", "---:", "---:", "---:", "---"]]
+    for core, st in styles.items():
+        r = st["await_ns"] / st["yield_ns"]
+        goal = ("**met** (≤ 1.5×)" if r <= 1.5 else "**not met** (≤ 1.5×)") \
+            if core == "cython" else ""
+        rows.append(["bluelet (%s)" % core, fmt_ns(st["yield_ns"]), fmt_ns(st["await_ns"]),
+                     fmt_ratio(r), goal])
+    return markdown_rows(rows)
+
+
 # -- main -------------------------------------------------------------------
 
 def main(argv=None):
     args = parse_args(argv)
     started = time.perf_counter()
-    ours_spec = {"a": {"n": args.busy, "k": args.k_a},
-                 "b": [{"n": n, "k": args.k_b} for n in args.sizes],
-                 "max_seconds": args.max_seconds, "warm_up": True}
-    old_spec = dict(ours_spec, b=[{"n": n, "k": old_k(args, n)} for n in args.sizes])
+    old_spec = {"a": {"n": args.busy, "k": args.k_a},
+                "b": [{"n": n, "k": old_k(args, n)} for n in args.sizes],
+                "max_seconds": args.max_seconds, "warm_up": True}
+    ours_spec = dict(old_spec, a_await=old_spec["a"],
+                     b=[{"n": n, "k": args.k_b} for n in args.sizes])
 
     notes = []
     bluelet, cores = import_ours(args.tree)
@@ -306,6 +324,7 @@ def main(argv=None):
 
     impls = [FLOOR] + ["bluelet (%s)" % c for c in cores] + ([OLD] if old_py else [])
     raw = {name: {"a": [], "b": {str(n): [] for n in args.sizes}} for name in impls}
+    awaited = {core: [] for core in cores}
     old_info = {}
 
     def record(name, res):
@@ -318,7 +337,9 @@ def main(argv=None):
         record(FLOOR, {"a": kernels.floor_a(args.busy, args.k_a),
                        "b": {str(n): kernels.floor_b(n, args.k_b) for n in args.sizes}})
         for core in cores:
-            record("bluelet (%s)" % core, measure_ours(bluelet, core, dict(ours_spec, warm_up=(r == 0))))
+            res = measure_ours(bluelet, core, dict(ours_spec, warm_up=(r == 0)))
+            record("bluelet (%s)" % core, res)
+            awaited[core].append(res["a_await"])
         if OLD in raw:
             try:
                 res = run_old_worker(old_py, old_spec)
@@ -355,6 +376,14 @@ def main(argv=None):
     print()
     print(build_table(args, results))
     print()
+    styles = {core: {"yield_ns": results["bluelet (%s)" % core]["a"]["median_ns"],
+                     "await_ns": median(awaited[core]), "rounds_await_ns": awaited[core]}
+              for core in cores}
+    if styles:
+        print("(a) again with `async def` coroutines that `await null()`, same rounds:")
+        print()
+        print(build_style_table(styles))
+        print()
     for note in notes:
         print("- " + note)
     print("- took %.0f s" % elapsed)
@@ -371,6 +400,7 @@ def main(argv=None):
             "old": old_info or None,
             "notes": notes,
             "results": results,
+            "await_style": styles,
             "seconds": elapsed,
         })
         write_json(args.json, doc)

@@ -55,6 +55,7 @@ from ._impl import (
     current_time,
     end,
     fail_after,
+    iscoroutine,
     join,
     kill,
     move_on_after,
@@ -71,7 +72,7 @@ from ._impl import (
 from ._files import read, write
 from ._group import first, join_all
 from ._introspect import dump, dump_on
-from ._records import TaskInfo
+from ._records import Gen, Op, TaskInfo
 from ._signals import run, signal
 from ._taskgroup import TaskGroup, started, task_group
 from ._connect import connect, connect_unix
@@ -98,11 +99,13 @@ __all__ = [
     "Event",
     "ExceptionEvent",
     "Flag",
+    "Gen",
     "IncompleteRead",
     "JoinEvent",
     "KillEvent",
     "LimitExceeded",
     "Listener",
+    "Op",
     "Lock",
     "Queue",
     "QueueEmpty",
@@ -136,6 +139,7 @@ __all__ = [
     "end",
     "fail_after",
     "first",
+    "iscoroutine",
     "join",
     "join_all",
     "kill",

@@ -52,7 +52,7 @@ HAPPY_EYEBALLS_DELAY = 0.25
 
 def connect(host: str, port: Union[int, str], timeout: Optional[float] = None, *,
             ssl: "Optional[ssl.SSLContext]" = None, server_hostname: Optional[str] = None,
-            happy_eyeballs_delay: Optional[float] = HAPPY_EYEBALLS_DELAY) -> Event:
+            happy_eyeballs_delay: Optional[float] = HAPPY_EYEBALLS_DELAY) -> "Event[Connection]":
     """Event: connect to ``(host, port)``; the value is a Connection.
 
     Nothing here blocks other coroutines: a host name is resolved in a
@@ -88,7 +88,7 @@ def connect(host: str, port: Union[int, str], timeout: Optional[float] = None, *
                                                  happy_eyeballs_delay)), timeout)
 
 
-def connect_unix(path: str, timeout: Optional[float] = None) -> Event:
+def connect_unix(path: str, timeout: Optional[float] = None) -> "Event[Connection]":
     """Event: connect to the Unix stream socket at ``path``; the value is a Connection."""
     path = os.fspath(path)  # a TypeError at the call, not at the yield
     if not path:

@@ -17,7 +17,7 @@ The read buffer
 import operator
 import os
 import socket
-from typing import Any, BinaryIO, Generator, Optional
+from typing import Any, BinaryIO, Generator, Optional, TypeVar
 
 from ._errors import IncompleteRead, LimitExceeded, SocketClosedError
 from ._impl import (
@@ -45,6 +45,8 @@ DEFAULT_LIMIT = 64 * 1024
 _CHUNK = 64 * 1024
 _MAX_CHUNK = 1024 * 1024
 
+_T = TypeVar("_T")
+
 
 def close_socket(sock: socket.socket) -> None:
     """Close ``sock``, telling the loop first: its waiters must be woken
@@ -53,7 +55,7 @@ def close_socket(sock: socket.socket) -> None:
     sock.close()
 
 
-def with_timeout(event: Event, seconds: Optional[float]) -> Event:
+def with_timeout(event: "Event[_T]", seconds: Optional[float]) -> "Event[_T]":
     """``event``, or ``event`` bounded by ``seconds`` (raising Timeout)."""
     return event if seconds is None else timeout(seconds, event)
 
@@ -133,24 +135,24 @@ class Connection:
 
     # -- the two hooks TLS replaces ----------------------------------------
 
-    def _receive(self, size: int) -> Event:
+    def _receive(self, size: int) -> "Event[bytes]":
         """Event: up to ``size`` bytes from the socket (not the buffer)."""
         return ReceiveEvent(self, size)
 
-    def _transmit(self, data: Bytes, whole: bool) -> Event:
+    def _transmit(self, data: Bytes, whole: bool) -> "Event[Any]":
         """Event: send some of ``data`` (value: the count), or all of it."""
         return SendEvent(self, data, whole)
 
     # -- reading -------------------------------------------------------------
 
-    def _more(self, size: int) -> Event:
+    def _more(self, size: int) -> "Event[bytes]":
         """``_receive`` for a helper's next step. Between steps another
         coroutine may have closed the connection: say so, as a waiter
         would be told, rather than fail on the dead descriptor."""
         self._check_open("read")
         return self._receive(size)
 
-    def recv(self, size: int, timeout: Optional[float] = None) -> Event:
+    def recv(self, size: int, timeout: Optional[float] = None) -> "Event[bytes]":
         """Event: up to ``size`` bytes; b'' at end of stream."""
         # The per-request path: checks inlined, no helper calls when all is well.
         if self._closed:
@@ -173,7 +175,7 @@ class Connection:
         return data
 
     def readline(self, terminator: bytes = b"\n", bufsize: int = 1024, *,
-                 limit: int = DEFAULT_LIMIT, timeout: Optional[float] = None) -> Event:
+                 limit: int = DEFAULT_LIMIT, timeout: Optional[float] = None) -> "Event[bytes]":
         """Event: one line, terminator included; at EOF, whatever is left.
 
         A line longer than ``limit`` bytes raises ``bluelet.LimitExceeded``
@@ -190,7 +192,7 @@ class Connection:
                             timeout)
 
     def readuntil(self, separator: bytes = b"\n", *, limit: int = DEFAULT_LIMIT,
-                  timeout: Optional[float] = None) -> Event:
+                  timeout: Optional[float] = None) -> "Event[bytes]":
         """Event: the bytes up to and including ``separator``.
 
         Raises ``bluelet.IncompleteRead`` if the stream ends first (its
@@ -231,7 +233,7 @@ class Connection:
                 raise IncompleteRead(rest, None)
             buf += data
 
-    def readexactly(self, n: int, *, timeout: Optional[float] = None) -> Event:
+    def readexactly(self, n: int, *, timeout: Optional[float] = None) -> "Event[bytes]":
         """Event: exactly ``n`` bytes.
 
         Raises ``bluelet.IncompleteRead`` if the stream ends first; its
@@ -256,14 +258,14 @@ class Connection:
 
     # -- writing -------------------------------------------------------------
 
-    def send(self, data: Bytes, timeout: Optional[float] = None) -> Event:
+    def send(self, data: Bytes, timeout: Optional[float] = None) -> "Event[int]":
         """Event: send some of ``data``; the value is the number of bytes sent."""
         if self._closed:
             self._check_open("send()")
         event = self._transmit(data, False)
         return event if timeout is None else with_timeout(event, timeout)
 
-    def sendall(self, data: Bytes, timeout: Optional[float] = None) -> Event:
+    def sendall(self, data: Bytes, timeout: Optional[float] = None) -> "Event[None]":
         """Event: send all of ``data``, waiting for room as needed.
 
         Nothing is copied or queued: while the peer does not read, the
@@ -275,7 +277,7 @@ class Connection:
         return event if timeout is None else with_timeout(event, timeout)
 
     def sendfile(self, file: BinaryIO, offset: int = 0, count: Optional[int] = None, *,
-                 timeout: Optional[float] = None) -> Event:
+                 timeout: Optional[float] = None) -> "Event[int]":
         """Event: send ``count`` bytes of regular file ``file`` from ``offset``
         (to its end if ``count`` is None); the value is the number sent.
 

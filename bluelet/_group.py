@@ -13,25 +13,26 @@ have run; inside ``shield()``, so that a parent being cancelled can do it.
 """
 
 import collections
-import inspect
 from typing import Any, Deque, Generator, Iterable, List, Optional, Tuple
 
-from ._impl import WaitQueue, join, kill, shield, spawn
-from ._records import Coro
+from ._coroutines import awaitable, not_started
+from ._impl import WaitQueue, iscoroutine, join, kill, shield, spawn
+from ._records import AnyCoro, Coro, Op
 
 __all__ = ["join_all", "first"]
 
 
-def _coroutines(coros: Iterable[Coro], verb: str) -> List[Coro]:
+def _coroutines(coros: Iterable[AnyCoro], verb: str) -> List[AnyCoro]:
     """``coros`` as a list, checked at the call: TypeError for a non-generator."""
     coros = list(coros)
     for coro in coros:
-        if not inspect.isgenerator(coro):
-            raise TypeError("%s() needs generators (coroutines), not %r" % (verb, coro))
+        if not iscoroutine(coro):
+            raise TypeError("%s() needs coroutines (generators or async def coroutines), "
+                            "not %r" % (verb, coro))
     return coros
 
 
-def join_all(coros: Iterable[Coro]) -> Generator[Any, Any, List[Any]]:
+def join_all(coros: Iterable[AnyCoro]) -> Op[List[Any]]:
     """Event: run ``coros`` concurrently; the value is the list of their results.
 
     Results are in the order of ``coros``. Coroutines not yet spawned are
@@ -47,7 +48,7 @@ def join_all(coros: Iterable[Coro]) -> Generator[Any, Any, List[Any]]:
     return _Group(_coroutines(coros, "join_all"))._run(want_all=True)
 
 
-def first(coros: Iterable[Coro]) -> Coro:
+def first(coros: Iterable[AnyCoro]) -> Op[Any]:
     """Event: race ``coros``; the first to finish decides, the rest are killed.
 
     The value is the winner's result, or its exception is raised here; the
@@ -64,13 +65,14 @@ def first(coros: Iterable[Coro]) -> Coro:
 class _Group:
     """The coroutines of one join_all() or first() call, and their outcomes."""
 
-    def __init__(self, coros: List[Coro]) -> None:
+    def __init__(self, coros: List[AnyCoro]) -> None:
         self._coros = coros
         # (index, value, exc), in finishing order
         self._outcomes: Deque[Tuple[int, Any, Optional[Exception]]] = collections.deque()
         self._arrived = WaitQueue()            # the parent waits here for outcomes
         self._done = False                     # decided: outcomes are no longer wanted
 
+    @awaitable
     def _run(self, want_all: bool) -> Coro:
         for index, coro in enumerate(self._coros):
             yield spawn(self._watch(index, coro))
@@ -109,11 +111,11 @@ class _Group:
             except ValueError:
                 pass  # never spawned: its watcher saw the group decided first
 
-    def _watch(self, index: int, coro: Coro) -> Generator[Any, Any, None]:
+    def _watch(self, index: int, coro: AnyCoro) -> Generator[Any, Any, None]:
         """Spawn ``coro`` if nobody has, join it, report its outcome."""
         if self._done:
             return
-        if inspect.getgeneratorstate(coro) == inspect.GEN_CREATED:
+        if not_started(coro):
             try:
                 yield spawn(coro)
             except ValueError:

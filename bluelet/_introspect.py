@@ -15,7 +15,7 @@ import types
 from types import FrameType
 from typing import Any, Callable, Iterable, Optional, TextIO
 
-from . import _impl
+from . import _coroutines, _impl
 from ._impl import tasks
 from ._records import TaskInfo
 
@@ -24,25 +24,22 @@ __all__ = ["dump", "dump_on", "format_tasks"]
 
 def _code_location(gen: Any) -> str:
     """'File "...", line N, in name' for ``gen``, without a state."""
-    code: Any = getattr(gen, "gi_code", None)
+    code: Any = _coroutines.code(gen)
     name = getattr(gen, "__qualname__", None) or getattr(code, "co_name", None) or repr(gen)
     filename = getattr(code, "co_filename", "?")
-    if type(gen) is not types.GeneratorType:
+    if type(gen) not in (types.GeneratorType, types.CoroutineType):
         # A compiled generator (the Cython core's own helpers) has a code
         # object for its name but its frame reports no line.
         return 'File "%s", in %s [compiled]' % (filename, name)
-    # Imported here: dumps are rare, and inspect would add a tenth to the
-    # time ``import bluelet`` takes.
-    import inspect
-    state = inspect.getgeneratorstate(gen)
-    frame = gen.gi_frame
-    if frame is None:  # inspect.GEN_CLOSED: a finished generator has no frame
+    state = _coroutines.state(gen)
+    frame = _coroutines.frame(gen)
+    if frame is None:  # GEN_CLOSED: a finished coroutine has no frame
         return 'File "%s", line %d, in %s [finished]' % (filename, code.co_firstlineno, name)
-    if state == inspect.GEN_CREATED:
+    if state == "GEN_CREATED":
         return 'File "%s", line %d, in %s [not started]' % (filename, code.co_firstlineno, name)
     line = frame.f_lineno
     where = 'File "%s", line %d, in %s' % (filename, line, name)
-    if state == inspect.GEN_RUNNING:
+    if state == "GEN_RUNNING":
         where += " [running]"
     source = linecache.getline(filename, line).strip()
     return where + ("\n    " + source if source else "")

@@ -165,7 +165,7 @@ class Listener:
         """The listening socket's descriptor."""
         return self.sock.fileno()
 
-    def accept(self, timeout: Optional[float] = None) -> Event:
+    def accept(self, timeout: Optional[float] = None) -> "Event[Connection]":
         """Event: wait for a connection; the value is a Connection.
 
         ``timeout`` (seconds) raises ``bluelet.Timeout`` at the ``yield``

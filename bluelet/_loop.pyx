@@ -59,6 +59,7 @@ __all__ = [
     "later", "wait_readable", "wait_writable", "notify_closing",
     "timeout", "fail_after", "move_on_after", "shield", "current_deadline",
     "current_time", "WaitQueue", "Completion", "current", "tasks", "wakeup_fd",
+    "iscoroutine",
 ]
 
 log = logging.getLogger("bluelet")
@@ -162,8 +163,9 @@ cdef extern from *:
         PySendResult r = PyIter_Send(gen, arg, result);
         return r == PYGEN_NEXT ? 1 : (r == PYGEN_RETURN ? 0 : -1);
     #else
-        /* Every generator the core resumes is a plain generator (spawn, call
-           and timeout check), the only kind _PyGen_Send takes. */
+        /* Every coroutine the core resumes is a plain generator or a native
+           coroutine (spawn, call and timeout check), which share the layout
+           _PyGen_Send takes. */
         *result = _PyGen_Send((PyGenObject *)gen, arg);
         if (*result != NULL)
             return 1;
@@ -172,6 +174,11 @@ cdef extern from *:
         *result = NULL;
         return -1;
     #endif
+    }
+
+    /* What the core runs: a generator, or a native (async def) coroutine. */
+    static int bluelet_is_coroutine(PyObject *obj) {
+        return PyGen_CheckExact(obj) || PyCoro_CheckExact(obj);
     }
     """
     int BLUELET_HAVE_EPOLL
@@ -189,7 +196,7 @@ cdef extern from *:
     object bluelet_sock_recv(int fd, Py_ssize_t n, object would_block)
     Py_ssize_t bluelet_sock_send(int fd, const char *data, Py_ssize_t n) except -1
     int bluelet_send(object gen, object arg, PyObject **result) except -1
-    bint PyGen_CheckExact(object obj)
+    bint bluelet_is_coroutine(object obj)
     int bluelet_epoll_close(int epfd)
 
 # ---------------------------------------------------------------------------
@@ -226,7 +233,7 @@ cdef inline int _event_kind(event) except? -2:
     # The kind of what a coroutine yielded; -1 for what is no event.
     if isinstance(event, Event):
         return (<Event>event)._kind
-    if PyGen_CheckExact(event):
+    if bluelet_is_coroutine(event):
         return _K_CALL
     return -1
 
@@ -319,6 +326,47 @@ cdef class Event:
     def __init__(self):
         # Like the pure twin's object.__init__: arguments are an error.
         pass
+
+    def __await__(self):
+        return _awaiting(self)
+
+    def __iter__(self):
+        return _awaiting(self)
+
+    @classmethod
+    def __class_getitem__(cls, item):
+        return cls
+
+
+cdef inline _Awaiter _awaiting(Event event):
+    # What ``await event`` and ``yield from event`` iterate (the twin runs a
+    # small generator; from a freelist this allocates nothing).
+    cdef _Awaiter awaiter = _Awaiter.__new__(_Awaiter)
+    awaiter._event = event
+    return awaiter
+
+
+@cython.freelist(64)
+@cython.final
+@cython.no_gc
+cdef class _Awaiter:
+    # Its first __next__ hands the event to the scheduler; the resume ends
+    # the iteration with the value the scheduler sent (None through
+    # __next__, anything else through send(), as CPython's await asks).
+    # An exception thrown in goes past it: it has no throw(). Left out of
+    # the cyclic GC: it holds only an event, which never refers back to it.
+
+    cdef Event _event
+
+    def __next__(self):
+        event = self._event
+        if event is not None:
+            self._event = None
+            return event
+        raise StopIteration
+
+    def send(self, value):
+        raise StopIteration(value)
 
 
 cdef class WaitableEvent(Event):
@@ -761,9 +809,10 @@ cdef ReturnEvent _END_NONE = ReturnEvent(None)
 
 
 cdef object _generator_error(obj, verb):
-    if PyGen_CheckExact(obj):
+    if bluelet_is_coroutine(obj):
         return None
-    return TypeError("%s() needs a generator (a coroutine), not %r" % (verb, obj))
+    return TypeError("%s() needs a coroutine (a generator or an async def coroutine), not %r"
+                     % (verb, obj))
 
 
 cdef int _require_generator(obj, verb) except -1:
@@ -838,8 +887,8 @@ def shield(body):
 
 
 cdef _TimeoutEvent _scope_event(seconds, body, int mode, str verb):
-    if not isinstance(body, Event) and not PyGen_CheckExact(body):
-        raise TypeError("%s() needs an event or a generator, not %r" % (verb, body))
+    if not isinstance(body, Event) and not bluelet_is_coroutine(body):
+        raise TypeError("%s() needs an event or a coroutine, not %r" % (verb, body))
     return _TimeoutEvent(_seconds(seconds), body, mode)
 
 
@@ -1470,7 +1519,7 @@ cdef class Loop:
                 task.state = _S_SLEEP
                 return 0
             elif kind == _K_CALL:
-                child = handled if PyGen_CheckExact(handled) else (<DelegationEvent>handled).spawned
+                child = handled if bluelet_is_coroutine(handled) else (<DelegationEvent>handled).spawned
                 exc = self._check_new(child, "call")
                 if exc is None:
                     gen = self._push(task, child)
@@ -1539,7 +1588,7 @@ cdef class Loop:
                 return 0
             elif kind == _K_TIMEOUT:
                 body = (<_TimeoutEvent>handled).body
-                if not PyGen_CheckExact(body):
+                if not bluelet_is_coroutine(body):
                     # An event as the body: handled as if yielded inside the
                     # scope, which ends when this generator resumes.
                     self._enter_scope(task, <_TimeoutEvent>handled)
@@ -1582,8 +1631,7 @@ cdef class Loop:
                 except Exception as error:
                     exc = error
             else:
-                exc = TypeError(
-                    "bluelet coroutines must yield events or generators, not %r" % (handled,))
+                exc = _not_an_event(handled)
 
     cdef tuple _fire(self, _Task task, _FdEvent event):
         cdef bint front = task.front
@@ -1698,7 +1746,7 @@ cdef class Loop:
         return 0
 
     cdef _Task _task_of(self, gen):
-        return self._tasks.get(gen) if PyGen_CheckExact(gen) else None
+        return self._tasks.get(gen) if bluelet_is_coroutine(gen) else None
 
     cdef object _check_new(self, gen, verb):
         error = _generator_error(gen, verb)
@@ -2333,11 +2381,34 @@ cdef class Loop:
 if hasattr(_GeneratorType, "gi_suspended"):
     def _driven(gen):
         """Whether ``gen`` has started and not finished: somebody drives it."""
-        return gen.gi_suspended or gen.gi_running
+        if type(gen) is _GeneratorType:
+            return gen.gi_suspended or gen.gi_running
+        return gen.cr_suspended or gen.cr_running
 else:  # Python < 3.11: a generator that has not started is at instruction -1
     def _driven(gen):
         """Whether ``gen`` has started and not finished: somebody drives it."""
-        return gen.gi_running or (gen.gi_frame is not None and gen.gi_frame.f_lasti != -1)
+        frame = _frame(gen)
+        return _running(gen) or (frame is not None and frame.f_lasti != -1)
+
+
+def _frame(gen):
+    """The frame of a generator or native coroutine; None once it has ended."""
+    return gen.gi_frame if type(gen) is _GeneratorType else gen.cr_frame
+
+
+def _running(gen):
+    """Whether a generator or native coroutine is executing now."""
+    return gen.gi_running if type(gen) is _GeneratorType else gen.cr_running
+
+
+def _not_an_event(obj):
+    """The TypeError for a coroutine that yielded (or awaited) ``obj``."""
+    if hasattr(type(obj), "_asyncio_future_blocking"):
+        return TypeError(
+            "a bluelet coroutine awaited %r, an asyncio object: bluelet's loop cannot wait "
+            "for asyncio futures or tasks (run asyncio code in its own thread, e.g. "
+            "yield bluelet.to_thread(asyncio.run, main()))" % (obj,))
+    return TypeError("bluelet coroutines must yield events or coroutines, not %r" % (obj,))
 
 
 cdef inline bint _behind(_FdState state, int mask):
@@ -2424,7 +2495,7 @@ _SCOPE_VERBS = ("timeout", "move_on_after", "shield")
 
 cdef object _check_finished(gen, verb):
     error = _generator_error(gen, verb)
-    if error is None and gen.gi_frame is not None:
+    if error is None and _frame(gen) is not None:
         error = ValueError("%s(): %r was never spawned" % (verb, gen))
     return error
 
@@ -2455,13 +2526,17 @@ def wakeup_fd():
     return (<Loop>_running_loop())._wakeup_fd()
 
 
+def iscoroutine(obj):
+    return bluelet_is_coroutine(obj)
+
+
 def _copy_docstrings():
     """Give the public functions and methods the pure twin's docstrings."""
     from . import _loop_py
     for name in ("null", "sleep", "spawn", "call", "end", "join", "kill", "later",
                  "wait_readable", "wait_writable", "run", "notify_closing",
                  "timeout", "fail_after", "move_on_after", "shield", "current_deadline",
-                 "current_time", "current", "tasks", "wakeup_fd"):
+                 "current_time", "current", "tasks", "wakeup_fd", "iscoroutine"):
         globals()[name].__doc__ = getattr(_loop_py, name).__doc__
     for cls, method in ((Loop, "run"), (Loop, "interrupt"), (WaitableEvent, "waitables"),
                         (WaitableEvent, "fire"), (SleepEvent, "time_left"),

@@ -82,6 +82,7 @@ __all__ = [
     "later", "wait_readable", "wait_writable", "notify_closing",
     "timeout", "fail_after", "move_on_after", "shield", "current_deadline",
     "current_time", "WaitQueue", "Completion", "current", "tasks", "wakeup_fd",
+    "iscoroutine",
 ]
 
 log = logging.getLogger("bluelet")
@@ -167,6 +168,9 @@ _MAX_SWALLOWS = 100
 
 _monotonic = time.monotonic
 _GeneratorType = types.GeneratorType
+_CoroutineType = types.CoroutineType
+# What the core runs: a generator, or a native (async def) coroutine.
+_COROUTINE_TYPES = (_GeneratorType, _CoroutineType)
 
 
 # ---------------------------------------------------------------------------
@@ -174,10 +178,37 @@ _GeneratorType = types.GeneratorType
 # ---------------------------------------------------------------------------
 
 class Event:
-    """Base class of everything a coroutine may yield to the scheduler."""
+    """Base class of everything a coroutine may yield to the scheduler.
+
+    An event is also awaitable, for ``async def`` coroutines
+    (``data = await conn.recv(10)``), and iterable, for a typed ``yield
+    from`` in generators (``data = yield from conn.recv(10)``); either hands
+    the event to the scheduler as ``yield`` does and gives the same value.
+    ``Event[T]`` names an event whose value is a T.
+    """
 
     __slots__ = ()
     _kind = _K_NONE
+
+    def __await__(self):
+        return _awaiting(self)
+
+    def __iter__(self):
+        return _awaiting(self)
+
+    @classmethod
+    def __class_getitem__(cls, item):
+        return cls
+
+
+def _awaiting(event):
+    """What ``await event`` and ``yield from event`` iterate: hand ``event``
+    to the scheduler, return the value the scheduler sends back (or raise
+    what it throws in). A plain generator: CPython resumes its own
+    generators inside an ``await`` without a method call and takes their
+    value without StopIteration. (The compiled twin has an _Awaiter object
+    instead, which costs less in C.)"""
+    return (yield event)
 
 
 class WaitableEvent(Event):
@@ -574,10 +605,11 @@ _END_NONE = ReturnEvent(None)
 
 
 def _generator_error(obj, verb):
-    """The TypeError for ``verb`` given ``obj`` if it is not a generator, else None."""
-    if type(obj) is _GeneratorType:
+    """The TypeError for ``verb`` given ``obj`` if it is not a coroutine, else None."""
+    if type(obj) in _COROUTINE_TYPES:
         return None
-    return TypeError("%s() needs a generator (a coroutine), not %r" % (verb, obj))
+    return TypeError("%s() needs a coroutine (a generator or an async def coroutine), not %r"
+                     % (verb, obj))
 
 
 def _require_generator(obj, verb):
@@ -686,8 +718,8 @@ def shield(body):
 
 
 def _scope_event(seconds, body, mode, verb):
-    if not isinstance(body, (Event, _GeneratorType)):
-        raise TypeError("%s() needs an event or a generator, not %r" % (verb, body))
+    if not isinstance(body, Event) and type(body) not in _COROUTINE_TYPES:
+        raise TypeError("%s() needs an event or a coroutine, not %r" % (verb, body))
     return _TimeoutEvent(_seconds(seconds), body, mode)
 
 
@@ -1220,7 +1252,7 @@ class Loop:
                 task.state = _S_SLEEP
                 return
             elif kind == _K_CALL:
-                child = handled if type(handled) is _GeneratorType else handled.spawned
+                child = handled if type(handled) in _COROUTINE_TYPES else handled.spawned
                 exc = self._check_new(child, "call")
                 if exc is None:
                     gen = self._push(task, child)
@@ -1289,7 +1321,7 @@ class Loop:
                 return
             elif kind == _K_TIMEOUT:
                 body = handled.body
-                if type(body) is not _GeneratorType:
+                if type(body) not in _COROUTINE_TYPES:
                     # An event as the body: handled as if yielded inside the
                     # scope, which ends when this generator resumes.
                     self._enter_scope(task, handled)
@@ -1332,8 +1364,7 @@ class Loop:
                 except Exception as error:
                     exc = error
             else:
-                exc = TypeError(
-                    "bluelet coroutines must yield events or generators, not %r" % (handled,))
+                exc = _not_an_event(handled)
 
     def _fire(self, task, event):
         """Do the I/O of ``event``, whose fd was reported ready (or likely
@@ -1447,7 +1478,7 @@ class Loop:
 
     def _task_of(self, gen):
         """The live task of spawned generator ``gen``, if any."""
-        return self._tasks.get(gen) if type(gen) is _GeneratorType else None
+        return self._tasks.get(gen) if type(gen) in _COROUTINE_TYPES else None
 
     def _check_new(self, gen, verb):
         """The error to raise when ``gen`` cannot start as a new coroutine."""
@@ -2025,6 +2056,7 @@ _KINDS = {cls: cls._kind for cls in (
     _FdEvent, SleepEvent, DelegationEvent, ReturnEvent, SpawnEvent, JoinEvent,
     KillEvent, ExceptionEvent, _TimeoutEvent, WaitQueue, Completion, _LaterEvent)}
 _KINDS[_GeneratorType] = _K_CALL
+_KINDS[_CoroutineType] = _K_CALL
 _kind_of = _KINDS.get
 
 
@@ -2038,11 +2070,34 @@ def _kind_slow(event):
 if hasattr(_GeneratorType, "gi_suspended"):
     def _driven(gen):
         """Whether ``gen`` has started and not finished: somebody drives it."""
-        return gen.gi_suspended or gen.gi_running
+        if type(gen) is _GeneratorType:
+            return gen.gi_suspended or gen.gi_running
+        return gen.cr_suspended or gen.cr_running
 else:  # Python < 3.11: a generator that has not started is at instruction -1
     def _driven(gen):
         """Whether ``gen`` has started and not finished: somebody drives it."""
-        return gen.gi_running or (gen.gi_frame is not None and gen.gi_frame.f_lasti != -1)
+        frame = _frame(gen)
+        return _running(gen) or (frame is not None and frame.f_lasti != -1)
+
+
+def _frame(gen):
+    """The frame of a generator or native coroutine; None once it has ended."""
+    return gen.gi_frame if type(gen) is _GeneratorType else gen.cr_frame
+
+
+def _running(gen):
+    """Whether a generator or native coroutine is executing now."""
+    return gen.gi_running if type(gen) is _GeneratorType else gen.cr_running
+
+
+def _not_an_event(obj):
+    """The TypeError for a coroutine that yielded (or awaited) ``obj``."""
+    if hasattr(type(obj), "_asyncio_future_blocking"):
+        return TypeError(
+            "a bluelet coroutine awaited %r, an asyncio object: bluelet's loop cannot wait "
+            "for asyncio futures or tasks (run asyncio code in its own thread, e.g. "
+            "yield bluelet.to_thread(asyncio.run, main()))" % (obj,))
+    return TypeError("bluelet coroutines must yield events or coroutines, not %r" % (obj,))
 
 
 def _behind(state, mask):
@@ -2140,7 +2195,7 @@ _NO_TASKS = iter(())
 def _check_finished(gen, verb):
     """The error for join/kill of a generator the loop does not run, if any."""
     error = _generator_error(gen, verb)
-    if error is None and gen.gi_frame is not None:
+    if error is None and _frame(gen) is not None:
         error = ValueError("%s(): %r was never spawned" % (verb, gen))
     return error
 
@@ -2178,3 +2233,9 @@ def tasks():
 def wakeup_fd():
     """The fd whose write wakes the running loop (for signal.set_wakeup_fd)."""
     return _running_loop()._wakeup_fd()
+
+
+def iscoroutine(obj):
+    """Whether ``obj`` is what bluelet runs: a generator, or the coroutine
+    of an ``async def``."""
+    return type(obj) in _COROUTINE_TYPES

@@ -4,12 +4,38 @@ Also the type aliases the package's annotations (and ``_loop.pyi``) share.
 """
 
 from types import TracebackType
-from typing import Any, Generator, List, NamedTuple, Optional, Tuple, Type, Union
+from typing import (TYPE_CHECKING, Any, Awaitable, Coroutine, Generator, Generic, List,
+                    NamedTuple, Optional, Protocol, Tuple, Type, TypeVar, Union)
 
-__all__ = ["Bytes", "Coro", "ExcInfo", "TaskInfo"]
+__all__ = ["AnyCoro", "Bytes", "Coro", "ExcInfo", "Gen", "Op", "Runnable", "TaskInfo"]
+
+_R = TypeVar("_R")
+_R_co = TypeVar("_R_co", covariant=True)
 
 #: A bluelet coroutine: a generator that yields events and receives their values.
 Coro = Generator[Any, Any, Any]
+
+#: A generator coroutine whose result is R, for annotating your own:
+#: ``def fetch(url) -> bluelet.Gen[bytes]``.
+Gen = Generator[Any, Any, _R]
+
+#: What bluelet runs (``run``, ``spawn``, ``call``...): a generator coroutine
+#: or the coroutine of an ``async def``, with result R.
+Runnable = Union[Generator[Any, Any, _R], Coroutine[Any, Any, _R]]
+
+#: Any coroutine bluelet runs, whatever its result.
+AnyCoro = Runnable[Any]
+
+if TYPE_CHECKING:
+    class Op(Generator[Any, Any, _R_co], Awaitable[_R_co], Protocol[_R_co]):
+        ...
+else:
+    class Op(Generic[_R_co]):
+        """An operation of bluelet's own with result R (``lock.acquire()``,
+        ``queue.get()``, ``conn.readline()``...): a generator that can also be
+        awaited. Yield it (or ``yield from`` it, which a type checker
+        follows) in a generator coroutine, or ``await`` it in an ``async
+        def``."""
 
 #: Data to write or send. Any buffer works at run time (it goes through
 #: ``memoryview``); these are the types a checker can name on Python 3.9.

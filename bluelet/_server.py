@@ -62,9 +62,10 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Generator, Optional
 from . import _prefork
 from ._connection import Connection
 from ._errors import IncompleteRead, LimitExceeded, SocketClosedError, Timeout
-from ._impl import WaitQueue, kill, spawn, timeout
+from ._coroutines import awaitable, not_started
+from ._impl import WaitQueue, iscoroutine, kill, spawn, timeout
 from ._listener import Listener, check_backlog
-from ._records import Coro
+from ._records import AnyCoro, Coro, Op
 from ._signals import take_ctrl_c
 from ._tls import TLSConnection, check_server_context
 
@@ -74,7 +75,7 @@ if TYPE_CHECKING:
 __all__ = ["Handler", "serve", "server"]
 
 #: A connection handler: called with each Connection, returns its coroutine.
-Handler = Callable[[Connection], Coro]
+Handler = Callable[[Connection], AnyCoro]
 
 log = logging.getLogger("bluelet.server")
 
@@ -184,9 +185,9 @@ def _check_options(handler: Any, handler_errors: Any, grace: Any, handshake_time
     """Raise at the call for options serve() would trip over later."""
     if not callable(handler):
         raise TypeError("the handler must be callable (conn -> coroutine), not %r" % (handler,))
-    if inspect.iscoroutinefunction(handler) or inspect.isasyncgenfunction(handler):
-        raise TypeError("the handler %r is async; bluelet handlers are generators "
-                        "(def with yield)" % (handler,))
+    if inspect.isasyncgenfunction(handler):
+        raise TypeError("the handler %r is an async generator; a handler is a generator "
+                        "function (def with yield) or an async def" % (handler,))
     if handler_errors not in _HANDLER_ERRORS:
         raise ValueError("handler_errors must be 'log' or 'raise', not %r" % (handler_errors,))
     for name, value in (("grace", grace), ("handshake_timeout", handshake_timeout)):
@@ -196,6 +197,7 @@ def _check_options(handler: Any, handler_errors: Any, grace: Any, handshake_time
                              % (name, value))
 
 
+@awaitable
 def _listen_and_serve(host: str, port: int, backlog: int, ssl: "Optional[ssl.SSLContext]",
                       handler: Handler, raise_errors: bool, grace: Optional[float],
                       handshake_timeout: Optional[float]) -> Coro:
@@ -249,13 +251,14 @@ class _Server:
         self._raise_errors = raise_errors
         self._grace = grace
         self._handshake_timeout = handshake_timeout
-        self._live: Dict[Connection, Coro] = {}   # each open connection's coroutine
+        self._live: Dict[Connection, AnyCoro] = {}   # each open connection's coroutine
         self._ended = WaitQueue()                 # the loop waits here for a handler to end
         self._reaper_wait = WaitQueue()           # the reaper waits here for the end
         self._over = False                        # the loop has ended, however it did
 
     # -- the loop ------------------------------------------------------------
 
+    @awaitable
     def run(self) -> Coro:
         give_back_ctrl_c = take_ctrl_c()
         yield spawn(self._reaper())
@@ -270,7 +273,7 @@ class _Server:
             self._listener.close()
             self._over = True
             for conn, coro in self._live.items():
-                if inspect.getgeneratorstate(coro) == inspect.GEN_CREATED:
+                if not_started(coro):
                     # A kill of it would end it without running a line, so
                     # nothing would close its connection: close it now.
                     conn.close()
@@ -326,15 +329,14 @@ class _Server:
             return False
         return True
 
-    def _handle(self, conn: Connection) -> Coro:
+    def _handle(self, conn: Connection) -> AnyCoro:
         """``handler(conn)``, checked: a plain function's None would
         otherwise fail at the yield with a message that names no handler."""
         coro = self._handler(conn)
-        if not inspect.isgenerator(coro):
-            if inspect.iscoroutine(coro):
-                coro.close()
+        if not iscoroutine(coro):
             raise TypeError("the handler %s returned %r, not a coroutine: it must be a "
-                            "generator function (a def with yield) taking the connection"
+                            "generator function (a def with yield) or an async def "
+                            "taking the connection"
                             % (getattr(self._handler, "__qualname__", self._handler), coro))
         return coro
 

@@ -45,11 +45,14 @@ import os
 import signal as _signal
 import threading
 from types import FrameType
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Generator, Optional, TypeVar, Union, cast
 
 from . import _impl
+from ._coroutines import awaitable
 from ._impl import WaitQueue, wakeup_fd
-from ._records import Coro
+from ._records import Op, Runnable
+
+_T = TypeVar("_T")
 
 __all__ = ["run", "signal", "take_ctrl_c"]
 
@@ -125,7 +128,7 @@ def _require_main_thread(what: str) -> None:
                            "Python delivers signals only there" % (what,))
 
 
-def signal(signum: int) -> Coro:
+def signal(signum: int) -> Op[int]:
     """Wait until signal ``signum`` arrives; ``yield`` it (the value is ``signum``).
 
     Several coroutines may wait for the same signal: one arrival wakes them
@@ -136,7 +139,8 @@ def signal(signum: int) -> Coro:
     return _wait(_signal.Signals(signum))
 
 
-def _wait(signum: int) -> Coro:
+@awaitable
+def _wait(signum: int) -> Generator[Any, Any, int]:
     _require_main_thread("bluelet.signal()")
     watch = _watches.get(signum)
     if watch is None:
@@ -148,7 +152,7 @@ def _wait(signum: int) -> Coro:
         return signum
     _use_wakeup_fd()
     try:
-        return (yield watch.waiters.wait())
+        return cast(int, (yield watch.waiters.wait()))
     finally:
         _release_wakeup_fd()
         if not _run_depth and not watch.waiters and _watches.get(signum) is watch:
@@ -218,18 +222,19 @@ def _nothing_to_undo() -> None:
     """take_ctrl_c()'s undo where it took nothing."""
 
 
-def _woken_by_signals(root_coro: Coro) -> Coro:
+def _woken_by_signals(root_coro: Runnable[_T]) -> Generator[Any, Any, _T]:
     """The root under handle_signals: keeps the wakeup fd on this loop's wake-up socket."""
     _use_wakeup_fd()
     try:
-        return (yield root_coro)
+        return cast(_T, (yield root_coro))
     finally:
         _release_wakeup_fd()
 
 
-def run(root_coro: Coro, *, handle_signals: bool = False, virtual_time: bool = False,
-        slow_step: Optional[float] = None) -> Any:
-    """Run generator ``root_coro`` and everything it spawns; return its result.
+def run(root_coro: Runnable[_T], *, handle_signals: bool = False, virtual_time: bool = False,
+        slow_step: Optional[float] = None) -> _T:
+    """Run ``root_coro`` (a generator coroutine, or an ``async def``'s
+    coroutine) and everything it spawns; return its result.
 
     If a coroutine raises and nobody called or joined it, the others are
     closed and the exception propagates from here. ``virtual_time=True``

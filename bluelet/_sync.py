@@ -35,11 +35,14 @@ Why one WaitQueue per waiter
 """
 
 import collections
-from typing import Any, Callable, Deque, Dict, Generator, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Generator, Generic, Optional, Tuple, TypeVar, cast
 
 from ._errors import ChannelClosed, QueueEmpty, QueueFull
+from ._coroutines import awaitable, frame
 from ._impl import WaitQueue, current
-from ._records import Coro
+from ._records import Coro, Op
+
+_T = TypeVar("_T")
 
 __all__ = ["Lock", "Semaphore", "Condition", "Flag", "Queue", "Channel"]
 
@@ -67,7 +70,7 @@ def _wake(park: WaitQueue, value: Any = None, exc: Optional[BaseException] = Non
 
 def _alive(coro: Any) -> bool:
     """Whether spawned coroutine ``coro`` has not ended (killed or returned)."""
-    return coro.gi_frame is not None
+    return frame(coro) is not None
 
 
 class _Slot:
@@ -147,6 +150,7 @@ class _Line:
             slot.state = _GONE
             _wake(slot.park, None, error())
 
+    @awaitable
     def wait(self, give_back: Callable[[Any], None], task: Any = None, value: Any = None) -> Coro:
         """Wait at the back of the line; the value is what the waiter is handed.
 
@@ -172,7 +176,25 @@ def _keep(_handed: Any) -> None:
 # Lock and Semaphore
 # ---------------------------------------------------------------------------
 
-class Lock:
+class _Held:
+    """``async with x:`` for the classes with ``acquire()`` and ``release()``
+    (in an ``async def``; a generator acquires with ``yield`` and releases
+    in ``finally``)."""
+
+    def acquire(self) -> Op[bool]:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+class Lock(_Held):
     """Mutual exclusion across ``yield`` points; FIFO, not re-entrant.
 
     ``yield lock.acquire()`` waits until the lock is free; ``lock.release()``
@@ -196,6 +218,7 @@ class Lock:
         """Whether some coroutine holds the lock."""
         return self._owner is not None
 
+    @awaitable
     def acquire(self) -> Generator[Any, Any, bool]:
         """Event: wait until the lock is this coroutine's; the value is True.
 
@@ -266,6 +289,7 @@ class Lock:
         slot.key = current()
         self._kept[slot.key] = slot
 
+    @awaitable
     def _await_turn(self, place: _Slot) -> Coro:
         """Wait in a kept place until the lock is handed to it."""
         del self._kept[place.key]
@@ -300,7 +324,7 @@ class Lock:
         self._keep_place(place)
 
 
-class Semaphore:
+class Semaphore(_Held):
     """``value`` permits; ``acquire()`` takes one, waiting FIFO when none is
     left; ``release()`` returns one (handing it to the longest waiter)."""
 
@@ -317,6 +341,7 @@ class Semaphore:
         """Whether no permit is free (an acquire() would wait)."""
         return self._value == 0
 
+    @awaitable
     def acquire(self) -> Generator[Any, Any, bool]:
         """Event: take a permit, waiting for one if needed; the value is True."""
         if self._value > 0:
@@ -341,7 +366,7 @@ class Semaphore:
 # Condition and Flag
 # ---------------------------------------------------------------------------
 
-class Condition:
+class Condition(_Held):
     """Wait, holding ``lock`` (a new Lock by default), until notified.
 
     ``yield cond.wait()`` releases the lock, waits for ``notify()`` and
@@ -360,7 +385,7 @@ class Condition:
     def __repr__(self) -> str:
         return "<bluelet.Condition %r, %d waiting>" % (self._lock, len(self._line))
 
-    def acquire(self) -> Generator[Any, Any, bool]:
+    def acquire(self) -> Op[bool]:
         """Event: acquire the underlying lock."""
         return self._lock.acquire()
 
@@ -372,6 +397,7 @@ class Condition:
         """Whether the underlying lock is held."""
         return self._lock.locked()
 
+    @awaitable
     def wait(self) -> Generator[Any, Any, bool]:
         """Event: release the lock, wait to be notified, re-take the lock.
 
@@ -401,6 +427,7 @@ class Condition:
             raise
         return True
 
+    @awaitable
     def wait_for(self, predicate: Callable[[], Any]) -> Coro:
         """Event: ``wait()`` until ``predicate()`` is true; the value is its result."""
         result = predicate()
@@ -464,6 +491,7 @@ class Flag:
         """Unset the flag; later wait()s wait again."""
         self._set = False
 
+    @awaitable
     def wait(self) -> Generator[Any, Any, bool]:
         """Event: wait until the flag is set (at once if it is); the value is True."""
         if not self._set:
@@ -475,7 +503,7 @@ class Flag:
 # Queue and Channel
 # ---------------------------------------------------------------------------
 
-class _Exchange:
+class _Exchange(Generic[_T]):
     """Items passed from putters to getters, FIFO, through a buffer.
 
     ``capacity`` is the buffer's size: None for no limit, 0 for none at all
@@ -527,19 +555,21 @@ class _Exchange:
             return True, item
         return False, None
 
-    def _put(self, item: Any) -> Generator[Any, Any, None]:
+    @awaitable
+    def _put(self, item: _T) -> Generator[Any, Any, None]:
         if self._closed:
             raise ChannelClosed("send() on a closed Channel")
         if not self._offer(item):
             yield from self._putters.wait(_keep, value=item)
 
-    def _get(self) -> Coro:
+    @awaitable
+    def _get(self) -> Generator[Any, Any, _T]:
         found, item = self._take()
         if found:
-            return item
+            return cast(_T, item)
         if self._closed:
             raise ChannelClosed("recv() on a closed Channel")
-        return (yield from self._getters.wait(self._give_back))
+        return cast(_T, (yield from self._getters.wait(self._give_back)))
 
     def _give_back(self, item: Any) -> None:
         # Handed ``item``, then interrupted before running: next getter, or
@@ -551,7 +581,7 @@ class _Exchange:
             slot.grant(item)
 
 
-class Queue(_Exchange):
+class Queue(_Exchange[_T]):
     """A FIFO queue between coroutines; ``maxsize`` <= 0 means no limit.
 
     ``yield q.put(item)`` waits while the queue is full, ``item = yield
@@ -569,25 +599,25 @@ class Queue(_Exchange):
             len(self._items), self.maxsize if self.maxsize > 0 else "inf",
             len(self._getters), len(self._putters))
 
-    def put(self, item: Any) -> Generator[Any, Any, None]:
+    def put(self, item: _T) -> Op[None]:
         """Event: add ``item``, waiting for room if the queue is full."""
         return self._put(item)
 
-    def get(self) -> Coro:
+    def get(self) -> Op[_T]:
         """Event: the oldest item, waiting for one if the queue is empty."""
         return self._get()
 
-    def put_nowait(self, item: Any) -> None:
+    def put_nowait(self, item: _T) -> None:
         """Add ``item`` now; QueueFull if there is no room."""
         if not self._offer(item):
             raise QueueFull("the Queue is full (maxsize %d)" % self.maxsize)
 
-    def get_nowait(self) -> Any:
+    def get_nowait(self) -> _T:
         """Take the oldest item now; QueueEmpty if there is none."""
         found, item = self._take()
         if not found:
             raise QueueEmpty("the Queue is empty")
-        return item
+        return cast(_T, item)
 
     def qsize(self) -> int:
         """How many items are in the queue."""
@@ -602,7 +632,7 @@ class Queue(_Exchange):
         return not self._room()
 
 
-class Channel(_Exchange):
+class Channel(_Exchange[_T]):
     """A rendezvous: each item passes from one sender to one receiver.
 
     ``yield ch.send(x)`` waits until a receiver takes ``x``; ``x = yield
@@ -623,11 +653,11 @@ class Channel(_Exchange):
         """Whether close() was called."""
         return self._closed
 
-    def send(self, item: Any) -> Generator[Any, Any, None]:
+    def send(self, item: _T) -> Op[None]:
         """Event: hand ``item`` to a receiver, waiting for one if needed."""
         return self._put(item)
 
-    def recv(self) -> Coro:
+    def recv(self) -> Op[_T]:
         """Event: the next item sent, waiting for a sender if needed."""
         return self._get()
 

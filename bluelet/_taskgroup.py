@@ -14,15 +14,15 @@ report comes from it: the owner forgets a member it has killed itself.
 """
 
 import collections
-import inspect
 import logging
 import sys
 import weakref
 from typing import Any, Callable, Deque, Dict, Generator, List, Optional, Tuple, cast
 
+from ._coroutines import awaitable
 from ._errors import Cancelled
-from ._impl import Event, WaitQueue, current, kill, later, shield, spawn
-from ._records import Coro
+from ._impl import Event, WaitQueue, current, iscoroutine, kill, later, shield, spawn
+from ._records import AnyCoro, Op
 
 if sys.version_info >= (3, 11):
     from builtins import ExceptionGroup
@@ -54,10 +54,10 @@ class _Start:
 
 #: Members started with ``group.start()`` that have not said ``started()``
 #: yet, by member generator (weak: a member the loop dropped leaves nothing).
-_starting: "weakref.WeakKeyDictionary[Coro, _Start]" = weakref.WeakKeyDictionary()
+_starting: "weakref.WeakKeyDictionary[AnyCoro, _Start]" = weakref.WeakKeyDictionary()
 
 
-def task_group(body: Callable[["TaskGroup"], Coro]) -> Coro:
+def task_group(body: Callable[["TaskGroup"], AnyCoro]) -> Op[Any]:
     """Event: run ``body(group)`` and the coroutines spawned into ``group``.
 
     The value is ``body``'s result, once ``body`` and every coroutine in the
@@ -76,7 +76,7 @@ def task_group(body: Callable[["TaskGroup"], Coro]) -> Coro:
     return TaskGroup()._run(body)
 
 
-def started(value: Any = None) -> Event:
+def started(value: Any = None) -> "Event[None]":
     """Event: tell the ``group.start()`` that started this coroutine it is ready.
 
     ``value`` is what that ``start()`` gives. In a coroutine that was not
@@ -93,22 +93,23 @@ def _announce(value: Any) -> None:
 
 
 def _check(coro: Any, verb: str) -> None:
-    if not inspect.isgenerator(coro):
-        raise TypeError("group.%s() needs a generator (a coroutine), not %r" % (verb, coro))
+    if not iscoroutine(coro):
+        raise TypeError("group.%s() needs a coroutine (a generator or an async def "
+                        "coroutine), not %r" % (verb, coro))
 
 
 class TaskGroup:
     """The group a ``task_group()`` body is given; spawn into it with its methods."""
 
     def __init__(self) -> None:
-        self._members: Dict[Coro, None] = {}  # live members, in the order they were spawned
-        self._outcomes: Deque[Tuple[Coro, Any, Optional[Exception]]] = collections.deque()
+        self._members: Dict[AnyCoro, None] = {}  # live members, in the order they were spawned
+        self._outcomes: Deque[Tuple[AnyCoro, Any, Optional[Exception]]] = collections.deque()
         self._arrived = WaitQueue()           # the owner waits here for outcomes
         self._failures: List[Exception] = []
         self._cancelling = False
-        self._killing: Optional[Coro] = None  # the member the owner is killing
+        self._killing: Optional[AnyCoro] = None  # the member the owner is killing
         self._open = True                     # members may still be added
-        self._body: Optional[Coro] = None     # the member that runs body
+        self._body: Optional[AnyCoro] = None     # the member that runs body
         self._result: Any = None
 
     @property
@@ -117,7 +118,7 @@ class TaskGroup:
         or its owner's cancellation."""
         return self._cancelling
 
-    def spawn(self, coro: Coro) -> Coro:
+    def spawn(self, coro: AnyCoro) -> Op[None]:
         """Event: start ``coro`` in the group; the caller goes on.
 
         In a group being cancelled, ``coro`` is closed without running.
@@ -126,7 +127,7 @@ class TaskGroup:
         _check(coro, "spawn")
         return self._spawn(coro)
 
-    def start(self, coro: Coro) -> Coro:
+    def start(self, coro: AnyCoro) -> Op[Any]:
         """Event: start ``coro`` in the group and wait until it is ready.
 
         ``coro`` says so with ``yield bluelet.started(value)``; the value here
@@ -137,18 +138,19 @@ class TaskGroup:
         _check(coro, "start")
         return self._start(coro)
 
-    def cancel(self) -> Event:
+    def cancel(self) -> "Event[None]":
         """Event: cancel the group: ``body`` and every member are killed, and
         ``task_group()`` gives None (unless something failed)."""
         return later(self._request_cancel)
 
     # -- the owner ----------------------------------------------------------
 
-    def _run(self, body: Callable[["TaskGroup"], Coro]) -> Generator[Any, Any, Any]:
+    @awaitable
+    def _run(self, body: Callable[["TaskGroup"], AnyCoro]) -> Generator[Any, Any, Any]:
         coro = body(self)
-        if not inspect.isgenerator(coro):
-            raise TypeError("task_group(): body(group) must return a generator (a coroutine), "
-                            "not %r" % (coro,))
+        if not iscoroutine(coro):
+            raise TypeError("task_group(): body(group) must return a coroutine (a generator "
+                            "or an async def coroutine), not %r" % (coro,))
         try:
             self._body = yield from self._add(coro, None)
             while self._members or self._outcomes:
@@ -202,7 +204,8 @@ class TaskGroup:
 
     # -- members ------------------------------------------------------------
 
-    def _add(self, coro: Coro, start: Optional[_Start]) -> Generator[Any, Any, Optional[Coro]]:
+    def _add(self, coro: AnyCoro, start: Optional[_Start]
+             ) -> Generator[Any, Any, Optional[AnyCoro]]:
         """Spawn a member running ``coro``; the member, or None if not spawned."""
         if not self._open:
             coro.close()
@@ -221,10 +224,12 @@ class TaskGroup:
             raise
         return member
 
-    def _spawn(self, coro: Coro) -> Generator[Any, Any, None]:
+    @awaitable
+    def _spawn(self, coro: AnyCoro) -> Generator[Any, Any, None]:
         yield from self._add(coro, None)
 
-    def _start(self, coro: Coro) -> Generator[Any, Any, Any]:
+    @awaitable
+    def _start(self, coro: AnyCoro) -> Generator[Any, Any, Any]:
         start = _Start()
         if (yield from self._add(coro, start)) is None:
             raise RuntimeError("the task group is cancelled: %r was not started" % (coro,))
@@ -234,7 +239,7 @@ class TaskGroup:
             raise start.exc
         return start.value
 
-    def _member(self, coro: Coro) -> Generator[Any, Any, None]:
+    def _member(self, coro: AnyCoro) -> Generator[Any, Any, None]:
         value: Any = None
         exc: Optional[Exception] = None
         try:
@@ -246,9 +251,9 @@ class TaskGroup:
                 # kill (carrying on would be swallowing the Cancelled).
                 raise Cancelled() from error
         finally:
-            self._report(cast(Coro, current()), value, exc)
+            self._report(cast(AnyCoro, current()), value, exc)
 
-    def _report(self, member: Coro, value: Any, exc: Optional[Exception]) -> None:
+    def _report(self, member: AnyCoro, value: Any, exc: Optional[Exception]) -> None:
         start = _starting.pop(member, None)
         if start is not None and not start.done:
             # It never said it was ready: start() raises instead of the group.

@@ -25,6 +25,7 @@ import os
 import threading
 from typing import Any, Callable, Dict, Generator, Optional, Tuple, TypeVar
 
+from ._coroutines import awaitable
 from ._impl import Completion
 from ._records import Coro
 
@@ -146,6 +147,7 @@ def to_thread(func: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Generato
     return _call_in_thread(func, args, kwargs)
 
 
+@awaitable
 def _call_in_thread(func: Callable[..., Any], args: Tuple[Any, ...],
                     kwargs: Dict[str, Any]) -> Coro:
     handoff = _Handoff()

@@ -53,7 +53,7 @@ class TLSConnection(Connection):
         # park here (None: nobody is driving it).
         self._handshake_waiters: Optional[WaitQueue] = None
 
-    def handshake(self, timeout: Optional[float] = None) -> Event:
+    def handshake(self, timeout: Optional[float] = None) -> "Event[None]":
         """Event: complete the TLS handshake (at once if already done).
 
         Certificate and protocol errors (``ssl.SSLError``) raise at the
@@ -90,7 +90,7 @@ class TLSConnection(Connection):
             self._handshake_waiters = None
             waiters.wake_all(exc=failure)
 
-    def _receive(self, size: int) -> Event:
+    def _receive(self, size: int) -> "Event[bytes]":
         return DelegationEvent(self._tls_receive(size))
 
     def _tls_receive(self, size: int) -> Generator[Any, Any, bytes]:
@@ -99,7 +99,7 @@ class TLSConnection(Connection):
         size = min(size, _MAX_READ)
         return (yield from retry(self.sock, wait_readable, self.sock.recv, size))
 
-    def _transmit(self, data: Bytes, whole: bool) -> Event:
+    def _transmit(self, data: Bytes, whole: bool) -> "Event[Any]":
         # The view is made here so bad data raises at the call, not the yield.
         return DelegationEvent(self._tls_transmit(memoryview(data).cast("B"), whole))
 

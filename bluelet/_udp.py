@@ -113,7 +113,8 @@ class UDPEndpoint:
         if self._closed:
             raise SocketClosedError("%s() on a closed UDPEndpoint" % verb)
 
-    def recvfrom(self, bufsize: int = 65536, *, timeout: Optional[float] = None) -> Event:
+    def recvfrom(self, bufsize: int = 65536, *, timeout: Optional[float] = None
+                 ) -> "Event[Tuple[bytes, Address]]":
         """Event: the next datagram; the value is ``(data, address)``.
 
         ``address`` is the sender's, ready to pass to ``sendto``. A datagram
@@ -133,7 +134,8 @@ class UDPEndpoint:
         self._check_open("recvfrom")
         return (yield from retry(self.sock, wait_readable, self.sock.recvfrom, bufsize))
 
-    def sendto(self, data: Bytes, address: Address, *, timeout: Optional[float] = None) -> Event:
+    def sendto(self, data: Bytes, address: Address, *, timeout: Optional[float] = None
+               ) -> "Event[int]":
         """Event: send ``data`` as one datagram to ``address``; the value is
         the number of bytes sent.
 

@@ -45,7 +45,7 @@ class Connection(_Connection):  # type: ignore[no-redef]  # replaces the star im
     _ends_on_error = True
 
     def readline(self, terminator: bytes = b"\n", bufsize: int = 1024, *,
-                 limit: int = sys.maxsize, timeout: Optional[float] = None) -> Event:
+                 limit: int = sys.maxsize, timeout: Optional[float] = None) -> "Event[bytes]":
         """Event: one line, terminator included (no length limit by default)."""
         return super().readline(terminator, bufsize, limit=limit, timeout=timeout)
 
@@ -61,7 +61,7 @@ class Listener(_Listener):  # type: ignore[no-redef]
 
 
 def connect(host: str, port: Union[int, str],  # type: ignore[no-redef]
-            timeout: Optional[float] = None, **options: Any) -> Event:
+            timeout: Optional[float] = None, **options: Any) -> "Event[_Connection]":
     """Event: ``bluelet.connect``, giving a connection of this module."""
     return DelegationEvent(_connect(host, port, timeout, options))
 

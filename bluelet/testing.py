@@ -41,12 +41,13 @@ Limits
 import functools
 import inspect
 import threading
-import types
-from typing import Any, Callable, Optional, overload
+from typing import Any, Callable, Generator, Optional, TypeVar, overload
 
-from ._impl import Completion, current, join, kill, run, spawn, tasks
+from ._impl import Completion, current, iscoroutine, join, kill, run, spawn, tasks
 from ._introspect import format_tasks
-from ._records import Coro
+from ._records import AnyCoro, Coro, Runnable
+
+_T = TypeVar("_T")
 
 __all__ = ["DeadlineExceeded", "coroutine_test", "run_test"]
 
@@ -96,7 +97,7 @@ class _Alarm:
 
 
 def _watchdog(alarm: Completion, seconds: float, name: str,
-              supervisor: Optional[Coro]) -> Coro:
+              supervisor: Optional[AnyCoro]) -> Coro:
     """Wait for the alarm, then end the run with DeadlineExceeded."""
     yield alarm
     harness = (current(), supervisor)
@@ -107,7 +108,7 @@ def _watchdog(alarm: Completion, seconds: float, name: str,
         % (name, seconds, report))
 
 
-def _supervise(body: Coro, alarm: Optional[_Alarm]) -> Coro:
+def _supervise(body: Runnable[_T], alarm: Optional[_Alarm]) -> Generator[Any, Any, _T]:
     """Run ``body`` and what it spawns, racing them against the alarm."""
     me = current()
     watchdog = None
@@ -116,7 +117,7 @@ def _supervise(body: Coro, alarm: Optional[_Alarm]) -> Coro:
             watchdog = _watchdog(alarm.arm(), alarm.seconds, _name(body), me)
             yield spawn(watchdog)
         yield spawn(body)
-        result = yield join(body)
+        result: _T = yield join(body)
         # run() would also wait for coroutines the test left running: they are
         # part of the test and get the same deadline. A failure among them is
         # raised here, so it fails the test.
@@ -139,9 +140,10 @@ def _name(gen: Any) -> str:
     return getattr(gen, "__qualname__", None) or repr(gen)
 
 
-def run_test(gen: Coro, timeout: Optional[float] = 5.0,
-             virtual_time: bool = False) -> Any:
-    """Run generator ``gen`` (a coroutine test) to completion; return its result.
+def run_test(gen: Runnable[_T], timeout: Optional[float] = 5.0,
+             virtual_time: bool = False) -> _T:
+    """Run coroutine ``gen`` (a generator or an ``async def``'s coroutine: a
+    coroutine test) to completion; return its result.
 
     Like ``bluelet.run(gen)`` (it also waits for the coroutines ``gen``
     spawns), plus: if the whole program has not finished after ``timeout``
@@ -151,8 +153,9 @@ def run_test(gen: Coro, timeout: Optional[float] = 5.0,
     no coroutine is ready). An exception that ends ``gen`` is raised here.
     """
     __tracebackhide__ = True  # pytest: show the test's frames, not ours
-    if not isinstance(gen, types.GeneratorType):
-        raise TypeError("run_test() needs a generator (a coroutine), not %r" % (gen,))
+    if not iscoroutine(gen):
+        raise TypeError("run_test() needs a coroutine (a generator or an async def "
+                        "coroutine), not %r" % (gen,))
     if timeout is not None and not timeout > 0:
         raise ValueError("timeout must be a positive number of seconds or None, not %r"
                          % (timeout,))
@@ -171,7 +174,7 @@ def run_test(gen: Coro, timeout: Optional[float] = 5.0,
 
 # What coroutine_test decorates, and what it returns: a test function
 # taking the same arguments, which runs the generator and returns its result.
-_GeneratorFunction = Callable[..., Coro]
+_GeneratorFunction = Callable[..., AnyCoro]
 _TestFunction = Callable[..., Any]
 
 
@@ -188,7 +191,8 @@ def coroutine_test(*, timeout: Optional[float] = ..., virtual_time: bool = ...
 def coroutine_test(func: Optional[_GeneratorFunction] = None, *,
                    timeout: Optional[float] = 5.0,
                    virtual_time: bool = False) -> _TestFunction:
-    """Decorator: turn a generator-function test into a plain test function.
+    """Decorator: turn a generator-function (or ``async def``) test into a
+    plain test function.
 
     ``@coroutine_test`` or ``@coroutine_test(timeout=..., virtual_time=...)``.
     Calling the result calls ``func`` with the same arguments and runs the
@@ -196,9 +200,9 @@ def coroutine_test(func: Optional[_GeneratorFunction] = None, *,
     so pytest still passes the fixtures ``func`` asks for.
     """
     def decorate(func: _GeneratorFunction) -> _TestFunction:
-        if not inspect.isgeneratorfunction(func):
+        if not (inspect.isgeneratorfunction(func) or inspect.iscoroutinefunction(func)):
             raise TypeError("coroutine_test needs a generator function (one that "
-                            "yields), not %r" % (func,))
+                            "yields) or an async def, not %r" % (func,))
 
         @functools.wraps(func)
         def test(*args: Any, **kwargs: Any) -> Any:

@@ -560,7 +560,7 @@ def test_group_arguments_are_checked_at_the_call(core):
         bluelet.task_group("not callable")
 
     def root():
-        with pytest.raises(TypeError, match="must return a generator"):
+        with pytest.raises(TypeError, match="must return a coroutine"):
             yield bluelet.task_group(lambda group: None)
 
         def body(group):

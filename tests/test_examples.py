@@ -54,7 +54,8 @@ def example(env, tmp_path):
 
 
 def test_every_example_is_tested():
-    tested = {"echo.py", "httpd.py", "sleepy.py", "delegation.py", "ipc.py", "fetch.py"}
+    tested = {"echo.py", "httpd.py", "sleepy.py", "delegation.py", "ipc.py", "fetch.py",
+              "typed.py"}
     assert {path.name for path in EXAMPLES.glob("*.py")} == tested
 
 
@@ -124,6 +125,12 @@ def test_delegation(env, tmp_path):
         "parent started", "child started", "child resumed", "child returned 42",
         "old-style child returned an end() value", "caught: raised two calls down"]
     assert "total(3000) = 4501500, 3000 calls deep" in out
+
+
+def test_typed(env, tmp_path):
+    # An async def server and a generator client (tools/check_types.py
+    # checks what mypy makes of it).
+    assert run_example("typed.py", env, tmp_path) == "HELLO\n"
 
 
 def test_ipc(env, tmp_path):

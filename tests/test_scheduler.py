@@ -462,18 +462,8 @@ def _not_generators():
 def test_non_generator_raises_typeerror_at_the_call(core, factory):
     fn = getattr(bluelet, factory)
     for obj in _not_generators():
-        with pytest.raises(TypeError):
+        with pytest.raises(TypeError, match="needs a coroutine"):
             fn(obj)
-    # An async-def coroutine object is not a generator either.
-    async def acoro():
-        pass
-
-    c = acoro()
-    try:
-        with pytest.raises(TypeError):
-            fn(c)
-    finally:
-        c.close()
 
 
 def test_spawn_non_generator_inside_coroutine_raises_at_call(core):
@@ -750,11 +740,8 @@ def test_yielding_non_event_raises_typeerror_at_yield(core, value):
     assert v == "after"
 
 
-def test_yielding_async_coroutine_object_raises_typeerror(core):
-    async def acoro():
-        pass
-
-    obj = acoro()
+def test_yielding_a_non_event_raises_typeerror_naming_it(core):
+    obj = object()
     text = repr(obj)
 
     def root():
@@ -764,11 +751,8 @@ def test_yielding_async_coroutine_object_raises_typeerror(core):
             return str(e)
         return "no error"
 
-    try:
-        msg = bluelet.run(root())
-    finally:
-        obj.close()
-    assert msg != "no error"
+    msg = bluelet.run(root())
+    assert "must yield events or coroutines" in msg
     assert text in msg
 
 

@@ -142,8 +142,8 @@ def _handler(conn):
     yield conn.recv(1)
 
 
-async def _async_handler(conn):
-    pass
+async def _async_generator_handler(conn):
+    yield conn
 
 
 @pytest.mark.parametrize("call, error, message", [
@@ -155,13 +155,13 @@ async def _async_handler(conn):
     (lambda l: bluelet.server(HOST, 0, _handler, workers=0), ValueError, "workers"),
     (lambda l: bluelet.server(HOST, 0, _handler, workers=2.0), ValueError, "workers"),
     (lambda l: bluelet.server(HOST, 0, _handler, handler_errors=None), ValueError, "'log'"),
-    (lambda l: bluelet.serve(l, _async_handler), TypeError, "async"),
+    (lambda l: bluelet.serve(l, _async_generator_handler), TypeError, "async generator"),
     # Refused at the call even with workers, which would each die of it.
     (lambda l: bluelet.server(HOST, 0, _handler, workers=2, backlog="8"), TypeError, "backlog"),
     (lambda l: bluelet.server(HOST, 0, _handler, workers=2,
                               ssl=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)), ValueError, "server"),
 ], ids=["handler_errors", "grace", "handshake_timeout", "handler", "listener", "workers=0",
-        "workers=2.0", "server-handler_errors", "async-handler", "workers-backlog",
+        "workers=2.0", "server-handler_errors", "async-generator-handler", "workers-backlog",
         "workers-client-context"])
 def test_bad_arguments_raise_at_the_call(core, call, error, message):
     with bluelet.Listener(HOST, 0) as listener:

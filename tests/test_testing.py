@@ -250,7 +250,7 @@ def test_decorator_rejects_a_plain_function(core):
 
 
 def test_run_test_rejects_a_non_generator(core):
-    with pytest.raises(TypeError, match="needs a generator"):
+    with pytest.raises(TypeError, match="needs a coroutine"):
         run_test(lambda: None)
 
 

@@ -1,0 +1,49 @@
+"""What the package asks of a coroutine, in either style: a generator or the
+coroutine of an ``async def``. Their attributes differ only in prefix
+(``gi_frame``, ``cr_frame``)."""
+
+import inspect
+import types
+from typing import TYPE_CHECKING, Any, Callable, Generator, Optional, TypeVar
+
+from ._records import Op
+
+__all__ = ["awaitable", "code", "frame", "not_started", "state"]
+
+_R = TypeVar("_R")
+
+if TYPE_CHECKING:
+    from typing_extensions import ParamSpec
+
+    _P = ParamSpec("_P")
+
+    def awaitable(func: Callable[_P, Generator[Any, Any, _R]]) -> Callable[_P, Op[_R]]: ...
+else:
+    def awaitable(func):
+        """Let the generators of generator function ``func`` be awaited from
+        an ``async def`` as well as yielded. They stay plain generators: the
+        flag this sets (``types.coroutine``) changes nothing for ``yield``."""
+        return types.coroutine(func)
+
+
+def frame(coro: Any) -> Optional[types.FrameType]:
+    """The coroutine's frame; None once it has ended."""
+    return coro.gi_frame if type(coro) is types.GeneratorType else coro.cr_frame
+
+
+def code(coro: Any) -> Optional[types.CodeType]:
+    """The coroutine's code object (None for a compiled generator without one)."""
+    return getattr(coro, "gi_code", None) or getattr(coro, "cr_code", None)
+
+
+def state(coro: Any) -> str:
+    """inspect's state name for the coroutine, with the generator names for
+    both styles: GEN_CREATED, GEN_RUNNING, GEN_SUSPENDED or GEN_CLOSED."""
+    if type(coro) is types.GeneratorType:
+        return inspect.getgeneratorstate(coro)
+    return "GEN_" + inspect.getcoroutinestate(coro)[len("CORO_"):]
+
+
+def not_started(coro: Any) -> bool:
+    """Whether the coroutine has not run a line yet."""
+    return state(coro) == inspect.GEN_CREATED
