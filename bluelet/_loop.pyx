@@ -220,6 +220,7 @@ cdef enum:
     _K_PARK = 12
     _K_EXTERNAL = 13
     _K_LATER = 14
+    _K_SCOPE = 15      # entering or leaving an ``async with`` scope block
 
 
 # Kinds that are scheduling points: where a cancellation is raised.
@@ -496,6 +497,8 @@ cdef class _TimeoutEvent(Event):
     cdef public double seconds
     cdef public object body
     cdef public int mode
+    cdef object _scope           # the active _Scope of a block
+    cdef public bint cancelled_caught
 
     def __cinit__(self):
         self._kind = _K_TIMEOUT
@@ -504,6 +507,29 @@ cdef class _TimeoutEvent(Event):
         self.seconds = seconds
         self.body = body
         self.mode = mode
+
+    def __aenter__(self):
+        return _ScopeEdge(self, False, None)
+
+    def __aexit__(self, exc_type, exc, traceback):
+        return _ScopeEdge(self, True, exc)
+
+
+@cython.final
+cdef class _ScopeEdge(Event):
+    """Twin of ``bluelet._loop_py._ScopeEdge``."""
+
+    cdef _TimeoutEvent block
+    cdef bint leaving
+    cdef object exc
+
+    def __cinit__(self):
+        self._kind = _K_SCOPE
+
+    def __init__(self, _TimeoutEvent block, bint leaving, exc):
+        self.block = block
+        self.leaving = leaving
+        self.exc = exc
 
 
 cdef class WaitQueue(Event):
@@ -870,24 +896,24 @@ def wait_writable(fileobj):
     return event
 
 
-def timeout(seconds, body):
+def timeout(seconds, body=None):
     return _scope_event(seconds, body, _M_FAIL, "timeout")
 
 
-def fail_after(seconds, body):
+def fail_after(seconds, body=None):
     return _scope_event(seconds, body, _M_FAIL, "fail_after")
 
 
-def move_on_after(seconds, body):
+def move_on_after(seconds, body=None):
     return _scope_event(seconds, body, _M_MOVE_ON, "move_on_after")
 
 
-def shield(body):
+def shield(body=None):
     return _scope_event(INFINITY, body, _M_SHIELD, "shield")
 
 
 cdef _TimeoutEvent _scope_event(seconds, body, int mode, str verb):
-    if not isinstance(body, Event) and not bluelet_is_coroutine(body):
+    if body is not None and not isinstance(body, Event) and not bluelet_is_coroutine(body):
         raise TypeError("%s() needs an event or a coroutine, not %r" % (verb, body))
     return _TimeoutEvent(_seconds(seconds), body, mode)
 
@@ -979,13 +1005,16 @@ cdef class _Scope(_Timed):
     cdef double deadline
     cdef int mode
     cdef bint expired
+    cdef bint held           # an async with block's: open until the block is left
 
-    def __cinit__(self, _Task task, Py_ssize_t depth, double seconds, double deadline, int mode):
+    def __cinit__(self, _Task task, Py_ssize_t depth, double seconds, double deadline, int mode,
+                  bint held):
         self.task = task
         self.depth = depth
         self.seconds = seconds
         self.deadline = deadline
         self.mode = mode
+        self.held = held
 
 
 @cython.final
@@ -1588,16 +1617,22 @@ cdef class Loop:
                 return 0
             elif kind == _K_TIMEOUT:
                 body = (<_TimeoutEvent>handled).body
-                if not bluelet_is_coroutine(body):
+                if body is None:
+                    exc = TypeError(
+                        "%s() without a body is a block: async with bluelet.%s(...): in an "
+                        "async def, or pass the body"
+                        % ((_SCOPE_VERBS[(<_TimeoutEvent>handled).mode],) * 2))
+                elif not bluelet_is_coroutine(body):
                     # An event as the body: handled as if yielded inside the
                     # scope, which ends when this generator resumes.
-                    self._enter_scope(task, <_TimeoutEvent>handled)
+                    self._enter_scope(task, <_TimeoutEvent>handled, False)
                     event = body
                     fresh = True
                     continue
-                exc = self._check_new(body, _SCOPE_VERBS[(<_TimeoutEvent>handled).mode])
+                else:
+                    exc = self._check_new(body, _SCOPE_VERBS[(<_TimeoutEvent>handled).mode])
                 if exc is None:
-                    self._enter_scope(task, <_TimeoutEvent>handled)
+                    self._enter_scope(task, <_TimeoutEvent>handled, False)
                     gen = self._push(task, body)
                     # Like a call: the body's first step is on the next pass.
                     if not self._alone():
@@ -1630,6 +1665,16 @@ cdef class Loop:
                     value = (<_LaterEvent>handled).func(*(<_LaterEvent>handled).args)
                 except Exception as error:
                     exc = error
+            elif kind == _K_SCOPE:
+                # Not a scheduling point either way: the coroutine goes on.
+                if (<_ScopeEdge>handled).leaving:
+                    value, exc = self._leave_block(task, <_ScopeEdge>handled)
+                elif (<_ScopeEdge>handled).block._scope is not None:
+                    exc = RuntimeError("this scope block is in use: a block is entered once")
+                else:
+                    (<_ScopeEdge>handled).block._scope = self._enter_scope(
+                        task, (<_ScopeEdge>handled).block, True)
+                    value = (<_ScopeEdge>handled).block
             else:
                 exc = _not_an_event(handled)
 
@@ -2214,9 +2259,9 @@ cdef class Loop:
 
     # -- scopes: deadlines, shields, cancellation -------------------------------
 
-    cdef int _enter_scope(self, _Task task, _TimeoutEvent event) except -1:
+    cdef _Scope _enter_scope(self, _Task task, _TimeoutEvent event, bint held):
         cdef _Scope scope = _Scope(task, len(task.stack) if task.stack else 0, event.seconds,
-                                   INFINITY, event.mode)
+                                   INFINITY, event.mode, held)
         if task.scopes is None:
             task.scopes = []
         task.scopes.append(scope)
@@ -2226,16 +2271,16 @@ cdef class Loop:
             # Only a deadline reads the clock: entering a shield does not.
             scope.deadline = self._now() + event.seconds
             self._add_timer(scope, scope.deadline)
-        return 0
+        return scope
 
     cdef _Scope _leave_scopes(self, _Task task, exc):
         cdef Py_ssize_t depth = len(task.stack) if task.stack else 0
         cdef _Scope caught = None
-        if (<_Scope>task.scopes[len(task.scopes) - 1]).depth < depth:
+        if not _closes_at(<_Scope>task.scopes[len(task.scopes) - 1], depth):
             return None
         if isinstance(exc, Cancelled):
             canceller = self._canceller(task)
-            if type(canceller) is _Scope and (<_Scope>canceller).depth >= depth:
+            if type(canceller) is _Scope and _closes_at(<_Scope>canceller, depth):
                 caught = <_Scope>canceller
         self._drop_scopes(task, depth)
         task.expired = self._is_due(task)
@@ -2245,11 +2290,30 @@ cdef class Loop:
 
     cdef int _drop_scopes(self, _Task task, Py_ssize_t depth) except -1:
         cdef list scopes = task.scopes
-        while scopes and (<_Scope>scopes[len(scopes) - 1]).depth >= depth:
+        while scopes and _closes_at(<_Scope>scopes[len(scopes) - 1], depth):
             self._drop_timer(scopes.pop())
         if not scopes:
             task.scopes = None
         return 0
+
+    cdef tuple _leave_block(self, _Task task, _ScopeEdge edge):
+        cdef _TimeoutEvent block = edge.block
+        scope, block._scope = block._scope, None
+        if scope is None or task.scopes is None or scope not in task.scopes:
+            # Never entered, or dropped by a kill that went through the block.
+            return False, None
+        caught = isinstance(edge.exc, Cancelled) and self._canceller(task) is scope
+        task.scopes.remove(scope)
+        self._drop_timer(scope)
+        if not task.scopes:
+            task.scopes = None
+        task.expired = self._is_due(task)
+        if not task.expired:
+            task.swallows = 0
+        block.cancelled_caught = caught
+        if caught and block.mode == _M_FAIL:
+            return None, Timeout("timed out after %g s" % block.seconds)
+        return caught, None
 
     cdef int _expire_scope(self, _Scope scope) except -1:
         cdef _Task task = scope.task
@@ -2428,7 +2492,7 @@ cdef tuple _cancel_one(gen, exc, bint hold):
             return None, None
         except BaseException as raised:
             return raised, None
-        if hold and type(event) is _TimeoutEvent and (<_TimeoutEvent>event).mode == _M_SHIELD:
+        if hold and _is_shield_entry(event):
             return None, event
         # It yielded (a clean-up step in a finally block): outside a shield
         # that step cannot wait during a kill, so Cancelled is raised at it too.
@@ -2438,6 +2502,21 @@ cdef tuple _cancel_one(gen, exc, bint hold):
     except BaseException:
         pass
     return None, None
+
+
+cdef inline bint _is_shield_entry(event):
+    # Whether ``event`` enters a shield: a shield() with a body, or the
+    # start of an ``async with shield():`` block.
+    if type(event) is _ScopeEdge:
+        return not (<_ScopeEdge>event).leaving and (<_ScopeEdge>event).block.mode == _M_SHIELD
+    return type(event) is _TimeoutEvent and (<_TimeoutEvent>event).mode == _M_SHIELD
+
+
+cdef inline bint _closes_at(_Scope scope, Py_ssize_t depth) noexcept:
+    # Whether ``scope`` ends once the chain is at ``depth``: it was entered
+    # deeper, or at that depth for a body (which has ended, as the generator
+    # that yielded it runs again); a block's stays open until it is left.
+    return scope.depth > depth or (scope.depth == depth and not scope.held)
 
 
 cdef object _running_loop():

@@ -107,6 +107,7 @@ _K_TIMEOUT = 11
 _K_PARK = 12
 _K_EXTERNAL = 13
 _K_LATER = 14
+_K_SCOPE = 15      # entering or leaving an ``async with`` scope block
 
 # Kinds that are scheduling points: where a cancellation is raised.
 _SCHEDULING_POINTS = frozenset((_K_VALUE, _K_IO, _K_SLEEP, _K_JOIN, _K_WAITABLE,
@@ -332,16 +333,42 @@ class ReturnEvent(Event):
 
 
 class _TimeoutEvent(Event):
-    """Run ``body`` (an event or a generator) in a scope: with a deadline
-    (``mode`` _M_FAIL or _M_MOVE_ON) or shielded (_M_SHIELD)."""
+    """Run ``body`` (an event or a coroutine) in a scope: with a deadline
+    (``mode`` _M_FAIL or _M_MOVE_ON) or shielded (_M_SHIELD). Without a
+    body it is a scope block, for ``async with``: the scope covers the
+    block's statements."""
 
-    __slots__ = ("seconds", "body", "mode")
+    __slots__ = ("seconds", "body", "mode", "_scope", "cancelled_caught")
     _kind = _K_TIMEOUT
 
     def __init__(self, seconds, body, mode):
         self.seconds = seconds
         self.body = body
         self.mode = mode
+        self._scope = None           # the active _Scope of a block
+        self.cancelled_caught = False
+
+    def __aenter__(self):
+        return _ScopeEdge(self, False, None)
+
+    def __aexit__(self, exc_type, exc, traceback):
+        return _ScopeEdge(self, True, exc)
+
+
+class _ScopeEdge(Event):
+    """Enter or leave the scope of ``block`` (a _TimeoutEvent without a
+    body), from ``async with``. Leaving, ``exc`` is the exception going
+    out of the block; the value says whether the block swallows it (its
+    own cancellation, in move_on_after), or a Timeout is raised instead
+    (its own cancellation, in timeout)."""
+
+    __slots__ = ("block", "leaving", "exc")
+    _kind = _K_SCOPE
+
+    def __init__(self, block, leaving, exc):
+        self.block = block
+        self.leaving = leaving
+        self.exc = exc
 
 
 class WaitQueue(Event):
@@ -679,46 +706,53 @@ def wait_writable(fileobj):
     return event
 
 
-def timeout(seconds, body):
-    """Event: run ``body`` (an event or a generator) for at most ``seconds``.
+def timeout(seconds, body=None):
+    """Event: run ``body`` (an event or a coroutine) for at most ``seconds``.
 
     The value is ``body``'s. When time runs out, ``Cancelled`` is raised
     inside ``body`` at its current ``yield`` and at every later scheduling
     point (so ``except Exception`` cannot swallow it, and its ``finally``
     blocks run); it becomes ``bluelet.Timeout`` here, where the scope ends.
     The same as ``fail_after()``.
+
+    Without ``body``, in an ``async def``: ``async with
+    bluelet.timeout(seconds):`` puts the block's statements in the scope,
+    and ``Timeout`` comes out of the ``async with``.
     """
     return _scope_event(seconds, body, _M_FAIL, "timeout")
 
 
-def fail_after(seconds, body):
+def fail_after(seconds, body=None):
     """Event: the same as ``timeout(seconds, body)``: ``Timeout`` when time runs out."""
     return _scope_event(seconds, body, _M_FAIL, "fail_after")
 
 
-def move_on_after(seconds, body):
+def move_on_after(seconds, body=None):
     """Event: like ``timeout()``, but when time runs out the value is None.
 
     ``body`` is cancelled as in ``timeout()``; no exception comes out here.
+    As ``async with bluelet.move_on_after(seconds) as scope:`` the block is
+    left where it was cancelled, and ``scope.cancelled_caught`` says
+    whether it was.
     """
     return _scope_event(seconds, body, _M_MOVE_ON, "move_on_after")
 
 
-def shield(body):
-    """Event: run ``body`` (an event or a generator) protected from cancellation.
+def shield(body=None):
+    """Event: run ``body`` (an event or a coroutine) protected from cancellation.
 
     Neither a ``kill`` of this coroutine nor a deadline set outside reaches
     ``body``; deadlines set inside it still apply. A kill or an outer
     deadline that came meanwhile is raised at the next scheduling point
     after it. A ``finally`` block of a coroutine being killed may wait
     inside ``shield()`` (a goodbye message, a flush); the kill then waits
-    for it.
+    for it. ``async with bluelet.shield():`` shields a block.
     """
     return _scope_event(math.inf, body, _M_SHIELD, "shield")
 
 
 def _scope_event(seconds, body, mode, verb):
-    if not isinstance(body, Event) and type(body) not in _COROUTINE_TYPES:
+    if body is not None and not isinstance(body, Event) and type(body) not in _COROUTINE_TYPES:
         raise TypeError("%s() needs an event or a coroutine, not %r" % (verb, body))
     return _TimeoutEvent(_seconds(seconds), body, mode)
 
@@ -805,9 +839,9 @@ class _Scope(_Timed):
     """One active scope (``timeout()``, ``move_on_after()``, ``shield()``)
     over a part of a task's chain."""
 
-    __slots__ = ("task", "depth", "seconds", "deadline", "mode", "expired")
+    __slots__ = ("task", "depth", "seconds", "deadline", "mode", "expired", "held")
 
-    def __init__(self, task, depth, seconds, deadline, mode):
+    def __init__(self, task, depth, seconds, deadline, mode, held):
         self.task = task
         self.depth = depth       # the chain depth that yielded the scope's event
         self.seconds = seconds
@@ -815,6 +849,7 @@ class _Scope(_Timed):
         self.mode = mode
         self.timer_seq = 0
         self.expired = False
+        self.held = held         # an async with block's: open until the block is left
 
 
 class _FdState:
@@ -1321,16 +1356,21 @@ class Loop:
                 return
             elif kind == _K_TIMEOUT:
                 body = handled.body
-                if type(body) not in _COROUTINE_TYPES:
+                if body is None:
+                    exc = TypeError(
+                        "%s() without a body is a block: async with bluelet.%s(...): in an "
+                        "async def, or pass the body" % ((_SCOPE_VERBS[handled.mode],) * 2))
+                elif type(body) not in _COROUTINE_TYPES:
                     # An event as the body: handled as if yielded inside the
                     # scope, which ends when this generator resumes.
-                    self._enter_scope(task, handled)
+                    self._enter_scope(task, handled, False)
                     event = body
                     fresh = True
                     continue
-                exc = self._check_new(body, _SCOPE_VERBS[handled.mode])
+                else:
+                    exc = self._check_new(body, _SCOPE_VERBS[handled.mode])
                 if exc is None:
-                    self._enter_scope(task, handled)
+                    self._enter_scope(task, handled, False)
                     gen = self._push(task, body)
                     # Like a call: the body's first step is on the next pass.
                     if not self._alone():
@@ -1363,6 +1403,15 @@ class Loop:
                     value = handled.func(*handled.args)
                 except Exception as error:
                     exc = error
+            elif kind == _K_SCOPE:
+                # Not a scheduling point either way: the coroutine goes on.
+                if handled.leaving:
+                    value, exc = self._leave_block(task, handled)
+                elif handled.block._scope is not None:
+                    exc = RuntimeError("this scope block is in use: a block is entered once")
+                else:
+                    handled.block._scope = self._enter_scope(task, handled.block, True)
+                    value = handled.block
             else:
                 exc = _not_an_event(handled)
 
@@ -1874,10 +1923,11 @@ class Loop:
 
     # -- scopes: deadlines, shields, cancellation -------------------------------
 
-    def _enter_scope(self, task, event):
-        """Open the scope of ``event`` (a _TimeoutEvent) at the chain's depth."""
+    def _enter_scope(self, task, event, held):
+        """Open the scope of ``event`` (a _TimeoutEvent) at the chain's depth;
+        ``held``: a block's, which stays open until the block is left."""
         scope = _Scope(task, len(task.stack) if task.stack else 0, event.seconds,
-                       math.inf, event.mode)
+                       math.inf, event.mode, held)
         if task.scopes is None:
             task.scopes = []
         task.scopes.append(scope)
@@ -1887,18 +1937,19 @@ class Loop:
             # Only a deadline reads the clock: entering a shield does not.
             scope.deadline = self._now() + event.seconds
             self._add_timer(scope, scope.deadline)
+        return scope
 
     def _leave_scopes(self, task, exc):
         """Close the scopes whose body has ended: the chain is back at (or
         above) the depth that entered them. Returns the one whose own
         cancellation ``exc`` is, if any: it is caught there."""
         depth = len(task.stack) if task.stack else 0
-        if task.scopes[-1].depth < depth:
+        if not _closes_at(task.scopes[-1], depth):
             return None
         caught = None
         if isinstance(exc, Cancelled):
             canceller = self._canceller(task)
-            if type(canceller) is _Scope and canceller.depth >= depth:
+            if type(canceller) is _Scope and _closes_at(canceller, depth):
                 caught = canceller
         self._drop_scopes(task, depth)
         task.expired = self._is_due(task)
@@ -1907,12 +1958,34 @@ class Loop:
         return caught
 
     def _drop_scopes(self, task, depth):
-        """Forget the scopes entered at ``depth`` or deeper, and their timers."""
+        """Forget the scopes that end at ``depth`` (see _closes_at), and their timers."""
         scopes = task.scopes
-        while scopes and scopes[-1].depth >= depth:
+        while scopes and _closes_at(scopes[-1], depth):
             self._drop_timer(scopes.pop())
         if not scopes:
             task.scopes = None
+
+    def _leave_block(self, task, edge):
+        """Close the scope of the block ``edge`` leaves; return ``(value,
+        exc)`` for ``__aexit__``: its own cancellation going out is caught
+        there (swallowed, or a Timeout instead)."""
+        block = edge.block
+        scope, block._scope = block._scope, None
+        if scope is None or task.scopes is None or scope not in task.scopes:
+            # Never entered, or dropped by a kill that went through the block.
+            return False, None
+        caught = isinstance(edge.exc, Cancelled) and self._canceller(task) is scope
+        task.scopes.remove(scope)
+        self._drop_timer(scope)
+        if not task.scopes:
+            task.scopes = None
+        task.expired = self._is_due(task)
+        if not task.expired:
+            task.swallows = 0
+        block.cancelled_caught = caught
+        if caught and block.mode == _M_FAIL:
+            return None, Timeout("timed out after %g s" % block.seconds)
+        return caught, None
 
     def _expire_scope(self, scope):
         """A deadline passed: cancel its task now if it waits and no shield
@@ -2054,7 +2127,7 @@ class Loop:
 _KINDS = {cls: cls._kind for cls in (
     ValueEvent, ReadEvent, WriteEvent, AcceptEvent, ReceiveEvent, SendEvent,
     _FdEvent, SleepEvent, DelegationEvent, ReturnEvent, SpawnEvent, JoinEvent,
-    KillEvent, ExceptionEvent, _TimeoutEvent, WaitQueue, Completion, _LaterEvent)}
+    KillEvent, ExceptionEvent, _TimeoutEvent, WaitQueue, Completion, _LaterEvent, _ScopeEdge)}
 _KINDS[_GeneratorType] = _K_CALL
 _KINDS[_CoroutineType] = _K_CALL
 _kind_of = _KINDS.get
@@ -2121,7 +2194,7 @@ def _cancel_one(gen, exc, hold):
             return None, None
         except BaseException as raised:
             return raised, None
-        if hold and type(event) is _TimeoutEvent and event.mode == _M_SHIELD:
+        if hold and _is_shield_entry(event):
             return None, event
         # It yielded (a clean-up step in a finally block): outside a shield
         # that step cannot wait during a kill, so Cancelled is raised at it too.
@@ -2131,6 +2204,21 @@ def _cancel_one(gen, exc, hold):
     except BaseException:
         pass
     return None, None
+
+
+def _is_shield_entry(event):
+    """Whether ``event`` enters a shield: a shield() with a body, or the
+    start of an ``async with shield():`` block."""
+    if type(event) is _ScopeEdge:
+        return not event.leaving and event.block.mode == _M_SHIELD
+    return type(event) is _TimeoutEvent and event.mode == _M_SHIELD
+
+
+def _closes_at(scope, depth):
+    """Whether ``scope`` ends once the chain is at ``depth``: it was entered
+    deeper, or at that depth for a body (which has ended, as the generator
+    that yielded it runs again); a block's stays open until it is left."""
+    return scope.depth > depth or (scope.depth == depth and not scope.held)
 
 
 def _running_loop():

@@ -333,3 +333,163 @@ def test_a_native_coroutine_cannot_be_spawned_twice(core):
         return await bluelet.join(child)
 
     assert bluelet.run(main()) == 2
+
+
+# -- scopes as async context managers ------------------------------------------
+
+def test_move_on_after_block_leaves_where_it_was_cancelled(core):
+    log = []
+
+    async def main():
+        async with bluelet.move_on_after(0.01) as scope:
+            try:
+                await bluelet.sleep(60)
+                log.append("not reached")
+            except Exception:
+                log.append("except Exception caught Cancelled")
+            finally:
+                log.append("finally")
+        log.append(("after", scope.cancelled_caught))
+        async with bluelet.move_on_after(60) as quick:
+            await bluelet.null()
+        log.append(("quick", quick.cancelled_caught))
+
+    bluelet.run(main(), virtual_time=True)
+    assert log == ["finally", ("after", True), ("quick", False)]
+
+
+def test_fail_after_block_raises_timeout_out_of_the_block(core):
+    async def main():
+        with pytest.raises(bluelet.Timeout) as caught:
+            async with bluelet.fail_after(0.5):
+                async with bluelet.timeout(60):
+                    await bluelet.sleep(60)
+        return caught.value.__context__
+
+    context = bluelet.run(main(), virtual_time=True)
+    assert isinstance(context, bluelet.Cancelled)
+
+
+def test_nested_blocks_the_outermost_expired_one_catches(core):
+    async def main():
+        async with bluelet.move_on_after(0.01) as outer:
+            async with bluelet.move_on_after(60) as inner:
+                await bluelet.sleep(60)
+            pytest.fail("the inner block swallowed the outer's cancellation")
+        async with bluelet.move_on_after(60) as outer2:
+            async with bluelet.move_on_after(0.01) as inner2:
+                await bluelet.sleep(60)
+            await bluelet.null()
+        return (outer.cancelled_caught, inner.cancelled_caught,
+                outer2.cancelled_caught, inner2.cancelled_caught)
+
+    assert bluelet.run(main(), virtual_time=True) == (True, False, False, True)
+
+
+def test_a_block_holds_a_deadline_for_its_statements_only(core):
+    async def main():
+        assert bluelet.current_deadline() == float("inf")
+        async with bluelet.move_on_after(10):
+            inside = bluelet.current_deadline() - bluelet.current_time()
+            await bluelet.timeout(60, bluelet.null())   # a body scope inside a block
+            still = bluelet.current_deadline() - bluelet.current_time()
+        return inside, still, bluelet.current_deadline()
+
+    inside, still, after = bluelet.run(main(), virtual_time=True)
+    assert 9 < still <= inside <= 10
+    assert after == float("inf")
+
+
+def test_shield_block_defers_an_outer_deadline_to_after_it(core):
+    log = []
+
+    async def main():
+        async with bluelet.move_on_after(0.01) as outer:
+            async with bluelet.shield():
+                await bluelet.sleep(0.05)
+                log.append("shielded sleep done")
+            log.append("after the shield, before a scheduling point")
+            await bluelet.null()
+            log.append("not reached")
+        log.append(("caught", outer.cancelled_caught))
+
+    bluelet.run(main(), virtual_time=True)
+    assert log == ["shielded sleep done", "after the shield, before a scheduling point",
+                   ("caught", True)]
+
+
+def test_a_kill_waits_for_a_shield_block(core):
+    log = []
+
+    async def victim():
+        async with bluelet.shield():
+            await bluelet.sleep(0.05)
+            log.append("shielded work done")
+        await bluelet.null()
+        log.append("not reached")
+
+    async def main():
+        v = victim()
+        await bluelet.spawn(v)
+        await bluelet.sleep(0.01)
+        await bluelet.kill(v)
+        log.append("kill returned")
+
+    bluelet.run(main(), virtual_time=True)
+    assert log == ["shielded work done", "kill returned"]
+
+
+def test_a_finally_may_wait_in_a_shield_block_during_a_kill(core):
+    log = []
+
+    async def victim():
+        try:
+            await bluelet.sleep(60)
+        finally:
+            async with bluelet.shield():
+                await bluelet.sleep(0.01)
+                log.append("goodbye sent")
+
+    async def main():
+        v = victim()
+        await bluelet.spawn(v)
+        await bluelet.null()
+        await bluelet.kill(v)
+        log.append("kill returned")
+
+    bluelet.run(main(), virtual_time=True)
+    assert log == ["goodbye sent", "kill returned"]
+
+
+def test_a_block_is_no_event_to_yield_and_enters_once(core):
+    def generator_style():
+        yield bluelet.move_on_after(1)
+
+    with pytest.raises(TypeError, match="async with"):
+        bluelet.run(generator_style())
+
+    async def twice():
+        block = bluelet.move_on_after(1)
+        async with block:
+            async with block:
+                pass
+
+    with pytest.raises(RuntimeError, match="entered once"):
+        bluelet.run(twice())
+
+
+def test_entering_a_block_is_not_a_scheduling_point(core):
+    log = []
+
+    async def main():
+        async with bluelet.move_on_after(0.01):
+            await bluelet.sleep(0.02)  # cancelled here: the deadline passes
+        async with bluelet.fail_after(0.01):
+            # Entering and leaving a scope does not wait: nothing is raised
+            # at either, even with no time left.
+            async with bluelet.move_on_after(0):
+                log.append("inside an expired scope")
+        log.append("after")
+
+    bluelet.run(main(), virtual_time=True)
+    assert log == ["inside an expired scope", "after"]
