@@ -48,6 +48,8 @@ import time
 import types
 import weakref
 
+from ._debug import creation_site, dropped, never_yielded
+from ._debug import default as default_debug
 from ._errors import Cancelled, SocketClosedError, Timeout
 from ._records import TaskInfo
 
@@ -301,6 +303,13 @@ cdef enum:
 # catches Cancelled would otherwise never end.
 cdef int _MAX_SWALLOWS = 100
 
+# Debug mode (bluelet._debug): events made while it is on are held in
+# _unyielded (id -> (event, where it was made)) until they are yielded; the
+# loop reports those that nothing else holds any more. Off, an event costs
+# one test of _debug when made.
+cdef bint _debug = False
+cdef dict _unyielded = {}
+
 _python_monotonic = time.monotonic
 _GeneratorType = types.GeneratorType
 
@@ -323,6 +332,8 @@ cdef class Event:
 
     def __cinit__(self):
         self._kind = _K_NONE
+        if _debug:
+            _track(self)
 
     def __init__(self):
         # Like the pure twin's object.__init__: arguments are an error.
@@ -337,6 +348,32 @@ cdef class Event:
     @classmethod
     def __class_getitem__(cls, item):
         return cls
+
+
+cdef int _track(Event event) except -1:
+    site = creation_site()
+    if site is not None:
+        _unyielded[id(event)] = (event, site)
+    return 0
+
+
+cdef int _used(Event event) except -1:
+    # Debug mode: yielded (or entered, for a scope block): nothing to report;
+    # nor for the event a scope runs, which the scope's yield hands over.
+    if _unyielded:
+        _unyielded.pop(id(event), None)
+        if type(event) is _TimeoutEvent and isinstance((<_TimeoutEvent>event).body, Event):
+            _unyielded.pop(id((<_TimeoutEvent>event).body), None)
+    return 0
+
+
+def _sweep_unyielded():
+    """Debug mode: report the events nothing but _unyielded holds any more."""
+    for event, site in dropped(_unyielded):
+        # A wait queue or a Completion lives longer than one yield, and
+        # may never be waited on: only one-shot events are reported.
+        if not isinstance(event, (WaitQueue, Completion)):
+            never_yielded(type(event).__name__, site)
 
 
 cdef inline _Awaiter _awaiting(Event event):
@@ -414,7 +451,11 @@ cdef class ExceptionEvent(Event):
         if isinstance(exc_info, BaseException):
             self._exc = exc_info
         else:
-            self._exc = exc_info[1].with_traceback(exc_info[2])
+            try:
+                self._exc = exc_info[1].with_traceback(exc_info[2])
+            except BaseException:
+                _used(self)  # debug mode: the caller gets this error, not a warning too
+                raise
 
 
 cdef class SpawnEvent(Event):
@@ -607,7 +648,7 @@ cdef class SleepEvent(WaitableEvent):
         self._kind = _K_SLEEP
 
     def __init__(self, duration):
-        self.duration = _seconds(duration)
+        self.duration = _seconds(duration) if not _debug else _seconds_of(self, duration)
         self.wakeup_time = _monotonic() + self.duration
 
     def time_left(self):
@@ -627,7 +668,7 @@ cdef class _FdEvent(WaitableEvent):
 
     cdef int _watch(self, fileobj, int mask) except -1:
         self._fileobj = fileobj
-        self._fileno = _fileno(fileobj)
+        self._fileno = _fileno(fileobj) if not _debug else _fileno_of(self, fileobj)
         self._mask = mask
         return 0
 
@@ -674,7 +715,11 @@ cdef class WriteEvent(_FdEvent):
     def __init__(self, fd, data):
         self.fd = fd
         self.data = data
-        self._view = _byte_view(data)
+        try:
+            self._view = _byte_view(data)
+        except BaseException:
+            _used(self)  # debug mode: the caller gets this error, not a warning too
+            raise
         self._sent = 0
         self._watch(fd, _WRITE)
 
@@ -750,7 +795,11 @@ cdef class SendEvent(_FdEvent):
             self._view = data
             self._direct = True
         else:
-            self._view = _byte_view(data)
+            try:
+                self._view = _byte_view(data)
+            except BaseException:
+                _used(self)  # debug mode: the caller gets this error, not a warning too
+                raise
             self._direct = _plain_socket(sock) and self._view.c_contiguous
 
     cdef object _attempt(self):
@@ -815,6 +864,25 @@ cdef int _fileno(fileobj) except -1:
     if not 0 <= fd <= _MAX_FD:
         raise ValueError("%r is not an open file descriptor (fileno %r)" % (fileobj, fd))
     return fd
+
+
+# Debug mode: an event whose constructor fails is not reported as dropped
+# (its caller gets the error). These two wrap the checks of the hot
+# constructors, so that off they run no try block.
+cdef int _fileno_of(Event event, fileobj) except -1:
+    try:
+        return _fileno(fileobj)
+    except BaseException:
+        _used(event)
+        raise
+
+
+cdef double _seconds_of(Event event, duration) except? -1.0:
+    try:
+        return _seconds(duration)
+    except BaseException:
+        _used(event)
+        raise
 
 
 cdef object _byte_view(data):
@@ -915,7 +983,12 @@ def shield(body=None):
 cdef _TimeoutEvent _scope_event(seconds, body, int mode, str verb):
     if body is not None and not isinstance(body, Event) and not bluelet_is_coroutine(body):
         raise TypeError("%s() needs an event or a coroutine, not %r" % (verb, body))
-    return _TimeoutEvent(_seconds(seconds), body, mode)
+    try:
+        return _TimeoutEvent(_seconds(seconds), body, mode)
+    except BaseException:
+        if isinstance(body, Event):
+            _used(<Event>body)  # debug mode: the caller gets this error, not a warning too
+        raise
 
 
 def current_deadline():
@@ -1247,10 +1320,12 @@ cdef class Loop:
     cdef bint _virtual_time
     cdef double _clock          # the time under virtual_time
     cdef object _slow_step      # seconds; a longer step is logged
+    cdef bint _debug
 
-    def __cinit__(self, virtual_time=False, slow_step=None):
+    def __cinit__(self, virtual_time=False, slow_step=None, debug=None):
         self._virtual_time = virtual_time
         self._slow_step = slow_step
+        self._debug = default_debug() if debug is None else bool(debug)
         self._clock = 0.0
         self._ready = []
         self._batch = []
@@ -1290,6 +1365,7 @@ cdef class Loop:
         self._root = self._add_task(root)
         self._queue_spawned()
         _local.loop = self
+        debugging = _set_debug(self._debug)
         try:
             self._main()
         finally:
@@ -1299,6 +1375,9 @@ cdef class Loop:
                 self._shutdown()
             finally:
                 _local.loop = None
+                if self._debug:
+                    _sweep_unyielded()
+                _set_debug(debugging)
         if self._deferred is not None and self._failure is None:
             # The root ended before the scheduling point it was due at.
             self._failure = self._deferred
@@ -1332,6 +1411,8 @@ cdef class Loop:
                 return 0
 
             # ---- phase 2: poll I/O, blocking only if nothing is ready.
+            if _debug:
+                _sweep_unyielded()
             jump = 0.0
             if self._ready or self._after_poll:
                 timeout = 0.0
@@ -1502,6 +1583,8 @@ cdef class Loop:
                 fresh = True
             kind = _event_kind(event)
             if fresh:
+                if _debug and isinstance(event, Event):
+                    _used(<Event>event)
                 if task.expired and _is_scheduling_point(kind):
                     self._raise_due(task)
                     return 0
@@ -1672,6 +1755,8 @@ cdef class Loop:
                 elif (<_ScopeEdge>handled).block._scope is not None:
                     exc = RuntimeError("this scope block is in use: a block is entered once")
                 else:
+                    if _debug:
+                        _used((<_ScopeEdge>handled).block)
                     (<_ScopeEdge>handled).block._scope = self._enter_scope(
                         task, (<_ScopeEdge>handled).block, True)
                     value = (<_ScopeEdge>handled).block
@@ -2492,6 +2577,8 @@ cdef tuple _cancel_one(gen, exc, bint hold):
             return None, None
         except BaseException as raised:
             return raised, None
+        if _debug and isinstance(event, Event):
+            _used(<Event>event)  # yielded, if refused
         if hold and _is_shield_entry(event):
             return None, event
         # It yielded (a clean-up step in a finally block): outside a shield
@@ -2587,8 +2674,8 @@ def _new_poller():
 # Module-level entry points
 # ---------------------------------------------------------------------------
 
-def run(root_coro, *, virtual_time=False, slow_step=None):
-    return Loop(virtual_time, slow_step).run(root_coro)
+def run(root_coro, *, virtual_time=False, slow_step=None, debug=None):
+    return Loop(virtual_time, slow_step, debug).run(root_coro)
 
 
 def notify_closing(fileobj):
@@ -2607,6 +2694,13 @@ def wakeup_fd():
 
 def iscoroutine(obj):
     return bluelet_is_coroutine(obj)
+
+
+def _set_debug(bint on):
+    global _debug
+    previous = _debug
+    _debug = on
+    return previous
 
 
 def _copy_docstrings():

@@ -58,6 +58,7 @@ import collections
 import contextvars
 import errno
 import heapq
+import inspect
 import logging
 import numbers
 import math
@@ -71,6 +72,8 @@ import time
 import types
 import weakref
 
+from ._debug import creation_site, dropped, never_yielded
+from ._debug import default as default_debug
 from ._errors import Cancelled, SocketClosedError, Timeout
 from ._records import TaskInfo
 
@@ -167,6 +170,13 @@ _M_SHIELD = 2
 # catches Cancelled would otherwise never end.
 _MAX_SWALLOWS = 100
 
+# Debug mode (bluelet._debug): events made while it is on are held in
+# _unyielded (id -> (event, where it was made)) until they are yielded; the
+# loop reports those that nothing else holds any more. Off, an event costs
+# nothing more to make.
+_debug = False
+_unyielded = {}
+
 _monotonic = time.monotonic
 _GeneratorType = types.GeneratorType
 _CoroutineType = types.CoroutineType
@@ -200,6 +210,44 @@ class Event:
     @classmethod
     def __class_getitem__(cls, item):
         return cls
+
+
+# Debug mode, here: Event.__new__ holds each event in _unyielded while it
+# is on. It is installed the first time debug mode is turned on (CPython
+# cannot take a __new__ back off a class), so a program that never turns it
+# on pays nothing; the compiled twin tests a flag in Event.__cinit__.
+def _debug_new(cls, *args, **kwargs):
+    if (args or kwargs) and cls.__init__ is object.__init__:
+        # What object.__new__ says when __new__ is not overridden.
+        raise TypeError("%s() takes no arguments" % cls.__name__)
+    event = object.__new__(cls)
+    if _debug:
+        site = creation_site()
+        if site is not None:
+            _unyielded[id(event)] = (event, site)
+    return event
+
+
+# What inspect.signature() says of an event class stays its __init__'s.
+_debug_new.__signature__ = inspect.signature(lambda cls: None)
+
+
+def _used(event):
+    """Debug mode: yielded (or entered, for a scope block): nothing to report;
+    nor for the event a scope runs, which the scope's yield hands over."""
+    if _unyielded:
+        _unyielded.pop(id(event), None)
+        if type(event) is _TimeoutEvent and isinstance(event.body, Event):
+            _unyielded.pop(id(event.body), None)
+
+
+def _sweep_unyielded():
+    """Debug mode: report the events nothing but _unyielded holds any more."""
+    for event, site in dropped(_unyielded):
+        # A wait queue or a Completion lives longer than one yield, and
+        # may never be waited on: only one-shot events are reported.
+        if not isinstance(event, (WaitQueue, Completion)):
+            never_yielded(type(event).__name__, site)
 
 
 def _awaiting(event):
@@ -266,7 +314,11 @@ class ExceptionEvent(Event):
         if isinstance(exc_info, BaseException):
             self._exc = exc_info
         else:
-            self._exc = exc_info[1].with_traceback(exc_info[2])
+            try:
+                self._exc = exc_info[1].with_traceback(exc_info[2])
+            except BaseException:
+                _used(self)  # debug mode: the caller gets this error, not a warning too
+                raise
 
 
 class SpawnEvent(Event):
@@ -457,7 +509,11 @@ class SleepEvent(WaitableEvent):
     _kind = _K_SLEEP
 
     def __init__(self, duration):
-        self.duration = _seconds(duration)
+        try:
+            self.duration = _seconds(duration)
+        except BaseException:
+            _used(self)  # debug mode: the caller gets this error, not a warning too
+            raise
         self.wakeup_time = _monotonic() + self.duration
 
     def time_left(self):
@@ -480,7 +536,11 @@ class _FdEvent(WaitableEvent):
 
     def _watch(self, fileobj, mask):
         self._fileobj = fileobj
-        self._fileno = _fileno(fileobj)
+        try:
+            self._fileno = _fileno(fileobj)
+        except BaseException:
+            _used(self)  # debug mode: the caller gets this error, not a warning too
+            raise
         self._mask = mask
 
     def _attempt(self):
@@ -524,7 +584,11 @@ class WriteEvent(_FdEvent):
     def __init__(self, fd, data):
         self.fd = fd
         self.data = data
-        self._view = _byte_view(data)
+        try:
+            self._view = _byte_view(data)
+        except BaseException:
+            _used(self)  # debug mode: the caller gets this error, not a warning too
+            raise
         self._sent = 0
         self._watch(fd, WRITE)
 
@@ -582,7 +646,11 @@ class SendEvent(_FdEvent):
         self.conn = conn
         self.data = data
         self.sendall = bool(sendall)
-        self._view = _byte_view(data)
+        try:
+            self._view = _byte_view(data)
+        except BaseException:
+            _used(self)  # debug mode: the caller gets this error, not a warning too
+            raise
         self._sent = 0
         self._watch(conn.sock, WRITE)
 
@@ -754,7 +822,12 @@ def shield(body=None):
 def _scope_event(seconds, body, mode, verb):
     if body is not None and not isinstance(body, Event) and type(body) not in _COROUTINE_TYPES:
         raise TypeError("%s() needs an event or a coroutine, not %r" % (verb, body))
-    return _TimeoutEvent(_seconds(seconds), body, mode)
+    try:
+        return _TimeoutEvent(_seconds(seconds), body, mode)
+    except BaseException:
+        if isinstance(body, Event):
+            _used(body)  # debug mode: the caller gets this error, not a warning too
+        raise
 
 
 def current_deadline():
@@ -989,9 +1062,15 @@ class Loop:
 
     With ``slow_step=seconds``, a coroutine that runs longer than that
     between two ``yield``s is logged as a warning on the ``bluelet`` logger.
+
+    With ``debug=True`` (the default under ``BLUELET_DEBUG=1`` or ``python
+    -X dev``), an event made while it runs and collected without ever being
+    yielded or awaited -- a forgotten ``yield`` -- is reported with a
+    RuntimeWarning at the line that made it. Debug mode is the process's
+    while such a loop runs.
     """
 
-    __slots__ = ("_virtual_time", "_slow_step", "_clock", "_ready", "_batch", "_spawned",
+    __slots__ = ("_virtual_time", "_slow_step", "_debug", "_clock", "_ready", "_batch", "_spawned",
                  "_unsorted", "_last_pos", "_next_pos", "_rest", "_passes", "_end_pass",
                  "_fire_pass", "_after_poll", "_tasks",
                  "_timers", "_timer_seq", "_stale_timers", "_fds", "_fd_waiters",
@@ -1003,9 +1082,10 @@ class Loop:
         # The compiled Loop is final; the pure one must not allow more.
         raise TypeError("bluelet.Loop cannot be subclassed")
 
-    def __init__(self, virtual_time=False, slow_step=None):
+    def __init__(self, virtual_time=False, slow_step=None, debug=None):
         self._virtual_time = virtual_time
         self._slow_step = slow_step  # seconds; a longer step is logged
+        self._debug = default_debug() if debug is None else bool(debug)
         self._clock = 0.0           # the time under virtual_time
         self._ready = []            # tasks to run on the next pass
         self._batch = []            # the pass being run (kept to reuse it)
@@ -1051,6 +1131,7 @@ class Loop:
         self._root = self._add_task(root)
         self._queue_spawned()
         _local.loop = self
+        debugging = _set_debug(self._debug)
         try:
             self._main()
         finally:
@@ -1060,6 +1141,9 @@ class Loop:
                 self._shutdown()
             finally:
                 _local.loop = None
+                if self._debug:
+                    _sweep_unyielded()
+                _set_debug(debugging)
         if self._deferred is not None and self._failure is None:
             # The root ended before the scheduling point it was due at.
             self._failure = self._deferred
@@ -1091,6 +1175,8 @@ class Loop:
                 return
 
             # ---- phase 2: poll I/O, blocking only if nothing is ready.
+            if _debug:
+                _sweep_unyielded()
             jump = 0.0
             if self._ready or self._after_poll:
                 timeout = 0.0
@@ -1241,6 +1327,8 @@ class Loop:
             if kind is None:
                 kind = _kind_slow(event)
             if fresh:
+                if _debug:
+                    _used(event)
                 if task.expired and kind in _SCHEDULING_POINTS:
                     self._raise_due(task)
                     return
@@ -1410,6 +1498,8 @@ class Loop:
                 elif handled.block._scope is not None:
                     exc = RuntimeError("this scope block is in use: a block is entered once")
                 else:
+                    if _debug:
+                        _used(handled.block)
                     handled.block._scope = self._enter_scope(task, handled.block, True)
                     value = handled.block
             else:
@@ -2194,6 +2284,8 @@ def _cancel_one(gen, exc, hold):
             return None, None
         except BaseException as raised:
             return raised, None
+        if _debug:
+            _used(event)  # yielded, if refused
         if hold and _is_shield_entry(event):
             return None, event
         # It yielded (a clean-up step in a finally block): outside a shield
@@ -2292,14 +2384,14 @@ def _check_finished(gen, verb):
 # Module-level entry points
 # ---------------------------------------------------------------------------
 
-def run(root_coro, *, virtual_time=False, slow_step=None):
-    """Run generator ``root_coro`` and everything it spawns to completion.
+def run(root_coro, *, virtual_time=False, slow_step=None, debug=None):
+    """Run coroutine ``root_coro`` and everything it spawns to completion.
 
     Returns the root's result. If a coroutine raises and nobody called it,
     the other coroutines are closed and the exception propagates from here.
-    ``virtual_time`` and ``slow_step`` are as for ``Loop``.
+    ``virtual_time``, ``slow_step`` and ``debug`` are as for ``Loop``.
     """
-    return Loop(virtual_time, slow_step).run(root_coro)
+    return Loop(virtual_time, slow_step, debug).run(root_coro)
 
 
 def notify_closing(fileobj):
@@ -2327,3 +2419,12 @@ def iscoroutine(obj):
     """Whether ``obj`` is what bluelet runs: a generator, or the coroutine
     of an ``async def``."""
     return type(obj) in _COROUTINE_TYPES
+
+
+def _set_debug(on):
+    """Turn debug mode on or off, for the process; returns whether it was on."""
+    global _debug
+    previous, _debug = _debug, bool(on)
+    if _debug and "__new__" not in vars(Event):
+        Event.__new__ = staticmethod(_debug_new)
+    return previous

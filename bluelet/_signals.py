@@ -232,7 +232,7 @@ def _woken_by_signals(root_coro: Runnable[_T]) -> Generator[Any, Any, _T]:
 
 
 def run(root_coro: Runnable[_T], *, handle_signals: bool = False, virtual_time: bool = False,
-        slow_step: Optional[float] = None) -> _T:
+        slow_step: Optional[float] = None, debug: Optional[bool] = None) -> _T:
     """Run ``root_coro`` (a generator coroutine, or an ``async def``'s
     coroutine) and everything it spawns; return its result.
 
@@ -241,6 +241,10 @@ def run(root_coro: Runnable[_T], *, handle_signals: bool = False, virtual_time: 
     makes sleeps take no real time (the clock jumps to the next deadline
     whenever nothing is ready); ``slow_step=seconds`` logs a warning on the
     "bluelet" logger when a coroutine runs that long without yielding.
+    ``debug=True`` (the default under ``BLUELET_DEBUG=1`` or ``python -X
+    dev``) reports every event collected without having been yielded or
+    awaited -- a forgotten ``yield`` -- with a RuntimeWarning at the line
+    that made it.
 
     ``handle_signals=True`` (main thread only) turns SIGINT and SIGTERM into
     a clean stop: KeyboardInterrupt (with the text "SIGTERM" for SIGTERM)
@@ -255,7 +259,7 @@ def run(root_coro: Runnable[_T], *, handle_signals: bool = False, virtual_time: 
     this returns. With no options this is 0.2.0's ``run``.
     """
     global _run_depth, _main_loop
-    loop = _impl.Loop(virtual_time, slow_step)
+    loop = _impl.Loop(virtual_time, slow_step, debug)
     in_main = threading.current_thread() is threading.main_thread()
     if handle_signals:
         _require_main_thread("run(handle_signals=True)")

@@ -9,7 +9,12 @@ ExceptionEvent, yield of a non-event or of a plain Event subclass, a user
 WaitableEvent or a core fd event on always-ready pipes, reuse of an
 existing generator (spawn/call it again), a child run in a
 ``fail_after``/``move_on_after`` scope or a ``shield``, a child as the body
-of a ``task_group`` and children spawned into that group. Each operation's errors are caught
+of a ``task_group`` and children spawned into that group, a child called inside
+an ``async with`` scope block (fail_after, move_on_after, shield; entered and
+left as ``async with`` does). Each coroutine is a generator that yields its
+events, one that takes them with ``yield from`` (the iterator behind
+``await``), or an ``async def`` that awaits such a generator, so native
+coroutines are spawned, called, joined and killed too. Each operation's errors are caught
 there or propagate to the caller; a coroutine may also raise or yield again
 when it is closed. One interpreter (``coro``) turns the description into
 generators that append what they observe to a trace. The same description
@@ -40,6 +45,7 @@ import logging
 import os
 import re
 import time
+import types
 
 import pytest
 
@@ -94,7 +100,9 @@ class Boom(Exception):
 # ---------------------------------------------------------------------------
 # Program descriptions
 #
-# node   = (nid, ops, on_close)
+# node   = (nid, ops, on_close[, style])
+# style: "yield" (the default), "yield from" (events taken with yield from),
+#        "async" (an async def awaiting the "yield from" interpreter)
 # op     = (kind, arg, catch)      catch: the op's yield is in try/except Exception
 # on_close: None | "raise" (raise Boom when killed (Cancelled) or closed)
 #               | "yield" (yield again when killed or closed)
@@ -139,9 +147,14 @@ SIMPLE_KINDS = (
 #: caller or end run().
 CATCH = st.sampled_from([True, True, True, False])
 NEST_VERB = st.sampled_from(["spawn", "spawn", "call", "bare", "fail_after", "move_on_after",
-                             "shield", "group", "gspawn"])
+                             "shield", "group", "gspawn", "block_fail_after",
+                             "block_move_on_after", "block_shield"])
 #: Verbs whose child runs in a scope with a deadline (drawn from SLEEPS).
 SCOPE_VERBS = ("fail_after", "move_on_after")
+#: Verbs whose child is called inside a scope block: the scope function's name.
+BLOCK_VERBS = {"block_fail_after": "fail_after", "block_move_on_after": "move_on_after",
+               "block_shield": "shield"}
+STYLE = st.sampled_from(["yield", "yield", "yield from", "async"])
 
 
 @st.composite
@@ -156,7 +169,7 @@ def programs(draw):
                 budget[0] -= 1
                 verb = draw(NEST_VERB)
                 child = node("%s.%d" % (nid, i), depth + 1)
-                if verb in SCOPE_VERBS:
+                if verb in SCOPE_VERBS or verb in BLOCK_VERBS:
                     op = (verb, (draw(st.sampled_from(SLEEPS)), child))
                 else:
                     op = (verb, child)
@@ -165,7 +178,7 @@ def programs(draw):
                 op = (kind, draw(ARGS[kind]))
             ops.append(op + (draw(CATCH),))
         on_close = draw(st.sampled_from([None, None, None, "raise", "yield"]))
-        return (nid, tuple(ops), on_close)
+        return (nid, tuple(ops), on_close, draw(STYLE))
 
     return node("r", 0)
 
@@ -193,18 +206,61 @@ class Context:
         self.raised = []     # every Boom raised on purpose, to check identity
         self.done = False    # after run(): closing zombies must not yield again
         self.groups = {}     # nid of a task group's body -> the group
+        self.inner = []      # the generators that async nodes await
         self.env = None      # per-run classes and pipes, built after the core switch
 
 
-def coro(node, ctx):
-    nid, ops, on_close = node
+def make_coroutine(node, ctx):
+    """The coroutine of ``node`` in its style."""
+    style = node[3] if len(node) > 3 else "yield"
+    if style == "async":
+        return awaiting(node, ctx)
+    return coro(node, ctx, style == "yield from")
+
+
+async def awaiting(node, ctx):
+    gen = coro(node, ctx, True)
+    # Kept, as ctx.gens keeps the coroutines: a generator left suspended by a
+    # failed close() must not be finalized (running its finally) whenever
+    # one core or the other happens to drop its last reference.
+    ctx.inner.append(gen)
+    return await _delegate(gen)
+
+
+@types.coroutine
+def _delegate(gen):
+    return (yield from gen)
+
+
+def in_block(block, event):
+    """What ``async with block: got = await event`` does, in a generator:
+    the same events, through the iterators ``await`` uses."""
+    yield from block.__aenter__()
+    try:
+        got = yield event
+    except BaseException as exc:
+        if not (yield from block.__aexit__(type(exc), exc, exc.__traceback__)):
+            raise
+        return None
+    yield from block.__aexit__(None, None, None)
+    return got
+
+
+def coro(node, ctx, via_iter=False):
+    nid, ops, on_close = node[:3]
     trace = ctx.trace
     trace.append(("start", nid))
     children = ctx.children.setdefault(nid, [])
     spawned = ctx.spawned.setdefault(nid, [])
 
+    def take(event):
+        # An event's value, by yield or by the iterator await uses.
+        if via_iter:
+            return (yield from event)
+        return (yield event)
+
     def make(child, spawn=False):
-        gen = coro(child, ctx)
+        gen = make_coroutine(child, ctx)
         ctx.gens[child[0]] = gen
         ctx.parent[child[0]] = nid
         ctx.on_close[child[0]] = child[2]
@@ -236,15 +292,15 @@ def coro(node, ctx):
         for i, (kind, arg, catch) in enumerate(ops):
             try:
                 if kind == "null":
-                    got = yield bluelet.null()
+                    got = yield from take(bluelet.null())
                 elif kind == "sleep":
-                    got = yield bluelet.sleep(arg)
+                    got = yield from take(bluelet.sleep(arg))
                 elif kind == "value":
-                    got = yield bluelet.ValueEvent(arg)
+                    got = yield from take(bluelet.ValueEvent(arg))
                 elif kind == "spawn":
-                    got = yield bluelet.spawn(make(arg, spawn=True))
+                    got = yield from take(bluelet.spawn(make(arg, spawn=True)))
                 elif kind == "call":
-                    got = yield bluelet.call(make(arg))
+                    got = yield from take(bluelet.call(make(arg)))
                 elif kind == "bare":
                     got = yield make(arg)
                 elif kind in SCOPE_VERBS:
@@ -252,6 +308,11 @@ def coro(node, ctx):
                     got = yield getattr(bluelet, kind)(seconds, make(child))
                 elif kind == "shield":
                     got = yield bluelet.shield(make(arg))
+                elif kind in BLOCK_VERBS:
+                    seconds, child = arg
+                    scope = getattr(bluelet, BLOCK_VERBS[kind])
+                    block = scope() if kind == "block_shield" else scope(seconds)
+                    got = yield from in_block(block, bluelet.call(make(child)))
                 elif kind == "group":
                     def body(group, child=arg):
                         ctx.groups[child[0]] = group
@@ -269,7 +330,7 @@ def coro(node, ctx):
                         trace.append(("skip", nid, i))
                         continue
                     verb = bluelet.join if kind == "join" else bluelet.kill
-                    got = yield verb(target)
+                    got = yield from take(verb(target))
                 elif kind == "reuse":
                     verb, spec = arg
                     target = resolve(spec)
@@ -403,6 +464,13 @@ class _Records(logging.Handler):
                              None if exc is None else norm(repr(exc))))
 
 
+def _state(coroutine):
+    """inspect's state of a generator or a native coroutine, without its prefix."""
+    if inspect.isgenerator(coroutine):
+        return inspect.getgeneratorstate(coroutine)[len("GEN_"):]
+    return inspect.getcoroutinestate(coroutine)[len("CORO_"):]
+
+
 def run_program(core, program, virtual_time=True):
     """Run ``program`` on ``core``; return everything observable about the run."""
     previous = _impl.use(core)
@@ -414,7 +482,7 @@ def run_program(core, program, virtual_time=True):
     ctx = Context()
     try:
         ctx.env = Environment()
-        root = coro(program, ctx)
+        root = make_coroutine(program, ctx)
         ctx.gens["r"] = root
         ctx.on_close["r"] = program[2]
         try:
@@ -428,14 +496,14 @@ def run_program(core, program, virtual_time=True):
         # Started and not ended; a generator made but never run (created
         # during a kill, say) holds nothing to close.
         alive = sorted(nid for nid, gen in ctx.gens.items()
-                       if inspect.getgeneratorstate(gen) not in ("GEN_CREATED", "GEN_CLOSED"))
+                       if _state(gen) not in ("CREATED", "CLOSED"))
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
         _impl.use(previous)
         # Close what a failed close() left suspended, quietly and off the record.
         ctx.done = True
-        for gen in ctx.gens.values():
+        for gen in list(ctx.gens.values()) + ctx.inner:
             try:
                 gen.close()
             except BaseException:
