@@ -1091,6 +1091,36 @@ cdef class _Scope(_Timed):
 
 
 @cython.final
+cdef class _Shuffler:
+    """Twin of ``bluelet._loop_py._Shuffler``."""
+
+    cdef unsigned long long state
+
+    def __cinit__(self, seed):
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError("schedule_seed must be an int or None, not %r" % (seed,))
+        self.state = <unsigned long long>(int(seed) & _MASK64)
+
+    cdef inline unsigned long long next(self) noexcept:
+        cdef unsigned long long z
+        self.state += 0x9E3779B97F4A7C15ULL
+        z = self.state
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL
+        return z ^ (z >> 31)
+
+    cdef int shuffle(self, list tasks) except -1:
+        cdef Py_ssize_t i, j
+        for i in range(len(tasks) - 1, 0, -1):
+            j = <Py_ssize_t>(self.next() % <unsigned long long>(i + 1))
+            tasks[i], tasks[j] = tasks[j], tasks[i]
+        return 0
+
+
+_MASK64 = (1 << 64) - 1
+
+
+@cython.final
 cdef class _FdState:
     """Twin of ``bluelet._loop_py._FdState``."""
 
@@ -1321,11 +1351,13 @@ cdef class Loop:
     cdef double _clock          # the time under virtual_time
     cdef object _slow_step      # seconds; a longer step is logged
     cdef bint _debug
+    cdef _Shuffler _shuffler    # the order of ready tasks under schedule_seed
 
-    def __cinit__(self, virtual_time=False, slow_step=None, debug=None):
+    def __cinit__(self, virtual_time=False, slow_step=None, debug=None, schedule_seed=None):
         self._virtual_time = virtual_time
         self._slow_step = slow_step
         self._debug = default_debug() if debug is None else bool(debug)
+        self._shuffler = None if schedule_seed is None else _Shuffler(schedule_seed)
         self._clock = 0.0
         self._ready = []
         self._batch = []
@@ -1465,6 +1497,8 @@ cdef class Loop:
         if self._unsorted:
             self._unsorted = False
             batch.sort(key=_place)
+        if self._shuffler is not None:
+            self._shuffler.shuffle(batch)
         count = len(batch)
         for i in range(count):
             task = <_Task>batch[i]
@@ -2674,8 +2708,8 @@ def _new_poller():
 # Module-level entry points
 # ---------------------------------------------------------------------------
 
-def run(root_coro, *, virtual_time=False, slow_step=None, debug=None):
-    return Loop(virtual_time, slow_step, debug).run(root_coro)
+def run(root_coro, *, virtual_time=False, slow_step=None, debug=None, schedule_seed=None):
+    return Loop(virtual_time, slow_step, debug, schedule_seed).run(root_coro)
 
 
 def notify_closing(fileobj):

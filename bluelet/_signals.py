@@ -232,7 +232,8 @@ def _woken_by_signals(root_coro: Runnable[_T]) -> Generator[Any, Any, _T]:
 
 
 def run(root_coro: Runnable[_T], *, handle_signals: bool = False, virtual_time: bool = False,
-        slow_step: Optional[float] = None, debug: Optional[bool] = None) -> _T:
+        slow_step: Optional[float] = None, debug: Optional[bool] = None,
+        schedule_seed: Optional[int] = None) -> _T:
     """Run ``root_coro`` (a generator coroutine, or an ``async def``'s
     coroutine) and everything it spawns; return its result.
 
@@ -244,7 +245,8 @@ def run(root_coro: Runnable[_T], *, handle_signals: bool = False, virtual_time: 
     ``debug=True`` (the default under ``BLUELET_DEBUG=1`` or ``python -X
     dev``) reports every event collected without having been yielded or
     awaited -- a forgotten ``yield`` -- with a RuntimeWarning at the line
-    that made it.
+    that made it. ``schedule_seed=N`` runs ready coroutines in an order
+    shuffled by seed N (see ``Loop``): the same seed, the same interleaving.
 
     ``handle_signals=True`` (main thread only) turns SIGINT and SIGTERM into
     a clean stop: KeyboardInterrupt (with the text "SIGTERM" for SIGTERM)
@@ -259,7 +261,7 @@ def run(root_coro: Runnable[_T], *, handle_signals: bool = False, virtual_time: 
     this returns. With no options this is 0.2.0's ``run``.
     """
     global _run_depth, _main_loop
-    loop = _impl.Loop(virtual_time, slow_step, debug)
+    loop = _impl.Loop(virtual_time, slow_step, debug, schedule_seed)
     in_main = threading.current_thread() is threading.main_thread()
     if handle_signals:
         _require_main_thread("run(handle_signals=True)")

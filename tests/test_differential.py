@@ -19,7 +19,8 @@ there or propagate to the caller; a coroutine may also raise or yield again
 when it is closed. One interpreter (``coro``) turns the description into
 generators that append what they observe to a trace. The same description
 runs on the pure core and on the compiled core, each under the virtual clock
-(``Loop(virtual_time=True)``), and the traces, the outcome of ``run()`` (its
+(``Loop(virtual_time=True)``), in the order coroutines became ready or shuffled
+by a drawn ``schedule_seed``, and the traces, the outcome of ``run()`` (its
 value, or the exception's type, message and identity), what was logged on the
 "bluelet" logger and which generators were left unclosed must all be equal.
 
@@ -155,6 +156,9 @@ SCOPE_VERBS = ("fail_after", "move_on_after")
 BLOCK_VERBS = {"block_fail_after": "fail_after", "block_move_on_after": "move_on_after",
                "block_shield": "shield"}
 STYLE = st.sampled_from(["yield", "yield", "yield from", "async"])
+#: The schedule: the order ready coroutines became ready in (None), or
+#: shuffled by a seed, which both cores must follow alike.
+SEED = st.one_of(st.none(), st.integers(0, 2 ** 64 - 1))
 
 
 @st.composite
@@ -471,7 +475,7 @@ def _state(coroutine):
     return inspect.getcoroutinestate(coroutine)[len("CORO_"):]
 
 
-def run_program(core, program, virtual_time=True):
+def run_program(core, program, virtual_time=True, seed=None):
     """Run ``program`` on ``core``; return everything observable about the run."""
     previous = _impl.use(core)
     logger = logging.getLogger("bluelet")
@@ -486,7 +490,7 @@ def run_program(core, program, virtual_time=True):
         ctx.gens["r"] = root
         ctx.on_close["r"] = program[2]
         try:
-            value = bluelet._impl.Loop(virtual_time=virtual_time).run(root)
+            value = bluelet._impl.Loop(virtual_time=virtual_time, schedule_seed=seed).run(root)
         except BaseException as exc:  # SystemExit from a program, too
             same = [i for i, raised in enumerate(ctx.raised) if raised is exc]
             outcome = ("raised", type(exc).__name__, norm(str(exc)), same)
@@ -514,9 +518,9 @@ def run_program(core, program, virtual_time=True):
             "on_close": ctx.on_close}
 
 
-def check_same(program):
+def check_same(program, seed=None):
     require_both_cores()
-    results = {core: run_program(core, program) for core in ("python", "cython")}
+    results = {core: run_program(core, program, seed=seed) for core in ("python", "cython")}
     py, cy = results["python"], results["cython"]
     assert cy["trace"] == py["trace"]
     assert cy["outcome"] == py["outcome"]
@@ -598,19 +602,19 @@ EX_SLEEP_ZERO = N("r",
 
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=not OFFLINE, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(programs())
-@example(EX_SLEEPERS)
-@example(EX_CALL_RAISE)
-@example(EX_KILL_CHAIN)
-@example(EX_UNCAUGHT)
-@example(EX_DEADLOCK)
-@example(EX_ERRORS)
-@example(EX_CLOSE_YIELDS)
-@example(EX_KILL_OWN_TASK)
-@example(EX_SLEEP_ZERO)
-@example(EX_JOINERS)
-def _random_programs(program):
-    check_same(program)
+@given(programs(), SEED)
+@example(EX_SLEEPERS, None)
+@example(EX_CALL_RAISE, None)
+@example(EX_KILL_CHAIN, None)
+@example(EX_UNCAUGHT, None)
+@example(EX_DEADLOCK, None)
+@example(EX_ERRORS, None)
+@example(EX_CLOSE_YIELDS, None)
+@example(EX_KILL_OWN_TASK, None)
+@example(EX_SLEEP_ZERO, None)
+@example(EX_JOINERS, None)
+def _random_programs(program, seed):
+    check_same(program, seed)
 
 
 def test_cores_agree_on_random_programs():
