@@ -2730,6 +2730,13 @@ def iscoroutine(obj):
     return bluelet_is_coroutine(obj)
 
 
+def _advance_clock(seconds):
+    cdef Loop loop = <Loop>_running_loop()
+    if not loop._virtual_time:
+        raise RuntimeError("only a virtual clock can be moved (run with virtual_time=True)")
+    loop._clock += _seconds(seconds)
+
+
 def _set_debug(bint on):
     global _debug
     previous = _debug

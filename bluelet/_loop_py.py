@@ -2459,6 +2459,15 @@ def iscoroutine(obj):
     return type(obj) in _COROUTINE_TYPES
 
 
+def _advance_clock(seconds):
+    """Virtual time only: move the running loop's clock ``seconds`` forward;
+    the timers due by then fire at its next poll."""
+    loop = _running_loop()
+    if not loop._virtual_time:
+        raise RuntimeError("only a virtual clock can be moved (run with virtual_time=True)")
+    loop._clock += _seconds(seconds)
+
+
 def _set_debug(on):
     """Turn debug mode on or off, for the process; returns whether it was on."""
     global _debug

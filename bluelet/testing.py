@@ -43,13 +43,17 @@ import inspect
 import threading
 from typing import Any, Callable, Generator, Optional, TypeVar, overload
 
-from ._impl import Completion, current, iscoroutine, join, kill, run, spawn, tasks
+from . import _impl
+from ._coroutines import awaitable
+from ._impl import (Completion, current, current_time, iscoroutine, join, kill, run, sleep,
+                    spawn, tasks)
 from ._introspect import format_tasks
 from ._records import AnyCoro, Coro, Runnable
 
 _T = TypeVar("_T")
 
-__all__ = ["DeadlineExceeded", "coroutine_test", "run_test"]
+__all__ = ["DeadlineExceeded", "VirtualClock", "coroutine_test", "run_test",
+           "wait_all_tasks_blocked"]
 
 
 class DeadlineExceeded(AssertionError):
@@ -141,7 +145,7 @@ def _name(gen: Any) -> str:
 
 
 def run_test(gen: Runnable[_T], timeout: Optional[float] = 5.0,
-             virtual_time: bool = False) -> _T:
+             virtual_time: bool = False, schedule_seed: Optional[int] = None) -> _T:
     """Run coroutine ``gen`` (a generator or an ``async def``'s coroutine: a
     coroutine test) to completion; return its result.
 
@@ -150,7 +154,8 @@ def run_test(gen: Runnable[_T], timeout: Optional[float] = 5.0,
     seconds of real time, every coroutine is closed and DeadlineExceeded is
     raised; ``timeout=None`` sets no deadline. With ``virtual_time=True``
     sleeps take no real time (the clock jumps to the next deadline whenever
-    no coroutine is ready). An exception that ends ``gen`` is raised here.
+    no coroutine is ready). ``schedule_seed`` is as for ``bluelet.run``.
+    An exception that ends ``gen`` is raised here.
     """
     __tracebackhide__ = True  # pytest: show the test's frames, not ours
     if not iscoroutine(gen):
@@ -161,7 +166,8 @@ def run_test(gen: Runnable[_T], timeout: Optional[float] = 5.0,
                          % (timeout,))
     alarm = None if timeout is None else _Alarm(timeout)
     try:
-        return run(_supervise(gen, alarm), virtual_time=virtual_time)
+        return run(_supervise(gen, alarm), virtual_time=virtual_time,
+                   schedule_seed=schedule_seed)
     except DeadlineExceeded as error:
         # Raised from the watchdog inside the loop's machinery, which says
         # nothing useful; the message carries where the coroutines were.
@@ -215,3 +221,45 @@ def coroutine_test(func: Optional[_GeneratorFunction] = None, *,
     if func is not None:
         return decorate(func)
     return decorate
+
+
+#: How many passes wait_all_tasks_blocked() lets go by before it gives up:
+#: a bound, not a policy (coroutines that keep each other ready never settle).
+_SETTLE_PASSES = 100000
+
+
+@awaitable
+def wait_all_tasks_blocked() -> Generator[Any, Any, None]:
+    """Event: wait until every other coroutine waits for something outside
+    the program (I/O, a sleep, a thread) or for another coroutine: nothing
+    is left to run but this one. For tests: "the server has handled
+    everything it was sent"; RuntimeError if the others never settle.
+    """
+    me = current()
+    for _ in range(_SETTLE_PASSES):
+        # A sleep, not null(): due timers and ready I/O are served at the
+        # poll, which comes only when nothing is ready.
+        yield sleep(0)
+        if not any(info.state in ("ready", "running") and info.coroutine is not me
+                   for info in tasks()):
+            return
+    raise RuntimeError("wait_all_tasks_blocked(): the other coroutines kept running "
+                       "for %d passes" % _SETTLE_PASSES)
+
+
+class VirtualClock:
+    """The clock of a test run with ``virtual_time=True`` (the pytest
+    plugin's ``bluelet_clock`` fixture): sleeps take no real time, as the
+    clock jumps to the next deadline whenever nothing is ready (autojump),
+    and ``jump(seconds)`` moves it forward by hand.
+    """
+
+    def now(self) -> float:
+        """The virtual time now (``bluelet.current_time()``)."""
+        return current_time()
+
+    def jump(self, seconds: float) -> None:
+        """Move the clock ``seconds`` forward; what is due by then runs at
+        the next scheduling point. Only inside a run with virtual time."""
+        _impl.core._advance_clock(seconds)
+
