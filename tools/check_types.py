@@ -52,6 +52,13 @@ def f(conn: bluelet.Connection) -> bluelet.Gen[int]:
     data = yield from conn.recv(10)
     return data
 """),
+    ("a dropped event (with --enable-error-code unused-awaitable)", """
+# mypy: enable-error-code="unused-awaitable"
+import bluelet
+def f(conn: bluelet.Connection) -> bluelet.Gen[None]:
+    conn.sendall(b"lost")
+    yield bluelet.null()
+"""),
     ("run() gives the root's type", """
 import bluelet
 async def main() -> bytes:
