@@ -329,6 +329,7 @@ cdef class Event:
     """Twin of ``bluelet._loop_py.Event``."""
 
     cdef int _kind
+    cdef bint _armed         # await or yield from began: the next __next__ hands it over
 
     def __cinit__(self):
         self._kind = _K_NONE
@@ -339,11 +340,29 @@ cdef class Event:
         # Like the pure twin's object.__init__: arguments are an error.
         pass
 
+    # The event is its own iterator, which allocates nothing: ``await`` (or
+    # ``yield from``) arms it, its first __next__ hands it to the scheduler,
+    # and the resume ends the iteration with the value the scheduler sent
+    # (None through __next__, anything else through send(), as CPython's
+    # await asks). Arming and that first __next__ are consecutive bytecodes
+    # of one coroutine, so a shared event (null()) serves any number of
+    # awaiters. An exception thrown in goes past it: it has no throw().
     def __await__(self):
-        return _awaiting(self)
+        self._armed = True
+        return self
 
     def __iter__(self):
-        return _awaiting(self)
+        self._armed = True
+        return self
+
+    def __next__(self):
+        if self._armed:
+            self._armed = False
+            return self
+        raise StopIteration
+
+    def send(self, value):
+        raise StopIteration(value)
 
     @classmethod
     def __class_getitem__(cls, item):
@@ -374,37 +393,6 @@ def _sweep_unyielded():
         # may never be waited on: only one-shot events are reported.
         if not isinstance(event, (WaitQueue, Completion)):
             never_yielded(type(event).__name__, site)
-
-
-cdef inline _Awaiter _awaiting(Event event):
-    # What ``await event`` and ``yield from event`` iterate (the twin runs a
-    # small generator; from a freelist this allocates nothing).
-    cdef _Awaiter awaiter = _Awaiter.__new__(_Awaiter)
-    awaiter._event = event
-    return awaiter
-
-
-@cython.freelist(64)
-@cython.final
-@cython.no_gc
-cdef class _Awaiter:
-    # Its first __next__ hands the event to the scheduler; the resume ends
-    # the iteration with the value the scheduler sent (None through
-    # __next__, anything else through send(), as CPython's await asks).
-    # An exception thrown in goes past it: it has no throw(). Left out of
-    # the cyclic GC: it holds only an event, which never refers back to it.
-
-    cdef Event _event
-
-    def __next__(self):
-        event = self._event
-        if event is not None:
-            self._event = None
-            return event
-        raise StopIteration
-
-    def send(self, value):
-        raise StopIteration(value)
 
 
 cdef class WaitableEvent(Event):
@@ -2752,7 +2740,8 @@ def _copy_docstrings():
                  "timeout", "fail_after", "move_on_after", "shield", "current_deadline",
                  "current_time", "current", "tasks", "wakeup_fd", "iscoroutine"):
         globals()[name].__doc__ = getattr(_loop_py, name).__doc__
-    for cls, method in ((Loop, "run"), (Loop, "interrupt"), (WaitableEvent, "waitables"),
+    for cls, method in ((Loop, "run"), (Loop, "interrupt"), (Event, "send"),
+                        (WaitableEvent, "waitables"),
                         (WaitableEvent, "fire"), (SleepEvent, "time_left"),
                         (WaitQueue, "wait"), (WaitQueue, "wake"), (WaitQueue, "wake_all"),
                         (Completion, "set_result"), (Completion, "set_exception")):

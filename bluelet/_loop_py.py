@@ -198,14 +198,38 @@ class Event:
     ``Event[T]`` names an event whose value is a T.
     """
 
-    __slots__ = ()
+    __slots__ = ("_armed",)
     _kind = _K_NONE
 
+    # The event is its own iterator, which allocates nothing: ``await`` (or
+    # ``yield from``) arms it, its first __next__ hands it to the scheduler,
+    # and the resume ends the iteration with the value the scheduler sent
+    # (None through __next__, anything else through send(), as CPython's
+    # await asks). Arming and that first __next__ are consecutive bytecodes
+    # of one coroutine, so a shared event (null()) serves any number of
+    # awaiters. An exception thrown in goes past it: it has no throw().
     def __await__(self):
-        return _awaiting(self)
+        self._armed = True
+        return self
 
     def __iter__(self):
-        return _awaiting(self)
+        self._armed = True
+        return self
+
+    def __next__(self):
+        try:
+            armed = self._armed
+        except AttributeError:  # never armed: next() without iter()
+            armed = False
+        if armed:
+            self._armed = False
+            return self
+        raise StopIteration
+
+    def send(self, value):
+        """End an ``await`` (or ``yield from``) of this event with ``value``:
+        how CPython hands an awaiting coroutine what the scheduler sent."""
+        raise StopIteration(value)
 
     @classmethod
     def __class_getitem__(cls, item):
@@ -248,16 +272,6 @@ def _sweep_unyielded():
         # may never be waited on: only one-shot events are reported.
         if not isinstance(event, (WaitQueue, Completion)):
             never_yielded(type(event).__name__, site)
-
-
-def _awaiting(event):
-    """What ``await event`` and ``yield from event`` iterate: hand ``event``
-    to the scheduler, return the value the scheduler sends back (or raise
-    what it throws in). A plain generator: CPython resumes its own
-    generators inside an ``await`` without a method call and takes their
-    value without StopIteration. (The compiled twin has an _Awaiter object
-    instead, which costs less in C.)"""
-    return (yield event)
 
 
 class WaitableEvent(Event):
