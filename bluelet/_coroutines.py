@@ -3,12 +3,13 @@ coroutine of an ``async def``. Their attributes differ only in prefix
 (``gi_frame``, ``cr_frame``)."""
 
 import inspect
+import sys
 import types
 from typing import TYPE_CHECKING, Any, Callable, Generator, Optional, TypeVar
 
 from ._records import Op
 
-__all__ = ["awaitable", "code", "frame", "not_started", "state"]
+__all__ = ["awaitable", "code", "driven", "frame", "not_an_event", "not_started", "state"]
 
 _R = TypeVar("_R")
 
@@ -29,6 +30,32 @@ else:
 def frame(coro: Any) -> Optional[types.FrameType]:
     """The coroutine's frame; None once it has ended."""
     return coro.gi_frame if type(coro) is types.GeneratorType else coro.cr_frame
+
+
+if sys.version_info >= (3, 11):  # gi_suspended and cr_suspended
+    def driven(coro: Any) -> bool:
+        """Whether the coroutine has started and not finished: somebody
+        drives it. (For the cores' spawn and call checks: cheaper than state().)"""
+        if type(coro) is types.GeneratorType:
+            return bool(coro.gi_suspended or coro.gi_running)
+        return bool(coro.cr_suspended or coro.cr_running)
+else:  # Python < 3.11: a coroutine that has not started is at instruction -1
+    def driven(coro: Any) -> bool:
+        """Whether the coroutine has started and not finished: somebody
+        drives it. (For the cores' spawn and call checks: cheaper than state().)"""
+        running = coro.gi_running if type(coro) is types.GeneratorType else coro.cr_running
+        started = frame(coro)
+        return bool(running or (started is not None and started.f_lasti != -1))
+
+
+def not_an_event(obj: Any) -> TypeError:
+    """The TypeError for a coroutine that yielded (or awaited) ``obj``."""
+    if hasattr(type(obj), "_asyncio_future_blocking"):
+        return TypeError(
+            "a bluelet coroutine awaited %r, an asyncio object: bluelet's loop cannot wait "
+            "for asyncio futures or tasks (run asyncio code in its own thread, e.g. "
+            "yield bluelet.to_thread(asyncio.run, main()))" % (obj,))
+    return TypeError("bluelet coroutines must yield events or coroutines, not %r" % (obj,))
 
 
 def code(coro: Any) -> Optional[types.CodeType]:

@@ -45,9 +45,9 @@ import socket
 import threading
 import os
 import time
-import types
 import weakref
 
+from ._coroutines import driven as _driven, frame as _frame, not_an_event as _not_an_event
 from ._debug import creation_site, dropped, never_yielded
 from ._debug import default as default_debug
 from ._errors import Cancelled, SocketClosedError, Timeout
@@ -311,7 +311,6 @@ cdef bint _debug = False
 cdef dict _unyielded = {}
 
 _python_monotonic = time.monotonic
-_GeneratorType = types.GeneratorType
 
 
 cdef inline double _monotonic() except? -1.0:
@@ -2547,39 +2546,6 @@ cdef class Loop:
                 task.wait = None
                 self._schedule(task, completion._value, completion._exc)
         return 0
-
-
-if hasattr(_GeneratorType, "gi_suspended"):
-    def _driven(gen):
-        """Whether ``gen`` has started and not finished: somebody drives it."""
-        if type(gen) is _GeneratorType:
-            return gen.gi_suspended or gen.gi_running
-        return gen.cr_suspended or gen.cr_running
-else:  # Python < 3.11: a generator that has not started is at instruction -1
-    def _driven(gen):
-        """Whether ``gen`` has started and not finished: somebody drives it."""
-        frame = _frame(gen)
-        return _running(gen) or (frame is not None and frame.f_lasti != -1)
-
-
-def _frame(gen):
-    """The frame of a generator or native coroutine; None once it has ended."""
-    return gen.gi_frame if type(gen) is _GeneratorType else gen.cr_frame
-
-
-def _running(gen):
-    """Whether a generator or native coroutine is executing now."""
-    return gen.gi_running if type(gen) is _GeneratorType else gen.cr_running
-
-
-def _not_an_event(obj):
-    """The TypeError for a coroutine that yielded (or awaited) ``obj``."""
-    if hasattr(type(obj), "_asyncio_future_blocking"):
-        return TypeError(
-            "a bluelet coroutine awaited %r, an asyncio object: bluelet's loop cannot wait "
-            "for asyncio futures or tasks (run asyncio code in its own thread, e.g. "
-            "yield bluelet.to_thread(asyncio.run, main()))" % (obj,))
-    return TypeError("bluelet coroutines must yield events or coroutines, not %r" % (obj,))
 
 
 cdef inline bint _behind(_FdState state, int mask):

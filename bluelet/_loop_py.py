@@ -72,6 +72,7 @@ import time
 import types
 import weakref
 
+from ._coroutines import driven as _driven, frame as _frame, not_an_event as _not_an_event
 from ._debug import creation_site, dropped, never_yielded
 from ._debug import default as default_debug
 from ._errors import Cancelled, SocketClosedError, Timeout
@@ -2279,39 +2280,6 @@ def _kind_slow(event):
     if isinstance(event, Event):
         return event._kind
     return None
-
-
-if hasattr(_GeneratorType, "gi_suspended"):
-    def _driven(gen):
-        """Whether ``gen`` has started and not finished: somebody drives it."""
-        if type(gen) is _GeneratorType:
-            return gen.gi_suspended or gen.gi_running
-        return gen.cr_suspended or gen.cr_running
-else:  # Python < 3.11: a generator that has not started is at instruction -1
-    def _driven(gen):
-        """Whether ``gen`` has started and not finished: somebody drives it."""
-        frame = _frame(gen)
-        return _running(gen) or (frame is not None and frame.f_lasti != -1)
-
-
-def _frame(gen):
-    """The frame of a generator or native coroutine; None once it has ended."""
-    return gen.gi_frame if type(gen) is _GeneratorType else gen.cr_frame
-
-
-def _running(gen):
-    """Whether a generator or native coroutine is executing now."""
-    return gen.gi_running if type(gen) is _GeneratorType else gen.cr_running
-
-
-def _not_an_event(obj):
-    """The TypeError for a coroutine that yielded (or awaited) ``obj``."""
-    if hasattr(type(obj), "_asyncio_future_blocking"):
-        return TypeError(
-            "a bluelet coroutine awaited %r, an asyncio object: bluelet's loop cannot wait "
-            "for asyncio futures or tasks (run asyncio code in its own thread, e.g. "
-            "yield bluelet.to_thread(asyncio.run, main()))" % (obj,))
-    return TypeError("bluelet coroutines must yield events or coroutines, not %r" % (obj,))
 
 
 def _behind(state, mask):
