@@ -364,12 +364,16 @@ def probe(kind):
 
 
 class Server:
-    def __init__(self, kind, loadgen):
+    """One server in its own process, started with ``script --serve KIND
+    [serve_args]`` (this file's, unless another benchmark's is given); it
+    announces its port on stdout."""
+
+    def __init__(self, kind, loadgen, script=__file__, serve_args=()):
         self.kind = kind
         if kind == REFERENCE:
             cmd = [loadgen, "--serve", "--max-seconds", str(SERVER_MAX_SECONDS)]
         else:
-            cmd = [sys.executable, os.path.abspath(__file__), "--serve", kind]
+            cmd = [sys.executable, os.path.abspath(script), "--serve", kind, *serve_args]
         self.errfile = open(os.path.join(BUILD_DIR, "server-%s.stderr" % kind), "w+")
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=server_env(kind), stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.errfile)
@@ -436,6 +440,11 @@ def run_loadgen(loadgen, server, conns, size, seconds, warmup, idle=0):
            "--timeout", str(timeout)]
     if idle:
         cmd += ["--idle", str(idle)]
+    return loadgen_json(cmd, timeout)
+
+
+def loadgen_json(cmd, timeout):
+    """Run a loadgen command; its JSON, with rps None after an error."""
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 15)
     except subprocess.TimeoutExpired:

@@ -58,6 +58,18 @@
  *   Both modes stop with an error in their JSON after --timeout seconds
  *   (default 60) if the server stops answering; S is at most 65536.
  *
+ * HTTP mode (bench/http.py):
+ *
+ *   loadgen --port P --http PATH [--conns C] [--seconds T] [--warmup W]
+ *           [--server-pid PID] [--timeout X]
+ *
+ *   C keep-alive connections each send "GET PATH HTTP/1.1", read the whole
+ *   response (status 200 required; the body's length from Content-Length,
+ *   no chunked encoding, nothing read past the response), and repeat, counted
+ *   as in client mode; after a response with "Connection: close" the next
+ *   request goes on a new connection. The JSON has "body_bytes", "mib_per_s"
+ *   and "reconnects" besides the client mode's fields.
+ *
  * Server mode (reference ceiling):
  *
  *   loadgen --serve [--max-seconds N]
@@ -362,6 +374,8 @@ static void usage(void)
             "               [--max-requests N] [--idle I] [--server-pid PID] [--timeout X]\n"
             "       loadgen --port P --hold N [--size S] [--timeout X] [--hold-seconds H]\n"
             "       loadgen --port P --cycles N [--conns C] [--size S] [--timeout X]\n"
+            "       loadgen --port P --http PATH [--conns C] [--seconds T] [--warmup W]\n"
+            "               [--server-pid PID] [--timeout X]\n"
             "       loadgen --serve [--max-seconds N]\n");
     exit(2);
 }
@@ -651,6 +665,216 @@ static int cycles(int port, long total, int conc, long size, double timeout)
     return err[0] ? 1 : 0;
 }
 
+/* ------------------------------------------------------------------------ */
+/* HTTP keep-alive client                                                    */
+
+#define HTTP_HEAD_MAX 8192
+#define HTTP_BODY_CHUNK (1024 * 1024)
+
+typedef struct {
+    int fd;
+    double t0;
+    size_t head_len;      /* bytes of the response head read so far */
+    long long body_left;  /* -1 while the head is incomplete */
+    int closing;          /* the response said "Connection: close" */
+    char head[HTTP_HEAD_MAX];
+} http_conn_t;
+
+/* The value of header `name` (lower case, with its colon) in a complete
+   response head, or NULL. */
+static const char *http_header(const char *head, const char *name)
+{
+    size_t len = strlen(name);
+    for (const char *p = strstr(head, "\r\n"); p && p[2] != '\r'; p = strstr(p + 2, "\r\n"))
+        if (!strncasecmp(p + 2, name, len))
+            return p + 2 + len + strspn(p + 2 + len, " ");
+    return NULL;
+}
+
+/* Read what has arrived of c's response. 1: complete; 0: more to come; -1:
+   error (described in err). *body gets the body bytes read. */
+static int http_read(http_conn_t *c, long long *body, char *err, size_t errlen)
+{
+    static char chunk[HTTP_BODY_CHUNK];
+    if (c->body_left < 0) {
+        ssize_t r = recv(c->fd, c->head + c->head_len, HTTP_HEAD_MAX - 1 - c->head_len, 0);
+        if (r < 0 && (errno == EAGAIN || errno == EINTR))
+            return 0;
+        if (r <= 0) {
+            snprintf(err, errlen, "recv: %s", r == 0 ? "connection closed by server" : strerror(errno));
+            return -1;
+        }
+        c->head_len += (size_t)r;
+        c->head[c->head_len] = 0;
+        char *end = strstr(c->head, "\r\n\r\n");
+        if (!end) {
+            if (c->head_len == HTTP_HEAD_MAX - 1) {
+                snprintf(err, errlen, "response head longer than %d bytes", HTTP_HEAD_MAX);
+                return -1;
+            }
+            return 0;
+        }
+        end[2] = 0;
+        if (strncmp(c->head, "HTTP/1.1 200 ", 13) != 0) {
+            snprintf(err, errlen, "status line: %.*s", (int)strcspn(c->head, "\r\n\"\\"), c->head);
+            return -1;
+        }
+        const char *value = http_header(c->head, "content-length:");
+        long long length = value ? atoll(value) : -1;
+        value = http_header(c->head, "connection:");
+        c->closing = value && !strncasecmp(value, "close", 5);
+        if (length < 0) {
+            snprintf(err, errlen, "response without Content-Length");
+            return -1;
+        }
+        long long extra = (long long)c->head_len - (long long)(end + 4 - c->head);
+        if (extra > length) {
+            snprintf(err, errlen, "more bytes than the response holds");
+            return -1;
+        }
+        *body += extra;
+        c->body_left = length - extra;
+        return c->body_left == 0;
+    }
+    size_t want = c->body_left < HTTP_BODY_CHUNK ? (size_t)c->body_left : HTTP_BODY_CHUNK;
+    ssize_t r = recv(c->fd, chunk, want, 0);
+    if (r < 0 && (errno == EAGAIN || errno == EINTR))
+        return 0;
+    if (r <= 0) {
+        snprintf(err, errlen, "recv: %s", r == 0 ? "connection closed by server" : strerror(errno));
+        return -1;
+    }
+    *body += r;
+    c->body_left -= r;
+    return c->body_left == 0;
+}
+
+static int http_client(int port, int conns, const char *path, double seconds, double warmup,
+                       long server_pid, double timeout)
+{
+    char request[1024];
+    int rlen = snprintf(request, sizeof request, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", path);
+    if (rlen <= 0 || rlen >= (int)sizeof request)
+        die_json("path too long", 0);
+    signal(SIGPIPE, SIG_IGN);
+    raise_nofile();
+    require_nofile((long)conns + 64);
+    http_conn_t *cs = calloc((size_t)conns, sizeof(http_conn_t));
+    int ep = epoll_create1(0);
+    for (int i = 0; i < conns; i++) {
+        cs[i].fd = connect_one(port);
+        if (cs[i].fd < 0)
+            die_json("connect", errno);
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
+        epoll_ctl(ep, EPOLL_CTL_ADD, cs[i].fd, &ev);
+    }
+    float *lat = malloc(sizeof(float) * MAX_LAT_SAMPLES);
+    size_t nlat = 0;
+    long long counted = 0, warm_done = 0, body = 0, ignored = 0, reconnects = 0;
+    int errors = 0;
+    char errmsg[200] = "";
+    double t_start = now(), hard_deadline = t_start + timeout;
+    double t_measure = t_start + warmup, t_end = t_measure + seconds;
+    int measuring = warmup <= 0;
+    double m_start = t_start, m_cpu0 = self_cpu(), m_srv0 = server_pid ? proc_cpu(server_pid) : -1;
+    double m_sys0 = system_busy();
+    for (int i = 0; i < conns && !errors; i++) {
+        cs[i].t0 = t_start;
+        cs[i].body_left = -1;
+        if (send_message(cs[i].fd, (const unsigned char *)request, rlen, hard_deadline) != 0) {
+            errors++;
+            snprintf(errmsg, sizeof errmsg, "send: %s", strerror(errno));
+        }
+    }
+    struct epoll_event evs[512];
+    while (!errors) {
+        int n = epoll_wait(ep, evs, 512, 50);
+        double t = now();
+        if (n < 0 && errno != EINTR) {
+            errors++;
+            snprintf(errmsg, sizeof errmsg, "epoll_wait: %s", strerror(errno));
+            break;
+        }
+        if (!measuring && t >= t_measure) {
+            measuring = 1;
+            m_start = t;
+            m_cpu0 = self_cpu();
+            m_srv0 = server_pid ? proc_cpu(server_pid) : -1;
+            m_sys0 = system_busy();
+        }
+        if (measuring && t >= t_end)
+            break;
+        if (t > hard_deadline) {
+            errors++;
+            snprintf(errmsg, sizeof errmsg, "timeout: server stopped answering");
+            break;
+        }
+        for (int k = 0; k < n && !errors; k++) {
+            http_conn_t *c = &cs[evs[k].data.u32];
+            int st = http_read(c, measuring ? &body : &ignored, errmsg, sizeof errmsg);
+            if (st < 0) {
+                errors++;
+                break;
+            }
+            if (st == 0)
+                continue;
+            if (measuring) {
+                counted++;
+                if (nlat < MAX_LAT_SAMPLES)
+                    lat[nlat++] = (float)((t - c->t0) * 1e6);
+            } else {
+                warm_done++;
+            }
+            c->t0 = t;
+            c->head_len = 0;
+            c->body_left = -1;
+            if (c->closing) {
+                /* As a browser or wrk does: a new connection for the next request. */
+                close(c->fd);
+                c->fd = connect_one(port);
+                if (c->fd < 0) {
+                    errors++;
+                    snprintf(errmsg, sizeof errmsg, "reconnect: %s", strerror(errno));
+                    break;
+                }
+                struct epoll_event ev = {.events = EPOLLIN, .data.u32 = evs[k].data.u32};
+                epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
+                reconnects++;
+            }
+            if (send_message(c->fd, (const unsigned char *)request, rlen, hard_deadline) != 0) {
+                errors++;
+                snprintf(errmsg, sizeof errmsg, "send: %s", strerror(errno));
+            }
+        }
+    }
+    double m_stop = now(), m_cpu1 = self_cpu();
+    double m_srv1 = server_pid ? proc_cpu(server_pid) : -1, m_sys1 = system_busy();
+    if (!measuring) {
+        m_start = m_stop;
+        m_cpu0 = m_cpu1;
+    }
+    double elapsed = m_stop - m_start;
+    double srv_cpu = (elapsed > 0 && m_srv0 >= 0 && m_srv1 >= 0) ? (m_srv1 - m_srv0) / elapsed : -1.0;
+    double lg_cpu = elapsed > 0 ? (m_cpu1 - m_cpu0) / elapsed : 0.0;
+    double other_cpu = -1;
+    if (elapsed > 0 && m_sys0 >= 0 && m_sys1 >= 0 && srv_cpu >= 0) {
+        other_cpu = (m_sys1 - m_sys0) / elapsed - srv_cpu - lg_cpu;
+        if (other_cpu < 0)
+            other_cpu = 0;
+    }
+    printf("{\"conns\": %d, \"path\": \"%s\", \"warmup\": %.3f, \"warmup_requests\": %lld, "
+           "\"seconds\": %.6f, \"requests\": %lld, \"rps\": %.1f, \"body_bytes\": %lld, "
+           "\"mib_per_s\": %.2f, \"reconnects\": %lld, ",
+           conns, path, warmup, warm_done, elapsed, counted, elapsed > 0 ? counted / elapsed : 0.0,
+           body, elapsed > 0 ? body / elapsed / 1048576.0 : 0.0, reconnects);
+    print_latency("latency_us", lat, nlat);
+    printf(", \"loadgen_cpu\": %.3f, \"server_cpu\": %.3f, \"other_cpu\": %.3f, "
+           "\"errors\": %d, \"error\": \"%s\"}\n",
+           lg_cpu, srv_cpu, other_cpu, errors, errmsg);
+    fflush(stdout);
+    return errors ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
     int port = 0, conns = 1, idle = 0;
@@ -664,6 +888,7 @@ int main(int argc, char **argv)
     long max_seconds = 0;
     long hold_count = 0, cycle_count = 0;
     double hold_seconds = 60;
+    const char *http_path = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -687,11 +912,19 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--hold")) hold_count = atol(v);
         else if (!strcmp(a, "--cycles")) cycle_count = atol(v);
         else if (!strcmp(a, "--hold-seconds")) hold_seconds = atof(v);
+        else if (!strcmp(a, "--http")) http_path = v;
         else usage();
         i++;
     }
     if (serve_mode)
         return serve(max_seconds);
+    if (http_path) {
+        if (port <= 0 || port > 65535 || conns < 1 || conns > MAX_CONNS || seconds <= 0
+            || seconds > 600 || warmup < 0 || warmup > 600 || http_path[0] != '/')
+            usage();
+        return http_client(port, conns, http_path, seconds, warmup, server_pid,
+                           timeout > 0 ? timeout : warmup + seconds + 60);
+    }
     if (hold_count || cycle_count) {
         if (port <= 0 || port > 65535 || size < 1 || size > MAX_ECHO || conns < 1
             || conns > MAX_CONNS || hold_count < 0 || hold_count > MAX_CONNS || cycle_count < 0

@@ -10,11 +10,14 @@ Runs, one after the other (never at the same time, so that they do not
 disturb each other):
 
 * ``bench/micro.py`` -- switch, spawn, timers (see there);
-* ``bench/echo.py``  -- echo throughput and idle scaling (see there). If it is
-  not there, or fails without producing figures, the results say so and the
-  micro part is still written.
+* ``bench/echo.py``  -- echo throughput and idle scaling (see there);
+* ``bench/http_files.py`` -- static files over HTTP (see there).
 
-Each writes its figures as JSON (``micro.json``, ``echo.json``); this script
+If echo or HTTP fails without producing figures, the results say so and the
+rest is still written.
+
+Each writes its figures as JSON (``micro.json``, ``echo.json``,
+``http.json``); this script
 then writes ``RESULTS.md`` (the machine, the bluelet measured, the goal
 checks, every table) and ``chart.png`` (matplotlib, Agg backend), and prints
 the Markdown. They go to ``bench/results/local/`` (not tracked), or to the
@@ -41,17 +44,20 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 MICRO = os.path.join(HERE, "micro.py")
 ECHO = os.path.join(HERE, "echo.py")
+HTTP = os.path.join(HERE, "http_files.py")
 COMMITTED_OUT = os.path.join(HERE, "results")
 LOCAL_OUT = os.path.join(COMMITTED_OUT, "local")
 
 sys.path.insert(0, HERE)
 import micro  # noqa: E402
 import echo  # noqa: E402
+import http_files  # noqa: E402
 from _common import bluelet_under_test, describe_bluelet, missing_core, say  # noqa: E402
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description="Run bench/micro.py and bench/echo.py; write "
+    p = argparse.ArgumentParser(description="Run bench/micro.py, bench/echo.py and "
+                                            "bench/http_files.py; write "
                                             "bench/results/RESULTS.md and chart.png.")
     p.add_argument("--quick", action="store_true", help="smoke run of every benchmark")
     p.add_argument("--rounds", type=int, help="rounds per figure, passed to every benchmark")
@@ -62,9 +68,10 @@ def parse_args(argv):
                    help="go on without the compiled core's rows if it is not installed")
     p.add_argument("--skip-micro", action="store_true", help="do not run bench/micro.py")
     p.add_argument("--skip-echo", action="store_true", help="do not run bench/echo.py")
+    p.add_argument("--skip-http", action="store_true", help="do not run bench/http_files.py")
     p.add_argument("--reuse", action="store_true",
                    help="do not run anything; rebuild RESULTS.md and chart.png from the JSON "
-                        "(and echo.md) already in --out")
+                        "(and echo.md, http.md) already in --out")
     args = p.parse_args(argv)
     if args.out is None:
         args.out = COMMITTED_OUT if args.update_results else LOCAL_OUT
@@ -86,7 +93,8 @@ def run_bench(script, json_path, args, timeout):
         if script == MICRO:
             cmd += ["--only", ",".join(k for k, _ in micro.IMPLS if k != "cython")]
         else:
-            cmd += ["--servers", ",".join(k for k, _ in echo.SERVERS if k != "bluelet-cython")]
+            servers = (echo if script == ECHO else http_files).SERVERS
+            cmd += ["--servers", ",".join(k for k, _ in servers if k != "bluelet-cython")]
     if args.quick:
         cmd.append("--quick")
     if args.rounds is not None:
@@ -125,11 +133,11 @@ def fmt_ratio(r):
     return "n/a" if r is None else "%.2f×" % r
 
 
-def goals_table(micro_doc, echo_doc):
+def goals_table(micro_doc, echo_doc, http_doc):
     rows = []
-    if micro_doc:
-        for g in micro_doc.get("goals", []):
-            rows.append((g["goal"], g["measured"], g["met"], False, "micro"))
+    for doc, where in ((micro_doc, "micro"), (http_doc, "http")):
+        for g in (doc or {}).get("goals", []):
+            rows.append((g["goal"], g["measured"], g["met"], False, where))
     if echo_doc:
         for g in echo_doc.get("goals", []):
             rows.append((g.get("goal", "?"), fmt_ratio(g.get("value")), g.get("met"),
@@ -167,15 +175,16 @@ def machine_section(machine, args, end_load=True):
 
 
 def build_markdown(args, machine, micro_doc, micro_problem, echo_doc, echo_md, echo_problem,
-                   chart_note):
+                   http_doc, http_md, http_problem, chart_note):
     parts = ["# bluelet benchmarks", ""]
-    parts.append("Written by `python bench/run.py` (bench/micro.py, bench/echo.py); figures "
+    parts.append("Written by `python bench/run.py` (bench/micro.py, bench/echo.py, "
+                 "bench/http_files.py); figures "
                  "are medians over rounds, all measured on this machine in one run.")
     parts.append("")
     parts.append(machine_section(machine, args, end_load=not args.reuse))
     parts.append("## Goals")
     parts.append("")
-    parts.append(goals_table(micro_doc, echo_doc))
+    parts.append(goals_table(micro_doc, echo_doc, http_doc))
     if micro_doc:
         parts.append(micro.render_markdown(micro_doc, heading="##", machine=False,
                                            with_goals=False))
@@ -191,6 +200,13 @@ def build_markdown(args, machine, micro_doc, micro_problem, echo_doc, echo_md, e
     else:
         parts.append("## Echo and idle scaling\n")
         parts.append("Echo is missing: %s.\n" % (echo_problem or "skipped"))
+    if http_md and http_md.strip():
+        parts.append(http_md.strip() + "\n")
+        if http_problem:
+            parts.append("bench/http_files.py %s.\n" % http_problem)
+    else:
+        parts.append("## HTTP static files\n")
+        parts.append("HTTP is missing: %s.\n" % (http_problem or "skipped"))
     if chart_note:
         parts.append(chart_note + "\n")
     return "\n".join(parts)
@@ -359,6 +375,38 @@ def draw_chart(path, machine, micro_doc, echo_doc):
 
 # -- main -------------------------------------------------------------------------------------
 
+def network_bench(script, name, skip, args):
+    """(doc, Markdown, problem) of echo or HTTP: run now, or read back with --reuse.
+
+    Its Markdown is kept as NAME.md beside NAME.json, for --reuse.
+    """
+    json_path = os.path.join(args.out, name + ".json")
+    md_path = os.path.join(args.out, name + ".md")
+    here = os.path.relpath(script, REPO)
+    if args.reuse:
+        if not os.path.exists(json_path):
+            return None, "", "no %s" % json_path
+        with open(json_path) as f:
+            doc = json.load(f)
+        md = ""
+        if os.path.exists(md_path):
+            with open(md_path) as f:
+                md = f.read()
+        return doc, md, None
+    if skip:
+        return None, "", "skipped (--skip-%s)" % name
+    doc, md, problem = run_bench(script, json_path, args, timeout=3600)
+    if problem:
+        say("%s: %s" % (here, problem))
+    if doc is None:
+        if os.path.exists(md_path):
+            os.remove(md_path)
+        return None, "", "%s %s" % (here, problem)
+    with open(md_path, "w") as f:
+        f.write(md)
+    return doc, md, problem
+
+
 def main(argv=None):
     args = parse_args(argv)
     args.without_compiled = pure_only()
@@ -374,52 +422,24 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     machine = micro.machine_info()
     micro_json = os.path.join(args.out, "micro.json")
-    echo_json = os.path.join(args.out, "echo.json")
-    echo_md_path = os.path.join(args.out, "echo.md")
 
-    micro_doc = echo_doc = None
-    micro_problem = echo_problem = None
-    echo_md = ""
-
+    micro_doc = None
+    micro_problem = None
     if args.reuse:
         if os.path.exists(micro_json):
             with open(micro_json) as f:
                 micro_doc = json.load(f)
+            machine = micro_doc.get("machine", machine)
         else:
             micro_problem = "no %s" % micro_json
-        if os.path.exists(echo_json):
-            with open(echo_json) as f:
-                echo_doc = json.load(f)
-            if os.path.exists(echo_md_path):
-                with open(echo_md_path) as f:
-                    echo_md = f.read()
-        else:
-            echo_problem = "no %s" % echo_json
-        if micro_doc:
-            machine = micro_doc.get("machine", machine)
+    elif args.skip_micro:
+        micro_problem = "skipped (--skip-micro)"
     else:
-        if args.skip_micro:
-            micro_problem = "skipped (--skip-micro)"
-        else:
-            micro_doc, _, micro_problem = run_bench(MICRO, micro_json, args, timeout=1800)
-            if micro_problem:
-                say("bench/micro.py: %s" % micro_problem)
-        if args.skip_echo:
-            echo_problem = "skipped (--skip-echo)"
-        elif not os.path.exists(ECHO):
-            echo_problem = "bench/echo.py does not exist (yet)"
-            say("echo is missing: " + echo_problem)
-        else:
-            echo_doc, echo_md, echo_problem = run_bench(ECHO, echo_json, args, timeout=3600)
-            if echo_problem:
-                say("bench/echo.py: %s" % echo_problem)
-            if echo_doc is None:
-                echo_md = ""
-                echo_problem = "bench/echo.py %s" % echo_problem
-            with open(echo_md_path, "w") as f:
-                f.write(echo_md)
-        if echo_doc is None and os.path.exists(echo_md_path):
-            os.remove(echo_md_path)
+        micro_doc, _, micro_problem = run_bench(MICRO, micro_json, args, timeout=1800)
+        if micro_problem:
+            say("bench/micro.py: %s" % micro_problem)
+    echo_doc, echo_md, echo_problem = network_bench(ECHO, "echo", args.skip_echo, args)
+    http_doc, http_md, http_problem = network_bench(HTTP, "http", args.skip_http, args)
 
     chart_path = os.path.join(args.out, "chart.png")
     chart_note = None
@@ -432,12 +452,13 @@ def main(argv=None):
         chart_note = "![benchmark chart](chart.png)"
 
     md = build_markdown(args, machine, micro_doc, micro_problem, echo_doc, echo_md, echo_problem,
-                        chart_note)
+                        http_doc, http_md, http_problem, chart_note)
     md_path = os.path.join(args.out, "RESULTS.md")
     with open(md_path, "w") as f:
         f.write(md.rstrip() + "\n")
     print(md)
-    say("wrote %s and %s" % (md_path, chart_path))
+    say("wrote %s" % md_path + ("" if chart_note.startswith("chart.png not written")
+                                   else " and %s" % chart_path))
     return 0 if micro_doc else 1
 
 

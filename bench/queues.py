@@ -2,8 +2,8 @@
 
 Run from the repository root (no arguments needed)::
 
-    python bench/queue.py               # 3 rounds per core, a few seconds
-    python bench/queue.py --rounds 5 --items 50
+    python bench/queues.py               # 3 rounds per core, a few seconds
+    python bench/queues.py --rounds 5 --items 50
 
 What is measured: P producers and P consumers (P = 5,000 by default, so
 10,000 coroutines) share one Queue. The consumers are spawned first, so every
@@ -14,7 +14,7 @@ through the queue. The figure is items per second over the whole ``run()``
 shapes: a bounded queue (maxsize 100: both sides wait, every item is a hand
 over or a wake-up) and an unbounded one (maxsize 0: only the consumers wait).
 
-Each round runs in a fresh subprocess (``python bench/queue.py --worker
+Each round runs in a fresh subprocess (``python bench/queues.py --worker
 CORE``) with ``BLUELET_PURE_PYTHON=1`` for the pure core and
 ``BLUELET_REQUIRE_EXTENSIONS=1`` for the compiled one, so a missing build
 fails instead of measuring pure Python twice. The rounds of the two cores
