@@ -102,6 +102,7 @@ LOADGEN_BIN = os.path.join(BUILD_DIR, "loadgen")
 SERVERS = [
     ("bluelet-cython", "bluelet (cython)"),
     ("bluelet-python", "bluelet (python)"),
+    ("bluelet-guest", "bluelet (cython) in uvloop"),
     ("asyncio-streams", "asyncio streams"),
     ("asyncio-protocols", "asyncio protocols"),
     ("uvloop-streams", "uvloop streams"),
@@ -164,7 +165,7 @@ def _watchdog():
     timer.start()
 
 
-def serve_bluelet(expect):
+def serve_bluelet(expect, guest=False):
     import bluelet
 
     if bluelet.IMPLEMENTATION != expect:
@@ -193,7 +194,11 @@ def serve_bluelet(expect):
         # connections, and must not wait for them.
         yield bluelet.serve(listener, echoer, grace=0)
 
-    bluelet.run(main())
+    if guest:
+        # The same program as a guest of uvloop (bluelet.aio).
+        bluelet.run(main(), host="uvloop")
+    else:
+        bluelet.run(main())
 
 
 def serve_asyncio(streams, use_uvloop):
@@ -277,6 +282,8 @@ def serve(kind):
         serve_bluelet("cython")
     elif kind == "bluelet-python":
         serve_bluelet("python")
+    elif kind == "bluelet-guest":
+        serve_bluelet("cython", guest=True)
     elif kind in ("asyncio-streams", "asyncio-protocols", "uvloop-streams", "uvloop-protocols"):
         serve_asyncio(kind.endswith("streams"), kind.startswith("uvloop"))
     elif kind == "gevent":
@@ -347,10 +354,13 @@ def probe(kind):
     """None if the server can run here, else the reason it cannot."""
     if kind == REFERENCE:
         return None
-    if kind in ("bluelet-cython", "bluelet-python"):
+    if kind in ("bluelet-cython", "bluelet-python", "bluelet-guest"):
         info = bluelet_under_test(TREE[0], pure=kind == "bluelet-python")
-        return missing_core(info) if kind == "bluelet-cython" else info.get("error")
-    mods = {"asyncio-streams": "import asyncio",
+        why = info.get("error") if kind == "bluelet-python" else missing_core(info)
+        if why or kind != "bluelet-guest":
+            return why
+    mods = {"bluelet-guest": "import uvloop",
+            "asyncio-streams": "import asyncio",
             "asyncio-protocols": "import asyncio",
             "uvloop-streams": "import uvloop",
             "uvloop-protocols": "import uvloop",
@@ -760,6 +770,12 @@ def main(argv=None):
             # the same comparison by server CPU time per request (theirs / ours: > 1 means
             # bluelet needs less CPU per request); less sensitive to a busy machine
             "cpu_per_request_ratio": (cost_theirs / cost_ours if cost_ours and cost_theirs else None)})
+    guest = cell_rps("bluelet-guest")
+    ratio = guest / ours if guest and ours else None
+    goals.append({"goal": "echo 100 conns x 1 KiB: %s / bluelet (cython) req/s >= 0.8"
+                          % NAMES["bluelet-guest"],
+                  "value": ratio, "target": 0.8, "met": None if ratio is None else ratio >= 0.8,
+                  "disturbed": cell_disturbed("bluelet-cython") or cell_disturbed("bluelet-guest")})
     idle_ratio = idle_results.get(NAMES["bluelet-cython"], {}).get("ratio")
     goals.append({"goal": "idle scaling, bluelet (cython): with %d idle / alone >= 0.9" % idle_count,
                   "value": idle_ratio, "target": 0.9,

@@ -19,6 +19,9 @@ Cython when available (``IMPLEMENTATION == "cython"``) and pure Python
 otherwise (``"python"``, or forced with ``BLUELET_PURE_PYTHON=1``).
 """
 
+import importlib
+from typing import Any
+
 from ._errors import (
     Cancelled,
     ChannelClosed,
@@ -71,6 +74,7 @@ from ._impl import (
 )
 from ._files import read, write
 from ._group import first, join_all
+from ._guest import Outcome, start_guest_run
 from ._introspect import dump, dump_on
 from ._records import Gen, Op, TaskInfo
 from ._signals import run, signal
@@ -85,6 +89,15 @@ from ._tls import TLSConnection
 from ._udp import UDPEndpoint, udp
 
 __version__ = "0.3.0.dev0"
+
+
+def __getattr__(name: str) -> Any:
+    # bluelet.aio imports asyncio, which a program that never uses it
+    # should not pay for at start-up: it is loaded on first use.
+    if name == "aio":
+        return importlib.import_module(".aio", __name__)
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
+
 
 __all__ = [
     "IMPLEMENTATION",
@@ -107,6 +120,7 @@ __all__ = [
     "Listener",
     "Op",
     "Lock",
+    "Outcome",
     "Queue",
     "QueueEmpty",
     "QueueFull",
@@ -155,6 +169,7 @@ __all__ = [
     "signal",
     "sleep",
     "spawn",
+    "start_guest_run",
     "started",
     "task_group",
     "tasks",

@@ -1027,6 +1027,9 @@ class _EpollPoller:
     def poll(self, timeout):
         return self._epoll.poll(timeout, _MAX_EVENTS)
 
+    def fileno(self):
+        return self._epoll.fileno()
+
     def close(self):
         self._epoll.close()
 
@@ -1068,6 +1071,11 @@ class _SelectorsPoller:
             ready.append((key.fd, (READ if events & selectors.EVENT_READ else 0) |
                           (WRITE if events & selectors.EVENT_WRITE else 0)))
         return ready
+
+    def fileno(self):
+        # kqueue and epoll selectors have one; select and poll do not.
+        fileno = getattr(self._selector, "fileno", None)
+        return -1 if fileno is None else fileno()
 
     def close(self):
         self._selector.close()
@@ -1172,28 +1180,38 @@ class Loop:
 
     def run(self, root):
         """Run generator ``root`` and all it spawns; return root's result."""
+        self._begin(root, "bluelet.run()")
+        _local.loop = self
+        debugging = _set_debug(self._debug)
+        try:
+            while self._round(True):
+                pass
+        finally:
+            self._close(debugging)
+        return self._outcome()
+
+    def _begin(self, root, verb):
         _require_generator(root, "run")
         if self._root is not None:
             raise RuntimeError("a Loop runs only once")
         if getattr(_local, "loop", None) is not None:
-            raise RuntimeError("bluelet.run() called from inside a running loop")
+            raise RuntimeError("%s called from inside a running loop" % verb)
         self._poller = _new_poller()
         self._root = self._add_task(root)
         self._queue_spawned()
-        _local.loop = self
-        debugging = _set_debug(self._debug)
+
+    def _close(self, debugging):
+        # Still the running loop while shutting down: finally blocks of the
+        # coroutines being closed may wake queues or close sockets.
         try:
-            self._main()
+            self._shutdown()
         finally:
-            # Still the running loop while shutting down: finally blocks of
-            # the coroutines being closed may wake queues or close sockets.
-            try:
-                self._shutdown()
-            finally:
-                _local.loop = None
-                if self._debug:
-                    _sweep_unyielded()
-                _set_debug(debugging)
+            _local.loop = None
+            if self._debug:
+                _sweep_unyielded()
+            _set_debug(debugging)
+
+    def _outcome(self):
         if self._deferred is not None and self._failure is None:
             # The root ended before the scheduling point it was due at.
             self._failure = self._deferred
@@ -1202,68 +1220,136 @@ class Loop:
             raise failure
         return self._root.result
 
-    def _main(self):
-        while self._tasks:
+    def _round(self, blocking):
+        """One round: passes, a poll, expired sleepers. The poll waits for
+        I/O or the next deadline only if ``blocking``. Returns whether the
+        run goes on."""
+        if not self._tasks:
+            return False
+        while self._interrupts:
+            self._interrupt(self._interrupts.popleft())
+        if self._failure is not None:
+            # An interrupt after the root ended: the run ends with it,
+            # whatever the others still wait for.
+            return False
+        # ---- phase 1: passes until nothing is ready, as 0.2.0 runs them
+        # (docs/order.md); bounded, so a coroutine that never waits
+        # cannot keep I/O and timers from being served forever.
+        while self._ready and self._passes < _MAX_PASSES:
+            self._passes += 1
+            self._run_pass()
+            if self._failure is not None:
+                return False
+            # A signal that came during the pass is for this round.
             while self._interrupts:
                 self._interrupt(self._interrupts.popleft())
-            if self._failure is not None:
-                # An interrupt after the root ended: the run ends with it,
-                # whatever the others still wait for.
-                return
-            # ---- phase 1: passes until nothing is ready, as 0.2.0 runs them
-            # (docs/order.md); bounded, so a coroutine that never waits
-            # cannot keep I/O and timers from being served forever.
-            while self._ready and self._passes < _MAX_PASSES:
-                self._passes += 1
-                self._run_pass()
-                if self._failure is not None:
-                    return
-                # A signal that came during the pass is for this round.
-                while self._interrupts:
-                    self._interrupt(self._interrupts.popleft())
-            if not self._tasks or self._stopping and self._root.state == _S_DONE:
-                return
+        if not self._tasks or self._stopping and self._root.state == _S_DONE:
+            return False
 
-            # ---- phase 2: poll I/O, blocking only if nothing is ready.
-            if _debug:
-                _sweep_unyielded()
-            jump = 0.0
-            if self._ready or self._after_poll:
+        # ---- phase 2: poll I/O, blocking only if nothing is ready.
+        if _debug:
+            _sweep_unyielded()
+        jump = 0.0
+        if self._ready or self._after_poll:
+            timeout = 0.0
+        elif self._has_timers():
+            timeout = min(max(self._next_deadline() - self._now(), 0.0), _MAX_TIMEOUT)
+            if self._virtual_time:
+                # Nothing can happen before the next deadline but I/O
+                # that is ready now: poll without waiting, and go there
+                # only if that woke nobody (real time would not pass).
+                jump = timeout
                 timeout = 0.0
-            elif self._has_timers():
-                timeout = min(max(self._next_deadline() - self._now(), 0.0), _MAX_TIMEOUT)
-                if self._virtual_time:
-                    # Nothing can happen before the next deadline but I/O
-                    # that is ready now: poll without waiting, and go there
-                    # only if that woke nobody (real time would not pass).
-                    jump = timeout
-                    timeout = 0.0
-            elif self._fd_waiters or self._external:
-                timeout = -1.0
-            else:
-                self._failure = RuntimeError(
-                    "deadlock: %d coroutine(s) wait for each other and nothing can "
-                    "wake them: %r" % (len(self._tasks), list(self._tasks.values())))
-                return
-            self._passes = 0
-            # The next pass is 0.2.0's firing of what the poll reports, unless
-            # tasks were still ready (a poll for fairness: 0.2.0 has none).
-            fire = not self._ready
-            try:
-                self._poll(timeout)
-            except KeyboardInterrupt as exc:
-                self._interrupt(exc)
-                continue
-            # I/O that was likely to succeed runs only now, after the poll,
-            # as 0.2.0 fires it: what it sends wakes a reader at the next
-            # poll, not this one.
-            self._queue_after_poll()
-            self._fire_pass = fire
-            if jump and not self._ready:
-                self._clock += jump
+        elif self._fd_waiters or self._external:
+            timeout = -1.0
+        else:
+            self._failure = RuntimeError(
+                "deadlock: %d coroutine(s) wait for each other and nothing can "
+                "wake them: %r" % (len(self._tasks), list(self._tasks.values())))
+            return False
+        self._passes = 0
+        # The next pass is 0.2.0's firing of what the poll reports, unless
+        # tasks were still ready (a poll for fairness: 0.2.0 has none).
+        fire = not self._ready
+        try:
+            # A guest's host does the waiting (step() says for how long).
+            self._poll(timeout if blocking else 0.0)
+        except KeyboardInterrupt as exc:
+            self._interrupt(exc)
+            return True
+        # I/O that was likely to succeed runs only now, after the poll,
+        # as 0.2.0 fires it: what it sends wakes a reader at the next
+        # poll, not this one.
+        self._queue_after_poll()
+        self._fire_pass = fire
+        if jump and not self._ready:
+            self._clock += jump
 
-            # ---- phase 3: expire sleepers, earliest deadline first.
-            self._expire_timers(self._now())
+        # ---- phase 3: expire sleepers, earliest deadline first.
+        self._expire_timers(self._now())
+        return True
+
+    # -- guest mode: another event loop drives this one ---------------------
+
+    def start(self, root):
+        """Begin running ``root`` as a guest of another event loop.
+
+        Instead of ``run()``, which waits in its own poll, a host calls
+        ``step()`` whenever its last answer says to, or ``fileno()`` is
+        readable, until it returns None; then ``finish()``. The steps run
+        in the host's thread, one at a time.
+        """
+        self._begin(root, "Loop.start()")
+
+    def step(self):
+        """Guest mode: run what is ready and serve what is due, without waiting.
+
+        Returns when to step again: 0.0 at once, else in that many seconds
+        (the next deadline) or, for -1.0, no sooner than ``fileno()`` is
+        readable (it may be before a deadline too). None: the run is over;
+        call ``finish()``.
+        """
+        if self._root is None:
+            raise RuntimeError("Loop.step() before Loop.start()")
+        if getattr(_local, "loop", None) is not None:
+            raise RuntimeError("Loop.step() called from inside a running loop")
+        _local.loop = self
+        debugging = _set_debug(self._debug)
+        try:
+            if not self._round(False):
+                return None
+            if self._ready or self._after_poll or self._interrupts:
+                return 0.0
+            if self._has_timers():
+                return 0.0 if self._virtual_time else max(self._next_deadline() - self._now(), 0.0)
+            if self._fd_waiters or self._external:
+                return -1.0
+            return 0.0  # nothing can wake the rest: the next step says so
+        finally:
+            _local.loop = None
+            _set_debug(debugging)
+
+    def fileno(self):
+        """Guest mode: a descriptor that is readable when I/O or a wake-up
+        from another thread is due (the poller's own); -1 where the poller
+        has none (select), so a host must step on a timer."""
+        if self._poller is None:
+            raise RuntimeError("Loop.fileno() before Loop.start()")
+        return self._poller.fileno()
+
+    def finish(self):
+        """Guest mode: close every coroutine still alive and the poller, then
+        return the root's result or raise what ended the run."""
+        if self._root is None:
+            raise RuntimeError("Loop.finish() before Loop.start()")
+        over = not self._tasks or self._failure is not None or \
+            self._stopping and self._root.state == _S_DONE
+        _local.loop = self
+        self._close(_set_debug(self._debug))
+        if not over:
+            raise RuntimeError("Loop.finish() before the run was over: its coroutines "
+                               "were closed")
+        return self._outcome()
 
     def _run_pass(self):
         """Run each ready task once, in the order of their places."""

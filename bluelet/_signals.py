@@ -233,7 +233,7 @@ def _woken_by_signals(root_coro: Runnable[_T]) -> Generator[Any, Any, _T]:
 
 def run(root_coro: Runnable[_T], *, handle_signals: bool = False, virtual_time: bool = False,
         slow_step: Optional[float] = None, debug: Optional[bool] = None,
-        schedule_seed: Optional[int] = None) -> _T:
+        schedule_seed: Optional[int] = None, host: Optional[str] = None) -> _T:
     """Run ``root_coro`` (a generator coroutine, or an ``async def``'s
     coroutine) and everything it spawns; return its result.
 
@@ -259,8 +259,21 @@ def run(root_coro: Runnable[_T], *, handle_signals: bool = False, virtual_time: 
     coroutine runs: the handler only asks the loop to stop, and the loop
     does so between two steps. The previous handlers are restored when
     this returns. With no options this is 0.2.0's ``run``.
+
+    ``host="asyncio"`` (or ``"uvloop"``) runs the program as a guest of a
+    new asyncio (or uvloop) loop, so that it can use asyncio libraries
+    through ``bluelet.aio.wait``; Ctrl-C is then asyncio's to handle (it
+    cancels the program), and the clock is real.
     """
     global _run_depth, _main_loop
+    if host is not None:
+        from .aio import HOSTS, run_hosted
+        if host not in HOSTS:
+            raise ValueError("host must be one of %s, not %r" % (", ".join(map(repr, HOSTS)), host))
+        if handle_signals or virtual_time:
+            raise ValueError("handle_signals and virtual_time are for bluelet's own loop, "
+                             "not for host=%r" % host)
+        return run_hosted(root_coro, host, slow_step, debug, schedule_seed)
     loop = _impl.Loop(virtual_time, slow_step, debug, schedule_seed)
     in_main = threading.current_thread() is threading.main_thread()
     if handle_signals:

@@ -94,6 +94,16 @@ if hasattr(os, "register_at_fork"):  # POSIX; Windows cannot fork
     os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
+def settle(completion: Completion, future: Any) -> None:
+    """Deliver a done, not cancelled, future's outcome to ``completion``
+    (a ``concurrent.futures`` or an asyncio future: they agree on this)."""
+    error = future.exception()
+    if error is not None:
+        completion.set_exception(error)
+    else:
+        completion.set_result(future.result())
+
+
 class _Handoff:
     """The Completion of one call, delivered exactly once.
 
@@ -115,11 +125,7 @@ class _Handoff:
         # settles it) or the interpreter is exiting (the waiter goes with it).
         if future.cancelled() or not self._claim.acquire(blocking=False):
             return
-        error = future.exception()
-        if error is not None:
-            self.completion.set_exception(error)
-        else:
-            self.completion.set_result(future.result())
+        settle(self.completion, future)
 
     def abandon(self) -> None:
         """Loop thread, waiter gone: settle the Completion so the loop stops

@@ -32,7 +32,7 @@ copy_tree "$work/asan"
 python3 -m venv "$work/asan-venv"
 "$work/asan-venv/bin/python" -m pip install -q --upgrade pip
 "$work/asan-venv/bin/python" -m pip install -q --upgrade "setuptools>=77" cython exceptiongroup \
-    pytest pytest-timeout hypothesis trustme
+    pytest pytest-timeout hypothesis trustme aiohttp redis uvloop
 (
     cd "$work/asan"
     CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g" \
