@@ -9,6 +9,8 @@ wait is bounded.
 import http.client
 import os
 import re
+import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -55,7 +57,7 @@ def example(env, tmp_path):
 
 def test_every_example_is_tested():
     tested = {"echo.py", "httpd.py", "sleepy.py", "delegation.py", "ipc.py", "fetch.py",
-              "typed.py"}
+              "typed.py", "tk_chat.py"}
     assert {path.name for path in EXAMPLES.glob("*.py")} == tested
 
 
@@ -154,3 +156,61 @@ def test_fetch_reports_failures(env, tmp_path):
     refused = "http://127.0.0.1:%d/" % free_port()
     lines = run_example("fetch.py", env, tmp_path, refused, "ftp://example.invalid/").splitlines()
     assert len(lines) == 3 and all(line.startswith("failed:") for line in lines[:2])
+
+
+@pytest.fixture
+def x_display():
+    """A virtual X screen (Debian's Xvfb) and xdotool to press keys in it.
+
+    Skipped where either is missing, unless BLUELET_REQUIRE_XVFB=1 (CI,
+    which installs both) makes that a failure.
+    """
+    xvfb, xdotool = shutil.which("Xvfb"), shutil.which("xdotool")
+    missing = [name for name, path in (("Xvfb", xvfb), ("xdotool", xdotool)) if path is None]
+    try:
+        import tkinter  # noqa: F401
+    except ImportError:
+        missing.append("tkinter")
+    if missing:
+        if os.environ.get("BLUELET_REQUIRE_XVFB", "") not in ("", "0"):
+            pytest.fail("BLUELET_REQUIRE_XVFB is set but %s is missing" % ", ".join(missing))
+        pytest.skip("%s missing (Debian: apt install xvfb xdotool python3-tk)" % ", ".join(missing))
+    # -displayfd: Xvfb picks a free display and writes its number there.
+    read_end, write_end = os.pipe()
+    server = subprocess.Popen([xvfb, "-displayfd", str(write_end), "-screen", "0", "640x480x24",
+                               "-nolisten", "tcp"], pass_fds=(write_end,),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write_end)
+    try:
+        number = b""
+        while not number.endswith(b"\n"):
+            if not select.select([read_end], [], [], WAIT)[0]:
+                pytest.fail("Xvfb did not start")
+            chunk = os.read(read_end, 16)
+            if not chunk:
+                pytest.fail("Xvfb exited at start")
+            number += chunk
+        yield ":" + number.decode().strip(), xdotool
+    finally:
+        os.close(read_end)
+        server.terminate()
+        server.wait(timeout=WAIT)
+
+
+def test_tk_chat(example, env, x_display):
+    display, xdotool = x_display
+    env["DISPLAY"] = display
+    window = example("tk_chat.py", "--port", "0")
+    port = int(window.expect(r"listening on 127\.0\.0\.1:(\d+)").group(1))
+    with socket.create_connection((HOST, port), timeout=WAIT) as client:
+        client.sendall(b"hello tk\n")
+        assert client.makefile("rb").readline() == b"HELLO TK\n"
+    window.expect(r"^got: hello tk$")
+    # A real window: found by its title, and q pressed in it stops the program.
+    found = subprocess.run([xdotool, "search", "--sync", "--name", "bluelet in Tk"],
+                           env=env, capture_output=True, text=True, timeout=WAIT)
+    window_id = found.stdout.split()[0]
+    subprocess.run([xdotool, "windowfocus", "--sync", window_id, "key", "q"], env=env,
+                   capture_output=True, timeout=WAIT, check=True)
+    window.expect(r"^stopped: Cancelled\(\)$")
+    assert window.wait() == 0
