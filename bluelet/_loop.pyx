@@ -1496,23 +1496,9 @@ cdef class Loop:
     # -- guest mode: another event loop drives this one ---------------------
 
     def start(self, root):
-        """Begin running ``root`` as a guest of another event loop.
-
-        Instead of ``run()``, which waits in its own poll, a host calls
-        ``step()`` whenever its last answer says to, or ``fileno()`` is
-        readable, until it returns None; then ``finish()``. The steps run
-        in the host's thread, one at a time.
-        """
         self._begin(root, "Loop.start()")
 
     def step(self):
-        """Guest mode: run what is ready and serve what is due, without waiting.
-
-        Returns when to step again: 0.0 at once, else in that many seconds
-        (the next deadline) or, for -1.0, no sooner than ``fileno()`` is
-        readable (it may be before a deadline too). None: the run is over;
-        call ``finish()``.
-        """
         if self._root is None:
             raise RuntimeError("Loop.step() before Loop.start()")
         if getattr(_local, "loop", None) is not None:
@@ -1534,16 +1520,11 @@ cdef class Loop:
             _set_debug(debugging)
 
     def fileno(self):
-        """Guest mode: a descriptor that is readable when I/O or a wake-up
-        from another thread is due (the poller's own); -1 where the poller
-        has none (select), so a host must step on a timer."""
         if self._poller is None:
             raise RuntimeError("Loop.fileno() before Loop.start()")
         return self._poller.fileno()
 
     def finish(self):
-        """Guest mode: close every coroutine still alive and the poller, then
-        return the root's result or raise what ended the run."""
         if self._root is None:
             raise RuntimeError("Loop.finish() before Loop.start()")
         over = not self._tasks or self._failure is not None or \
@@ -2790,7 +2771,8 @@ def _copy_docstrings():
                  "timeout", "fail_after", "move_on_after", "shield", "current_deadline",
                  "current_time", "current", "tasks", "wakeup_fd", "iscoroutine"):
         globals()[name].__doc__ = getattr(_loop_py, name).__doc__
-    for cls, method in ((Loop, "run"), (Loop, "interrupt"), (Event, "send"),
+    for cls, method in ((Loop, "run"), (Loop, "start"), (Loop, "step"), (Loop, "fileno"),
+                        (Loop, "finish"), (Loop, "interrupt"), (Event, "send"),
                         (WaitableEvent, "waitables"),
                         (WaitableEvent, "fire"), (SleepEvent, "time_left"),
                         (WaitQueue, "wait"), (WaitQueue, "wake"), (WaitQueue, "wake_all"),

@@ -21,6 +21,11 @@ Interpreter exit
 """
 
 import concurrent.futures
+# Imported now, before _withdraw_pending is registered below: its own exit
+# hook (which joins the pool's threads, after running every queued call) must
+# be registered first, so that it runs after ours. Python 3.14 no longer
+# imports it as a side effect of evaluating the annotations here.
+import concurrent.futures.thread  # noqa: F401
 import os
 import threading
 from typing import Any, Callable, Dict, Generator, Optional, Tuple, TypeVar

@@ -97,7 +97,13 @@ class TLSConnection(Connection):
         yield from self._handshake()
         # One read returns at most one record, but allocates all it asks for.
         size = min(size, _MAX_READ)
-        return (yield from retry(self.sock, wait_readable, self.sock.recv, size))
+        try:
+            return (yield from retry(self.sock, wait_readable, self.sock.recv, size))
+        except BrokenPipeError:
+            # OpenSSL 3.6 may write while reading (a TLS 1.3 session ticket
+            # or key update); once the peer has closed, that write fails with
+            # EPIPE. For a reader the stream has ended, as on a plain socket.
+            return b""
 
     def _transmit(self, data: Bytes, whole: bool) -> "Event[Any]":
         # The view is made here so bad data raises at the call, not the yield.
