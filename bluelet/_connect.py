@@ -4,8 +4,10 @@ Three steps, each a wait the loop can serve others through:
 
 1. Name resolution. A literal address is parsed on the spot
    (``AI_NUMERICHOST`` does no I/O); a host name goes to
-   ``socket.getaddrinfo`` in a worker thread (``to_thread``), because the
-   system resolver blocks and cannot be made not to.
+   ``socket.getaddrinfo`` in a worker thread, because the system resolver
+   blocks and cannot be made not to. Lookups have threads of their own (4),
+   apart from ``to_thread``'s, so that long calls there never delay a
+   connect.
 2. The TCP handshake: non-blocking ``connect``s, raced as RFC 8305
    ("Happy Eyeballs") says. The addresses are tried in the resolver's
    order with the two families interleaved (IPv6, IPv4, IPv6, ...); each
@@ -31,7 +33,7 @@ from ._connection import Connection, close_socket, with_timeout
 from ._group import first
 from ._impl import DelegationEvent, Event, sleep, wait_writable
 from ._listener import check_port
-from ._threads import to_thread
+from ._threads import lookup_in_thread
 from ._tls import check_client_context, wrap_client
 
 if TYPE_CHECKING:
@@ -247,14 +249,16 @@ def _outcome(sock: socket.socket) -> Optional[int]:
 
 def resolve(host: str, port: Union[int, str], family: int,
             type_: int) -> Generator[Any, Any, Sequence[_AddrInfo]]:
-    """Coroutine: ``getaddrinfo``'s answer for ``host``, looked up in a worker
-    thread if it is a name (a literal address is parsed here: no I/O)."""
+    """Coroutine: ``getaddrinfo``'s answer for ``host``, looked up in one of
+    the lookup threads if it is a name (a literal address is parsed here: no
+    I/O)."""
     try:
         return socket.getaddrinfo(host, port, family, type_, 0, socket.AI_NUMERICHOST)
     except socket.gaierror as error:
         if error.errno != socket.EAI_NONAME:
             raise
-    addresses: Sequence[_AddrInfo] = yield to_thread(socket.getaddrinfo, host, port, family, type_)
+    addresses: Sequence[_AddrInfo] = yield lookup_in_thread(socket.getaddrinfo, host, port,
+                                                            family, type_)
     return addresses
 
 

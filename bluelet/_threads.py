@@ -34,13 +34,9 @@ from ._coroutines import awaitable
 from ._impl import Completion
 from ._records import Coro
 
-__all__ = ["set_thread_limit", "to_thread"]
+__all__ = ["lookup_in_thread", "set_thread_limit", "to_thread"]
 
 _T = TypeVar("_T")
-
-_lock = threading.Lock()     # guards _pool and _limit: any thread may call
-_pool: Optional[concurrent.futures.ThreadPoolExecutor] = None  # made on first use
-_limit: Optional[int] = None  # None: the default size
 
 
 def _default_limit() -> int:
@@ -48,46 +44,80 @@ def _default_limit() -> int:
     return min(32, (os.cpu_count() or 1) + 4)
 
 
+#: Name lookups at once: enough for a burst of connects, few enough that a
+#: resolver that hangs cannot pile up threads.
+_LOOKUP_THREADS = 4
+
+
+class _Pool:
+    """A ThreadPoolExecutor made on first use, with a limit any thread may change."""
+
+    def __init__(self, prefix: str, default_limit: Callable[[], int]) -> None:
+        self._prefix = prefix
+        self._default_limit = default_limit
+        self._lock = threading.Lock()  # guards _pool and _limit
+        self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._limit: Optional[int] = None  # None: the default size
+
+    def executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=self._limit or self._default_limit(),
+                    thread_name_prefix=self._prefix)
+            return self._pool
+
+    def set_limit(self, limit: Optional[int]) -> int:
+        """The next calls run on at most ``limit`` threads; the previous limit."""
+        with self._lock:
+            previous = self._limit if self._limit is not None else self._default_limit()
+            old, self._pool, self._limit = self._pool, None, limit
+        if old is not None:
+            old.shutdown(wait=False)
+        return previous
+
+    def withdraw_pending(self) -> None:
+        """At interpreter exit: drop the calls no thread has started."""
+        with self._lock:
+            pool = self._pool
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def forget(self) -> None:
+        # After fork: the child has none of the parent's threads.
+        self._lock = threading.Lock()
+        self._pool = None
+
+
+#: ``to_thread``'s calls; name lookups have their own threads, so that a
+#: pool busy with long calls never holds up a ``connect``.
+_calls = _Pool("bluelet", _default_limit)
+_lookups = _Pool("bluelet-lookup", lambda: _LOOKUP_THREADS)
+_POOLS = (_calls, _lookups)
+
+
 def set_thread_limit(max_threads: Optional[int] = None) -> int:
     """Let at most ``max_threads`` ``to_thread`` calls run at once.
 
     ``None`` restores the default, ``min(32, os.cpu_count() + 4)``. Calls
     beyond the limit wait in line, in order. Returns the previous limit.
-    Calls already handed to the pool finish on the old threads.
+    Calls already handed to the pool finish on the old threads. Name
+    lookups (``connect``, ``udp``) have threads of their own, which this
+    does not change.
     """
-    global _pool, _limit
     if max_threads is not None and (not isinstance(max_threads, int) or max_threads < 1):
         raise ValueError("max_threads must be a positive int or None, not %r" % (max_threads,))
-    with _lock:
-        previous = _limit if _limit is not None else _default_limit()
-        old, _pool, _limit = _pool, None, max_threads
-    if old is not None:
-        old.shutdown(wait=False)
-    return previous
-
-
-def _executor() -> concurrent.futures.ThreadPoolExecutor:
-    global _pool
-    with _lock:
-        if _pool is None:
-            _pool = concurrent.futures.ThreadPoolExecutor(
-                max_workers=_limit or _default_limit(), thread_name_prefix="bluelet")
-        return _pool
+    return _calls.set_limit(max_threads)
 
 
 def _withdraw_pending() -> None:
-    """At interpreter exit: drop the calls no thread has started."""
-    with _lock:
-        pool = _pool
-    if pool is not None:
-        pool.shutdown(wait=False, cancel_futures=True)
+    for pool in _POOLS:
+        pool.withdraw_pending()
 
 
-def _forget_pool_after_fork() -> None:
-    # The child has none of the parent's threads: it builds its own pool.
-    global _pool, _lock
-    _lock = threading.Lock()
-    _pool = None
+def _forget_pools_after_fork() -> None:
+    for pool in _POOLS:
+        pool.forget()
 
 
 # Private but made for this (concurrent.futures registers its own join
@@ -96,7 +126,7 @@ def _forget_pool_after_fork() -> None:
 # private, it is not in typeshed.
 threading._register_atexit(_withdraw_pending)  # type: ignore[attr-defined]
 if hasattr(os, "register_at_fork"):  # POSIX; Windows cannot fork
-    os.register_at_fork(after_in_child=_forget_pool_after_fork)
+    os.register_at_fork(after_in_child=_forget_pools_after_fork)
 
 
 def settle(completion: Completion, future: Any) -> None:
@@ -155,15 +185,20 @@ def to_thread(func: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Generato
     """
     if not callable(func):
         raise TypeError("to_thread() needs a callable, not %r" % (func,))
-    return _call_in_thread(func, args, kwargs)
+    return _call_in_thread(_calls, func, args, kwargs)
+
+
+def lookup_in_thread(func: Callable[..., _T], *args: Any) -> Generator[Any, Any, _T]:
+    """``to_thread`` for name lookups, on the lookup threads."""
+    return _call_in_thread(_lookups, func, args, {})
 
 
 @awaitable
-def _call_in_thread(func: Callable[..., Any], args: Tuple[Any, ...],
+def _call_in_thread(pool: _Pool, func: Callable[..., Any], args: Tuple[Any, ...],
                     kwargs: Dict[str, Any]) -> Coro:
     handoff = _Handoff()
     try:
-        future = _executor().submit(func, *args, **kwargs)
+        future = pool.executor().submit(func, *args, **kwargs)
     except BaseException:
         handoff.abandon()  # e.g. the interpreter is exiting
         raise

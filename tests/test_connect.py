@@ -212,6 +212,33 @@ def test_connect_to_localhost_with_the_real_resolver(core):
     assert run_test(body(), timeout=DEADLINE) == (b"ok", (HOST, listener.port))
 
 
+def test_a_busy_to_thread_pool_does_not_hold_up_name_lookups(core):
+    # Every to_thread thread busy, and more calls waiting behind them: a
+    # connect by name still resolves at once, on the lookup threads.
+    listener = bluelet.Listener(HOST, 0)
+    release = threading.Event()
+    previous = bluelet.set_thread_limit(1)
+
+    def body():
+        blocked = [bluelet.to_thread(release.wait, 30) for _ in range(3)]
+        for call in blocked:
+            yield bluelet.spawn(call)
+        try:
+            with listener:
+                conn, peer = yield bluelet.timeout(5, open_pair_by_name(listener, "localhost"))
+            with conn, peer:
+                return conn.peername[1]
+        finally:
+            release.set()
+            for call in blocked:
+                yield bluelet.join(call)
+
+    try:
+        assert run_test(body(), timeout=DEADLINE) == listener.port
+    finally:
+        bluelet.set_thread_limit(previous)
+
+
 def test_a_slow_name_lookup_does_not_stop_the_loop(core, resolver):
     # The lookup cannot finish until another coroutine has run three times:
     # done on the loop's thread, it would wait out the gate and fail.
