@@ -4,14 +4,20 @@ coroutine of an ``async def``. Their attributes differ only in prefix
 
 import inspect
 import sys
+import sysconfig
 import types
 from typing import TYPE_CHECKING, Any, Callable, Generator, Optional, TypeVar
 
 from ._records import Op
 
-__all__ = ["awaitable", "code", "driven", "frame", "not_an_event", "not_started", "state"]
+__all__ = ["FREE_THREADED", "awaitable", "code", "driven", "frame", "not_an_event",
+           "not_started", "state"]
 
 _R = TypeVar("_R")
+
+#: Whether this interpreter was built without the GIL (3.13t, 3.14t): then
+#: coroutines of loops in other threads truly run at the same time.
+FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 
 if TYPE_CHECKING:
     from typing_extensions import ParamSpec

@@ -11,11 +11,17 @@ nothing is recorded: making an event costs one test of a flag.
 
 import os
 import sys
+import threading
 import warnings
 from types import FrameType
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-__all__ = ["creation_site", "default", "dropped", "never_yielded"]
+__all__ = ["creation_site", "default", "dropped", "never_yielded", "table_lock"]
+
+#: Held around every use of a core's table of unyielded events: loops in
+#: several threads share it, and iterating it while another thread adds to
+#: it would fail.
+table_lock = threading.Lock()
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
@@ -50,16 +56,15 @@ def never_yielded(event_type: str, site: Site) -> None:
 
 
 def dropped(unyielded: Dict[int, Tuple[Any, Optional[Site]]]
-            ) -> Iterator[Tuple[Any, Optional[Site]]]:
+            ) -> List[Tuple[Any, Optional[Site]]]:
     """Take out of ``unyielded`` (id -> (event, site)) and give the events
     it alone still holds: the program has let go of them unyielded."""
-    # What a reference count reads for an object held only by its entry,
-    # read the same way as the others; then interpreter details (borrowed
-    # stack references, say) cancel out.
-    unyielded[0] = (object(), None)  # no id() is 0
-    counts = {key: sys.getrefcount(entry[0]) for key, entry in unyielded.items()}
-    alone = counts.pop(0)
-    del unyielded[0]
-    for key, count in counts.items():
-        if count <= alone:
-            yield unyielded.pop(key)
+    with table_lock:
+        # What a reference count reads for an object held only by its
+        # entry, read the same way as the others; then interpreter details
+        # (borrowed stack references, say) cancel out.
+        unyielded[0] = (object(), None)  # no id() is 0
+        counts = {key: sys.getrefcount(entry[0]) for key, entry in unyielded.items()}
+        alone = counts.pop(0)
+        del unyielded[0]
+        return [unyielded.pop(key) for key, count in counts.items() if count <= alone]

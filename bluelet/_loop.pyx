@@ -1,4 +1,5 @@
 # cython: language_level=3, binding=True, boundscheck=False, wraparound=False, cdivision=True
+# cython: freethreading_compatible=True
 """The scheduler core, compiled twin of ``_loop_py.py``.
 
 What the core owns, how a coroutine runs and the invariants are described
@@ -47,8 +48,10 @@ import os
 import time
 import weakref
 
+from ._coroutines import FREE_THREADED as _free_threaded
 from ._coroutines import driven as _driven, frame as _frame, not_an_event as _not_an_event
 from ._debug import creation_site, dropped, never_yielded
+from ._debug import table_lock as _table_lock
 from ._debug import default as default_debug
 from ._errors import Cancelled, SocketClosedError, Timeout
 from ._records import TaskInfo
@@ -310,6 +313,13 @@ cdef int _MAX_SWALLOWS = 100
 cdef bint _debug = False
 cdef dict _unyielded = {}
 
+# Whether this interpreter was built without the GIL (3.13t, 3.14t).
+cdef bint _FREE_THREADED = _free_threaded
+
+# A Completion is claimed for delivery under this lock: two threads
+# delivering at once must not both get through (one raises instead).
+cdef object _delivery_lock = threading.Lock()
+
 _python_monotonic = time.monotonic
 
 
@@ -345,12 +355,18 @@ cdef class Event:
     # (None through __next__, anything else through send(), as CPython's
     # await asks). Arming and that first __next__ are consecutive bytecodes
     # of one coroutine, so a shared event (null()) serves any number of
-    # awaiters. An exception thrown in goes past it: it has no throw().
+    # awaiters -- under the GIL: without it, coroutines of other threads'
+    # loops may arm null() in between, so each await of it arms a fresh one.
+    # An exception thrown in goes past it: it has no throw().
     def __await__(self):
+        if _FREE_THREADED and self is _NULL:
+            return ValueEvent(None).__await__()
         self._armed = True
         return self
 
     def __iter__(self):
+        if _FREE_THREADED and self is _NULL:
+            return ValueEvent(None).__iter__()
         self._armed = True
         return self
 
@@ -371,7 +387,8 @@ cdef class Event:
 cdef int _track(Event event) except -1:
     site = creation_site()
     if site is not None:
-        _unyielded[id(event)] = (event, site)
+        with _table_lock:
+            _unyielded[id(event)] = (event, site)
     return 0
 
 
@@ -379,9 +396,10 @@ cdef int _used(Event event) except -1:
     # Debug mode: yielded (or entered, for a scope block): nothing to report;
     # nor for the event a scope runs, which the scope's yield hands over.
     if _unyielded:
-        _unyielded.pop(id(event), None)
-        if type(event) is _TimeoutEvent and isinstance((<_TimeoutEvent>event).body, Event):
-            _unyielded.pop(id((<_TimeoutEvent>event).body), None)
+        with _table_lock:
+            _unyielded.pop(id(event), None)
+            if type(event) is _TimeoutEvent and isinstance((<_TimeoutEvent>event).body, Event):
+                _unyielded.pop(id((<_TimeoutEvent>event).body), None)
     return 0
 
 
@@ -582,7 +600,10 @@ cdef class WaitQueue(Event):
     def wake(self, value=None, exc=None):
         if not self._waiters:
             return False
-        (<Loop>_running_loop())._unpark(self._waiters.popleft(), value, exc)
+        # Taken from the line only once unparked: a waiter of another
+        # thread's loop (refused there) keeps its place.
+        (<Loop>_running_loop())._unpark(self._waiters[0], value, exc)
+        self._waiters.popleft()
         return True
 
     def wake_all(self, value=None, exc=None):
@@ -616,9 +637,10 @@ cdef class Completion(Event):
         self._deliver(None, exc)
 
     cdef int _deliver(self, value, exc) except -1:
-        if self._delivered:
-            raise RuntimeError("Completion delivered twice")
-        self._delivered = True
+        with _delivery_lock:
+            if self._delivered:
+                raise RuntimeError("Completion delivered twice")
+            self._delivered = True
         self._value = value
         self._exc = exc
         self._loop._post(self)
@@ -1042,6 +1064,7 @@ cdef class _Task(_Timed):
     cdef bint killed         # a kill was asked for: it lands once no shield holds it off
     cdef int swallows        # cancellations it has caught and carried on from
     cdef object context      # the contextvars.Context its steps run in
+    cdef object loop         # the Loop running it: one thread's
 
     def __cinit__(self, gen):
         self.base = gen
@@ -1947,6 +1970,7 @@ cdef class Loop:
         # A copy of the spawner's context (the caller's, for the root), as
         # asyncio.create_task makes: what one coroutine sets, no other sees.
         task.context = PyContext_CopyCurrent()
+        task.loop = self
         self._tasks[gen] = task
         self._spawned.append(task)
         return task
@@ -2541,6 +2565,11 @@ cdef class Loop:
     # -- parked tasks and threads -------------------------------------------
 
     cdef int _unpark(self, _Task task, value, exc) except -1:
+        if task.loop is not self:
+            raise RuntimeError(
+                "WaitQueue.wake(): its waiter runs in another thread's loop; coroutines "
+                "of different threads hand values over with a Completion (set_result "
+                "from any thread), not with bluelet's locks, queues or flags")
         if (<WaitQueue>task.wait)._external:
             self._external -= 1
         task.wait = None

@@ -72,8 +72,10 @@ import time
 import types
 import weakref
 
+from ._coroutines import FREE_THREADED as _FREE_THREADED
 from ._coroutines import driven as _driven, frame as _frame, not_an_event as _not_an_event
 from ._debug import creation_site, dropped, never_yielded
+from ._debug import table_lock as _table_lock
 from ._debug import default as default_debug
 from ._errors import Cancelled, SocketClosedError, Timeout
 from ._records import TaskInfo
@@ -178,6 +180,10 @@ _MAX_SWALLOWS = 100
 _debug = False
 _unyielded = {}
 
+# A Completion is claimed for delivery under this lock: two threads
+# delivering at once must not both get through (one raises instead).
+_delivery_lock = threading.Lock()
+
 _monotonic = time.monotonic
 _GeneratorType = types.GeneratorType
 _CoroutineType = types.CoroutineType
@@ -208,12 +214,18 @@ class Event:
     # (None through __next__, anything else through send(), as CPython's
     # await asks). Arming and that first __next__ are consecutive bytecodes
     # of one coroutine, so a shared event (null()) serves any number of
-    # awaiters. An exception thrown in goes past it: it has no throw().
+    # awaiters -- under the GIL: without it, coroutines of other threads'
+    # loops may arm null() in between, so each await of it arms a fresh one.
+    # An exception thrown in goes past it: it has no throw().
     def __await__(self):
+        if _FREE_THREADED and self is _NULL:
+            return ValueEvent(None).__await__()
         self._armed = True
         return self
 
     def __iter__(self):
+        if _FREE_THREADED and self is _NULL:
+            return ValueEvent(None).__iter__()
         self._armed = True
         return self
 
@@ -249,7 +261,8 @@ def _debug_new(cls, *args, **kwargs):
     if _debug:
         site = creation_site()
         if site is not None:
-            _unyielded[id(event)] = (event, site)
+            with _table_lock:
+                _unyielded[id(event)] = (event, site)
     return event
 
 
@@ -261,9 +274,10 @@ def _used(event):
     """Debug mode: yielded (or entered, for a scope block): nothing to report;
     nor for the event a scope runs, which the scope's yield hands over."""
     if _unyielded:
-        _unyielded.pop(id(event), None)
-        if type(event) is _TimeoutEvent and isinstance(event.body, Event):
-            _unyielded.pop(id(event.body), None)
+        with _table_lock:
+            _unyielded.pop(id(event), None)
+            if type(event) is _TimeoutEvent and isinstance(event.body, Event):
+                _unyielded.pop(id(event.body), None)
 
 
 def _sweep_unyielded():
@@ -469,7 +483,10 @@ class WaitQueue(Event):
         """
         if not self._waiters:
             return False
-        _running_loop()._unpark(self._waiters.popleft(), value, exc)
+        # Taken from the line only once unparked: a waiter of another
+        # thread's loop (refused there) keeps its place.
+        _running_loop()._unpark(self._waiters[0], value, exc)
+        self._waiters.popleft()
         return True
 
     def wake_all(self, value=None, exc=None):
@@ -509,9 +526,10 @@ class Completion(Event):
         self._deliver(None, exc)
 
     def _deliver(self, value, exc):
-        if self._delivered:
-            raise RuntimeError("Completion delivered twice")
-        self._delivered = True
+        with _delivery_lock:
+            if self._delivered:
+                raise RuntimeError("Completion delivered twice")
+            self._delivered = True
         self._value = value
         self._exc = exc
         self._loop._post(self)
@@ -895,7 +913,7 @@ class _Task(_Timed):
 
     __slots__ = ("base", "gen", "stack", "pos", "outer_pos", "pending", "front", "state",
                  "value", "exc", "result", "joiners", "wait", "wait_fds", "scopes", "expired",
-                 "killed", "swallows", "context")
+                 "killed", "swallows", "context", "loop")
 
     def __init__(self, gen, pos):
         self.base = gen          # the spawned generator: the key for join/kill
@@ -918,6 +936,7 @@ class _Task(_Timed):
         self.killed = False      # a kill was asked for: it lands once no shield holds it off
         self.swallows = 0        # cancellations it has caught and carried on from
         self.context = None      # the contextvars.Context its steps run in
+        self.loop = None         # the Loop running it: one thread's
 
     def __repr__(self):
         return "<bluelet task %s>" % (getattr(self.base, "__qualname__", self.base),)
@@ -1734,6 +1753,7 @@ class Loop:
         # A copy of the spawner's context (the caller's, for the root), as
         # asyncio.create_task makes: what one coroutine sets, no other sees.
         task.context = _copy_context()
+        task.loop = self
         self._tasks[gen] = task
         self._spawned.append(task)
         return task
@@ -2275,6 +2295,11 @@ class Loop:
     # -- parked tasks and threads -------------------------------------------
 
     def _unpark(self, task, value, exc):
+        if task.loop is not self:
+            raise RuntimeError(
+                "WaitQueue.wake(): its waiter runs in another thread's loop; coroutines "
+                "of different threads hand values over with a Completion (set_result "
+                "from any thread), not with bluelet's locks, queues or flags")
         if task.wait._external:
             self._external -= 1
         task.wait = None

