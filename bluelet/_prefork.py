@@ -110,7 +110,7 @@ class Endpoint:
         self._reserved: Optional[socket.socket] = None
         self._shared: Optional[Listener] = None
         if _SPREAD:
-            self._reserved = _reserve(host, port)
+            self._reserved = reserve(host, port)
             self.address: Any = self._reserved.getsockname()
         else:
             self._shared = Listener(host, port, backlog, ssl=ssl)
@@ -133,7 +133,7 @@ class Endpoint:
             self._shared.close()
 
 
-def _reserve(host: str, port: int) -> socket.socket:
+def reserve(host: str, port: int) -> socket.socket:
     """A socket bound to ``(host, port)`` with SO_REUSEPORT, not listening."""
     family, address = bind_address(host, port)
     return stream_socket(family, address, None, True)

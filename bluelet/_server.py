@@ -59,7 +59,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, Generator, Optional
 
-from . import _prefork
+from . import _prefork, _threaded
 from ._connection import Connection
 from ._errors import IncompleteRead, LimitExceeded, SocketClosedError, Timeout
 from ._coroutines import awaitable, not_started
@@ -136,7 +136,7 @@ def serve(listener: Listener, handler: Handler, *, handler_errors: str = "log",
 
 def server(host: str, port: int, handler: Handler, *, handler_errors: str = "log",
            grace: Optional[float] = 10.0, handshake_timeout: Optional[float] = 60.0,
-           workers: int = 1, ssl: "Optional[ssl.SSLContext]" = None,
+           workers: int = 1, threads: int = 1, ssl: "Optional[ssl.SSLContext]" = None,
            backlog: int = socket.SOMAXCONN) -> Coro:
     """Coroutine: listen on ``(host, port)`` and serve ``handler`` as ``serve()`` does.
 
@@ -161,23 +161,37 @@ def server(host: str, port: int, handler: Handler, *, handler_errors: str = "log
     runs a loop of its own and never returns into the supervisor's; it
     ends with ``os._exit``. The address served and the workers' comings and goings
     are logged at INFO and WARNING on the "bluelet.server" logger.
+
+    ``threads=N`` (N > 1; a free-threaded Python with the GIL off, on
+    Linux) serves from N loops in N threads of this process instead, each
+    accepting on its own SO_REUSEPORT listener, so the loops run on N CPUs
+    at once; this coroutine's loop only waits for them. Ctrl-C (a
+    KeyboardInterrupt at its ``yield``) stops them all as it stops
+    ``serve()``. With the GIL it raises ``RuntimeError`` pointing to
+    ``workers=N``.
     """
     _check_options(handler, handler_errors, grace, handshake_timeout)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError("server() workers must be an int >= 1, not %r" % (workers,))
+    for name, count in (("workers", workers), ("threads", threads)):
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError("server() %s must be an int >= 1, not %r" % (name, count))
+    if workers > 1 and threads > 1:
+        raise ValueError("server() takes workers=N or threads=N, not both")
     # Here, not where the listener is made: with workers, that is in each
     # worker, which would die of it and be restarted again and again.
     check_server_context(ssl)
     check_backlog(backlog)
     raise_errors = handler_errors == "raise"
-    if workers == 1:
-        return _listen_and_serve(host, port, backlog, ssl, handler, raise_errors, grace,
-                                 handshake_timeout)
-    _prefork.check_available(workers)
 
     def service(listener: Listener) -> Coro:
         return _Server(listener, handler, raise_errors, grace, handshake_timeout).run()
 
+    if threads > 1:
+        _threaded.check_available(threads)
+        return _threaded.threaded(host, port, backlog, ssl, threads, service, grace)
+    if workers == 1:
+        return _listen_and_serve(host, port, backlog, ssl, handler, raise_errors, grace,
+                                 handshake_timeout)
+    _prefork.check_available(workers)
     return _prefork.supervisor(host, port, backlog, ssl, workers, service, grace)
 
 

@@ -3,13 +3,16 @@ in its own thread, handing data across with Completion -- on both cores, and
 with the GIL off on a free-threaded interpreter."""
 
 import queue
+import socket
 import sys
 import sysconfig
 import threading
+import time
 
 import pytest
 
 import bluelet
+from _helpers import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -99,3 +102,57 @@ def test_importing_bluelet_leaves_the_gil_off():
     # The compiled core declares itself safe without the GIL; an undeclared
     # extension would turn it back on at import.
     assert not sys._is_gil_enabled()
+
+
+GIL_OFF = bool(sysconfig.get_config_var("Py_GIL_DISABLED")) and not sys._is_gil_enabled()
+
+
+def _echo(conn):
+    while True:
+        data = yield conn.recv(100)
+        if not data:
+            return
+        yield conn.sendall(threading.current_thread().name.encode() + b" " + data)
+
+
+@pytest.mark.skipif(GIL_OFF, reason="the GIL is off here: server(threads=N) serves")
+def test_server_threads_is_refused_with_the_gil_pointing_to_workers(core):
+    with pytest.raises(RuntimeError, match=r"free-threaded Python.*use workers=4"):
+        bluelet.server("127.0.0.1", 0, _echo, threads=4)
+
+
+@pytest.mark.skipif(not GIL_OFF or not sys.platform.startswith("linux"),
+                    reason="needs the GIL off (3.13t, 3.14t) and Linux's SO_REUSEPORT")
+def test_server_threads_serves_each_connection_in_one_of_its_threads(core):
+    port = free_port()
+
+    def client(n):
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+                break
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        with sock:
+            sock.sendall(b"%d" % n)
+            return sock.recv(100).decode()
+
+    def main():
+        serving = bluelet.server("127.0.0.1", port, _echo, threads=4, grace=1)
+        yield bluelet.spawn(serving)
+        replies = yield bluelet.join_all([bluelet.to_thread(client, n) for n in range(40)])
+        yield bluelet.kill(serving)
+        return replies
+
+    replies = bluelet.run(main())
+    assert [reply.split()[1] for reply in replies] == [str(n) for n in range(40)]
+    names = {reply.split()[0] for reply in replies}
+    assert names <= {"bluelet-server-%d" % n for n in range(4)} and len(names) >= 2
+    # Every thread's loop has ended and closed its listener: the port is free.
+    assert not any(t.name.startswith("bluelet-server-") for t in threading.enumerate())
+    with socket.socket() as probe:
+        with pytest.raises(ConnectionRefusedError):
+            probe.connect(("127.0.0.1", port))
