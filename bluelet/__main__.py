@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
         "bench", help="Run the repository's benchmark (bench/run.py).",
         description="Run bench/run.py from the source tree this bluelet was installed from.")
     bench.add_argument("--quick", action="store_true",
-                       help="a smoke run of every benchmark (about 30 s)")
+                       help="a smoke run of every benchmark (about a minute)")
     bench.add_argument("args", nargs="*", metavar="ARG",
                        help="more arguments for bench/run.py, after --")
     return parser
