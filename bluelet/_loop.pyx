@@ -2012,7 +2012,9 @@ cdef class Loop:
             for scope in task.scopes:
                 self._drop_timer(scope)
             task.scopes = None
-        task.gen = task.stack = task.wait = task.pending = None
+        # No link back to the loop either: the record outlives the run as
+        # its root, and records are not collected (no_gc).
+        task.gen = task.stack = task.wait = task.pending = task.loop = None
         del self._tasks[task.base]
         if result is not None:
             self._results[task.base] = result

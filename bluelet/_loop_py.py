@@ -1805,7 +1805,9 @@ class Loop:
             for scope in task.scopes:
                 self._drop_timer(scope)
             task.scopes = None
-        task.gen = task.stack = task.outer_pos = task.wait = task.pending = None
+        # No link back to the loop either: the record outlives the run as
+        # its root, and the compiled twin's records are not collected.
+        task.gen = task.stack = task.outer_pos = task.wait = task.pending = task.loop = None
         del self._tasks[task.base]
         if result is not None:
             self._results[task.base] = result

@@ -156,3 +156,24 @@ def test_server_threads_serves_each_connection_in_one_of_its_threads(core):
     with socket.socket() as probe:
         with pytest.raises(ConnectionRefusedError):
             probe.connect(("127.0.0.1", port))
+
+
+def test_a_finished_run_leaves_no_loop_behind(core):
+    # Task records point at their loop while they run; a record kept past
+    # the run (the root's) must not keep the loop alive, since the compiled
+    # core's records are not seen by the cyclic collector.
+    import gc
+
+    from bluelet import _impl
+
+    def child():
+        yield bluelet.sleep(0)
+
+    def main():
+        yield bluelet.spawn(child())
+        yield bluelet.sleep(0)
+
+    for _ in range(3):
+        bluelet.run(main())
+    gc.collect()
+    assert [o for o in gc.get_objects() if type(o) is _impl.Loop] == []
