@@ -178,7 +178,7 @@ print(len([o for o in gc.get_objects() if type(o) is _impl.Loop]))
 """
 
 
-def test_a_finished_run_leaves_no_loop_behind(core):
+def test_a_finished_run_leaves_no_loop_behind(core, tmp_path):
     # Task records point at their loop while they run; a record kept past
     # the run (the root's) must not keep the loop alive, since the compiled
     # core's records are not seen by the cyclic collector. In a fresh
@@ -187,7 +187,9 @@ def test_a_finished_run_leaves_no_loop_behind(core):
 
     from _helpers import core_env
 
+    # cwd: sys.path[0] for -c; a source tree there would shadow the bluelet
+    # under test (in CI, the installed one).
     done = subprocess.run([sys.executable, "-c", RUNS_LEAVE_NO_LOOP, core], env=core_env(core),
-                          capture_output=True, text=True, timeout=30)
+                          cwd=tmp_path, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "0"
