@@ -665,6 +665,43 @@ static int cycles(int port, long total, int conc, long size, double timeout)
     return err[0] ? 1 : 0;
 }
 
+/* The measured window: when it began, and the CPU clocks then. */
+typedef struct {
+    double t, cpu, srv, sys;
+} window_t;
+
+/* Read the clocks at time t (our CPU, the server's or -1, the machine's). */
+static void window_mark(window_t *w, double t, long server_pid)
+{
+    w->t = t;
+    w->cpu = self_cpu();
+    w->srv = server_pid ? proc_cpu(server_pid) : -1;
+    w->sys = system_busy();
+}
+
+/* From begin to end: the seconds, and the CPUs that we, the server (-1
+   if unknown) and everything else (other processes, plus interrupt work
+   charged to neither of us; -1 if unknown) kept busy. */
+typedef struct {
+    double seconds, loadgen_cpu, server_cpu, other_cpu;
+} usage_t;
+
+static usage_t window_usage(const window_t *begin, const window_t *end)
+{
+    usage_t u = {end->t - begin->t, 0.0, -1.0, -1.0};
+    if (u.seconds <= 0)
+        return u;
+    u.loadgen_cpu = (end->cpu - begin->cpu) / u.seconds;
+    if (begin->srv >= 0 && end->srv >= 0)
+        u.server_cpu = (end->srv - begin->srv) / u.seconds;
+    if (begin->sys >= 0 && end->sys >= 0 && u.server_cpu >= 0) {
+        u.other_cpu = (end->sys - begin->sys) / u.seconds - u.server_cpu - u.loadgen_cpu;
+        if (u.other_cpu < 0)
+            u.other_cpu = 0;
+    }
+    return u;
+}
+
 /* ------------------------------------------------------------------------ */
 /* HTTP keep-alive client                                                    */
 
@@ -776,8 +813,8 @@ static int http_client(int port, int conns, const char *path, double seconds, do
     double t_start = now(), hard_deadline = t_start + timeout;
     double t_measure = t_start + warmup, t_end = t_measure + seconds;
     int measuring = warmup <= 0;
-    double m_start = t_start, m_cpu0 = self_cpu(), m_srv0 = server_pid ? proc_cpu(server_pid) : -1;
-    double m_sys0 = system_busy();
+    window_t begin, end;
+    window_mark(&begin, t_start, server_pid);
     for (int i = 0; i < conns && !errors; i++) {
         cs[i].t0 = t_start;
         cs[i].body_left = -1;
@@ -797,10 +834,7 @@ static int http_client(int port, int conns, const char *path, double seconds, do
         }
         if (!measuring && t >= t_measure) {
             measuring = 1;
-            m_start = t;
-            m_cpu0 = self_cpu();
-            m_srv0 = server_pid ? proc_cpu(server_pid) : -1;
-            m_sys0 = system_busy();
+            window_mark(&begin, t, server_pid);
         }
         if (measuring && t >= t_end)
             break;
@@ -847,21 +881,9 @@ static int http_client(int port, int conns, const char *path, double seconds, do
             }
         }
     }
-    double m_stop = now(), m_cpu1 = self_cpu();
-    double m_srv1 = server_pid ? proc_cpu(server_pid) : -1, m_sys1 = system_busy();
-    if (!measuring) {
-        m_start = m_stop;
-        m_cpu0 = m_cpu1;
-    }
-    double elapsed = m_stop - m_start;
-    double srv_cpu = (elapsed > 0 && m_srv0 >= 0 && m_srv1 >= 0) ? (m_srv1 - m_srv0) / elapsed : -1.0;
-    double lg_cpu = elapsed > 0 ? (m_cpu1 - m_cpu0) / elapsed : 0.0;
-    double other_cpu = -1;
-    if (elapsed > 0 && m_sys0 >= 0 && m_sys1 >= 0 && srv_cpu >= 0) {
-        other_cpu = (m_sys1 - m_sys0) / elapsed - srv_cpu - lg_cpu;
-        if (other_cpu < 0)
-            other_cpu = 0;
-    }
+    window_mark(&end, now(), server_pid);
+    usage_t u = window_usage(measuring ? &begin : &end, &end);
+    double elapsed = u.seconds;
     printf("{\"conns\": %d, \"path\": \"%s\", \"warmup\": %.3f, \"warmup_requests\": %lld, "
            "\"seconds\": %.6f, \"requests\": %lld, \"rps\": %.1f, \"body_bytes\": %lld, "
            "\"mib_per_s\": %.2f, \"reconnects\": %lld, ",
@@ -870,7 +892,7 @@ static int http_client(int port, int conns, const char *path, double seconds, do
     print_latency("latency_us", lat, nlat);
     printf(", \"loadgen_cpu\": %.3f, \"server_cpu\": %.3f, \"other_cpu\": %.3f, "
            "\"errors\": %d, \"error\": \"%s\"}\n",
-           lg_cpu, srv_cpu, other_cpu, errors, errmsg);
+           u.loadgen_cpu, u.server_cpu, u.other_cpu, errors, errmsg);
     fflush(stdout);
     return errors ? 1 : 0;
 }
@@ -984,9 +1006,8 @@ int main(int argc, char **argv)
     double t_measure = t_start + warmup;
     double t_end = t_measure + seconds;
     int measuring = warmup <= 0;
-    double m_start = t_start, m_cpu0 = self_cpu(), m_srv0 = server_pid ? proc_cpu(server_pid) : -1;
-    double m_sys0 = system_busy();
-    double m_stop = 0, m_cpu1 = 0, m_srv1 = -1, m_sys1 = -1;
+    window_t begin, end;
+    window_mark(&begin, t_start, server_pid);
     int stop = 0;
 
 /* Start (or continue) sending the current request of c. */
@@ -1039,10 +1060,7 @@ int main(int argc, char **argv)
         }
         if (!measuring && t >= t_measure) {
             measuring = 1;
-            m_start = t;
-            m_cpu0 = self_cpu();
-            m_srv0 = server_pid ? proc_cpu(server_pid) : -1;
-            m_sys0 = system_busy();
+            window_mark(&begin, t, server_pid);
         }
         if (measuring && t >= t_end)
             break;
@@ -1105,25 +1123,9 @@ int main(int argc, char **argv)
             START_REQUEST(c, idx, t);
         }
     }
-    m_stop = now();
-    m_cpu1 = self_cpu();
-    m_srv1 = server_pid ? proc_cpu(server_pid) : -1;
-    m_sys1 = system_busy();
-    if (!measuring) {
-        m_start = m_stop;
-        m_cpu0 = m_cpu1;
-    }
-    double elapsed = m_stop - m_start;
-    double srv_cpu = (elapsed > 0 && m_srv0 >= 0 && m_srv1 >= 0) ? (m_srv1 - m_srv0) / elapsed : -1.0;
-    double lg_cpu = elapsed > 0 ? (m_cpu1 - m_cpu0) / elapsed : 0.0;
-    /* Everything else the machine did meanwhile (other processes, plus
-       interrupt work not charged to either of us), in CPUs. */
-    double other_cpu = -1;
-    if (elapsed > 0 && m_sys0 >= 0 && m_sys1 >= 0 && srv_cpu >= 0) {
-        other_cpu = (m_sys1 - m_sys0) / elapsed - srv_cpu - lg_cpu;
-        if (other_cpu < 0)
-            other_cpu = 0;
-    }
+    window_mark(&end, now(), server_pid);
+    usage_t u = window_usage(measuring ? &begin : &end, &end);
+    double elapsed = u.seconds;
 
     printf("{\"conns\": %d, \"size\": %ld, \"idle\": %d, \"idle_open_seconds\": %.3f, "
            "\"warmup\": %.3f, \"warmup_requests\": %lld, \"seconds\": %.6f, "
@@ -1133,7 +1135,7 @@ int main(int argc, char **argv)
     print_latency("latency_us", lat, nlat);
     printf(", \"loadgen_cpu\": %.3f, \"server_cpu\": %.3f, \"other_cpu\": %.3f, "
            "\"errors\": %d, \"error\": \"%s\"",
-           lg_cpu, srv_cpu, other_cpu, errors, errmsg);
+           u.loadgen_cpu, u.server_cpu, u.other_cpu, errors, errmsg);
     if (iv) {
         printf(", \"interval\": %g, \"interval_rps\": [", interval);
         for (int i = 0; i < niv; i++)
