@@ -29,6 +29,7 @@ from ._errors import (
     LimitExceeded,
     QueueEmpty,
     QueueFull,
+    RunFinishedError,
     SocketClosedError,
     ThreadException,
     Timeout,
@@ -83,10 +84,13 @@ from ._connect import connect, connect_unix
 from ._connection import Connection
 from ._listener import Listener
 from ._server import serve, server
+from ._systemd import systemd_listeners
 from ._sync import Channel, Condition, Flag, Lock, Queue, Semaphore
 from ._threads import set_thread_limit, to_thread
 from ._tls import TLSConnection
 from ._udp import UDPEndpoint, udp
+from . import from_thread
+from .from_thread import Token, current_token
 
 __version__ = "0.3.0.dev0"
 
@@ -127,6 +131,7 @@ __all__ = [
     "ReadEvent",
     "ReceiveEvent",
     "ReturnEvent",
+    "RunFinishedError",
     "SendEvent",
     "Semaphore",
     "SleepEvent",
@@ -135,6 +140,7 @@ __all__ = [
     "TLSConnection",
     "TaskGroup",
     "TaskInfo",
+    "Token",
     "ThreadException",
     "Timeout",
     "UDPEndpoint",
@@ -148,11 +154,13 @@ __all__ = [
     "current",
     "current_deadline",
     "current_time",
+    "current_token",
     "dump",
     "dump_on",
     "end",
     "fail_after",
     "first",
+    "from_thread",
     "iscoroutine",
     "join",
     "join_all",
@@ -168,6 +176,7 @@ __all__ = [
     "shield",
     "signal",
     "sleep",
+    "systemd_listeners",
     "spawn",
     "start_guest_run",
     "started",

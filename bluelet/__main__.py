@@ -15,6 +15,7 @@ import os
 import platform
 import select as select_module
 import selectors
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be 1 or more, not %d" % value)
+    return value
+
+
+def _descriptor(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("a descriptor is a number >= 0, not %s" % text)
     return value
 
 
@@ -59,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
                              "(default 127.0.0.1; '' for every IPv4 address)")
         command.add_argument("--port", type=int, default=port,
                              help="port to listen on (default %d; 0 picks a free one)" % port)
+        command.add_argument("--fd", type=_descriptor, metavar="N",
+                             help="serve the listening socket inherited as descriptor N "
+                             "(socket activation: systemd passes 3) instead of binding "
+                             "--host and --port")
         command.add_argument("--workers", type=_positive, default=1, metavar="N",
                              help="processes serving the port (default 1; more needs "
                              "POSIX fork)")
@@ -127,17 +139,25 @@ def main(argv: Optional[List[str]] = None) -> int:
         handler = StaticFiles(args.directory, args.timeout, not args.no_access_log)
         what = "HTTP"
     try:
-        if args.workers == 1:
+        if args.fd is not None:
+            listener = bluelet.Listener.from_socket(socket.socket(fileno=args.fd))
+            address = listener.sockname
+            if args.workers > 1:
+                endpoint = Endpoint.shared(listener)
+        elif args.workers == 1:
             listener = bluelet.Listener(args.host, args.port)
             address = listener.sockname
         else:
             endpoint = Endpoint(args.host, args.port)
             address = endpoint.address
-    except OSError as error:
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "strerror", None) or error
+        if args.fd is not None:
+            parser.exit(1, "%s: cannot serve descriptor %d: %s\n" % (parser.prog, args.fd, reason))
         parser.exit(1, "%s: cannot listen on %s port %d: %s\n"
-                    % (parser.prog, args.host or "*", args.port, error.strerror or error))
+                    % (parser.prog, args.host or "*", args.port, reason))
     logging.basicConfig(level=logging.INFO, format="[%(process)d] %(message)s", stream=sys.stderr)
-    where = display(address)
+    where = display(address) if isinstance(address, tuple) else "unix:%s" % address
     if what == "HTTP":
         where = "http://%s/ from %s" % (where, os.path.abspath(args.directory))
     print("bluelet %s (%s core): serving %s on %s with %d worker%s" % (

@@ -34,7 +34,7 @@ from ._group import first
 from ._impl import DelegationEvent, Event, sleep, wait_writable
 from ._listener import check_port
 from ._threads import lookup_in_thread
-from ._tls import check_client_context, wrap_client
+from ._tls import check_client_context, check_session, secure
 
 if TYPE_CHECKING:
     import ssl
@@ -54,6 +54,7 @@ HAPPY_EYEBALLS_DELAY = 0.25
 
 def connect(host: str, port: Union[int, str], timeout: Optional[float] = None, *,
             ssl: "Optional[ssl.SSLContext]" = None, server_hostname: Optional[str] = None,
+            session: "Optional[ssl.SSLSession]" = None,
             happy_eyeballs_delay: Optional[float] = HAPPY_EYEBALLS_DELAY) -> "Event[Connection]":
     """Event: connect to ``(host, port)``; the value is a Connection.
 
@@ -69,15 +70,19 @@ def connect(host: str, port: Union[int, str], timeout: Optional[float] = None, *
 
     With ``ssl`` (an ``ssl.SSLContext``) the value is a ``TLSConnection``
     whose handshake is done; ``server_hostname`` (default: ``host``) is
-    the name its certificate is checked against.
+    the name its certificate is checked against, and ``session`` (an
+    earlier connection's ``tls_session``) resumes that session, saving
+    most of the handshake's work (``conn.sock.session_reused`` says
+    whether the server agreed).
 
     ``port`` is an int (0-65535, else OverflowError as in ``socket``) or
     a service name such as ``"http"``; anything else raises at the call.
     """
     _check_address(host, port)
-    if ssl is None and server_hostname is not None:
-        raise ValueError("server_hostname is only meaningful with ssl")
+    if ssl is None and (server_hostname is not None or session is not None):
+        raise ValueError("server_hostname and session are only meaningful with ssl")
     check_client_context(ssl)
+    check_session(session)
     if happy_eyeballs_delay is not None and (
             isinstance(happy_eyeballs_delay, bool)
             or not isinstance(happy_eyeballs_delay, numbers.Real)
@@ -86,7 +91,7 @@ def connect(host: str, port: Union[int, str], timeout: Optional[float] = None, *
                          "not %r" % (happy_eyeballs_delay,))
     if ssl is not None and server_hostname is None:
         server_hostname = host
-    return with_timeout(DelegationEvent(_connect(host, port, ssl, server_hostname,
+    return with_timeout(DelegationEvent(_connect(host, port, ssl, server_hostname, session,
                                                  happy_eyeballs_delay)), timeout)
 
 
@@ -108,7 +113,7 @@ def _check_address(host: Any, port: Any) -> None:
 
 
 def _connect(host: str, port: Union[int, str], context: "Optional[ssl.SSLContext]",
-             server_hostname: Optional[str],
+             server_hostname: Optional[str], session: "Optional[ssl.SSLSession]",
              delay: Optional[float]) -> Generator[Any, Any, Connection]:
     addresses = yield from resolve(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM)
     errors: List[OSError] = []
@@ -117,18 +122,7 @@ def _connect(host: str, port: Union[int, str], context: "Optional[ssl.SSLContext
         raise _failure(host, port, errors)
     if context is None:
         return Connection(sock, (host, port))
-    try:
-        conn = wrap_client(context, sock, (host, port), server_hostname)
-    except BaseException:
-        if sock.fileno() >= 0:  # else the failed SSLSocket took it and closed it
-            close_socket(sock)
-        raise
-    try:
-        yield conn.handshake()
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+    return (yield from secure(sock, (host, port), context, False, server_hostname, session))
 
 
 def interleave(addresses: Iterable[_AddrInfo]) -> List[_AddrInfo]:

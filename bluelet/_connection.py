@@ -17,7 +17,7 @@ The read buffer
 import operator
 import os
 import socket
-from typing import Any, BinaryIO, Generator, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Generator, Optional, TypeVar
 
 from ._errors import IncompleteRead, LimitExceeded, SocketClosedError
 from ._impl import (
@@ -29,11 +29,17 @@ from ._impl import (
     later,
     notify_closing,
     timeout,
+    wait_readable,
     wait_writable,
 )
 from ._nonblocking import retry
 from ._records import Bytes
 from ._threads import to_thread
+
+if TYPE_CHECKING:
+    import ssl
+
+    from ._tls import TLSConnection
 
 __all__ = ["Connection", "DEFAULT_LIMIT", "close_socket", "with_timeout"]
 
@@ -143,6 +149,11 @@ class Connection:
         """Event: send some of ``data`` (value: the count), or all of it."""
         return SendEvent(self, data, whole)
 
+    def _receive_into(self, view: memoryview) -> Generator[Any, Any, int]:
+        """Coroutine: receive into ``view`` from the socket; the count."""
+        # Read only when this coroutine runs, so a cancel loses nothing.
+        return (yield from retry(self.sock, wait_readable, self.sock.recv_into, view))
+
     # -- reading -------------------------------------------------------------
 
     def _more(self, size: int) -> "Event[bytes]":
@@ -167,6 +178,40 @@ class Connection:
         else:
             event = self._receive(size)
         return event if timeout is None else with_timeout(event, timeout)
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, *,
+                  timeout: Optional[float] = None) -> "Event[int]":
+        """Event: receive up to ``nbytes`` bytes (0: as many as ``buffer``
+        holds) into ``buffer``, a writable bytes-like object such as a
+        ``bytearray`` or a ``memoryview`` of one; the value is how many
+        came, 0 at end of stream. Nothing is allocated per read.
+
+        Bytes that ``readline`` and the like read ahead come first. A
+        buffer that is not writable, or has no room, raises at the call.
+        """
+        if self._closed:
+            self._check_open("recv_into()")
+        view = memoryview(buffer).cast("B")
+        if view.readonly:
+            raise TypeError("recv_into() needs a writable buffer, not %r" % (type(buffer),))
+        nbytes = _count(nbytes, "recv_into() nbytes") or len(view)
+        if nbytes > len(view):
+            raise ValueError("recv_into() nbytes %d is more than the buffer's %d bytes"
+                             % (nbytes, len(view)))
+        if nbytes == 0:
+            # A 0-byte receive returns 0, which would pass for end of stream.
+            raise ValueError("recv_into() needs a buffer with room for a byte")
+        return with_timeout(DelegationEvent(self._recv_into(view[:nbytes])), timeout)
+
+    def _recv_into(self, view: memoryview) -> Generator[Any, Any, int]:
+        buf = self._buf
+        if buf:
+            count = min(len(buf), len(view))
+            view[:count] = buf[:count]
+            del buf[:count]
+            return count
+        self._check_open("recv_into()")
+        return (yield from self._receive_into(view))
 
     def _take(self, size: int) -> bytes:
         """Up to ``size`` buffered bytes."""
@@ -317,6 +362,50 @@ class Connection:
             self._check_open("sendfile()")
             yield self._transmit(data, True)
         return len(data)
+
+    def start_tls(self, context: "ssl.SSLContext", *, server_side: bool = False,
+                  server_hostname: Optional[str] = None,
+                  session: "Optional[ssl.SSLSession]" = None,
+                  timeout: Optional[float] = None) -> "Event[TLSConnection]":
+        """Event: upgrade to TLS in mid-stream (STARTTLS: SMTP, IMAP,
+        PostgreSQL...); the value is a ``TLSConnection`` over the same
+        socket, its handshake done.
+
+        ``context`` is a client context, with ``server_hostname`` to check
+        the certificate against and optionally a ``session`` to resume, or
+        a server context with ``server_side=True``. This Connection is used
+        up: its methods raise ``SocketClosedError``, as they do for
+        coroutines still waiting on it. Plaintext read ahead past the
+        upgrade request (by ``readline``, say) is refused with ValueError:
+        it arrived before the handshake, and taking it as if it came over
+        TLS is the STARTTLS injection attack (CVE-2011-0411). If the
+        handshake fails or times out, the socket is closed.
+        """
+        from ._tls import check_client_context, check_server_context, check_session, secure
+
+        self._check_open("start_tls()")
+        if server_side:
+            check_server_context(context)
+            if server_hostname is not None or session is not None:
+                raise ValueError("server_hostname and session are for the client side")
+        else:
+            check_client_context(context)
+            check_session(session)
+        if context is None:
+            raise TypeError("start_tls() needs an ssl.SSLContext, not None")
+        return with_timeout(DelegationEvent(self._start_tls(secure, context, server_side,
+                                                            server_hostname, session)), timeout)
+
+    def _start_tls(self, secure: "Callable[..., Generator[Any, Any, TLSConnection]]",
+                   *args: Any) -> Generator[Any, Any, "TLSConnection"]:
+        self._check_open("start_tls()")
+        if self._buf:
+            raise ValueError("start_tls(): %d bytes of plaintext came after the upgrade request "
+                             "and before the handshake; they cannot be trusted as TLS data"
+                             % len(self._buf))
+        sock, self._closed = self.sock, True
+        notify_closing(sock)  # whoever still waits on the plaintext side
+        return (yield from secure(sock, self.addr, *args))
 
     def shutdown_write(self) -> None:
         """Half-close: tell the peer no more data comes (it reads EOF);

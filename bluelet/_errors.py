@@ -10,7 +10,7 @@ from ._records import ExcInfo
 
 __all__ = [
     "Cancelled", "ChannelClosed", "IncompleteRead", "LimitExceeded", "QueueEmpty",
-    "QueueFull", "SocketClosedError", "ThreadException", "Timeout",
+    "QueueFull", "RunFinishedError", "SocketClosedError", "ThreadException", "Timeout",
 ]
 
 
@@ -74,6 +74,11 @@ class IncompleteRead(EOFError):
         super().__init__("the stream ended after %d bytes, before %s" % (len(partial), wanted))
         self.partial = partial
         self.expected = expected
+
+
+class RunFinishedError(RuntimeError):
+    """The bluelet run a thread called into (``bluelet.from_thread``) has
+    ended, or ended before the call did."""
 
 
 class QueueFull(Exception):

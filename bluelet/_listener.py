@@ -90,7 +90,9 @@ class Listener:
     backlog defaults to ``socket.SOMAXCONN`` so bursts of connections are
     queued, not refused. A host name is resolved here, by the blocking
     system resolver: inside a running program, prefer an address literal.
-    ``Listener.unix(path)`` listens on a Unix socket.
+    ``Listener.unix(path)`` listens on a Unix socket, and
+    ``Listener.from_socket(sock)`` takes over one made elsewhere (inherited
+    from systemd or a supervisor: see ``bluelet.systemd_listeners()``).
 
     ``ssl=`` (an ``ssl.SSLContext`` with the server's certificate) makes
     every accepted connection a ``TLSConnection``; its handshake runs on
@@ -135,13 +137,52 @@ class Listener:
         self.path = path
         return self
 
-    def _adopt(self, sock: socket.socket, ssl: "Optional[ssl.SSLContext]") -> None:
+    @classmethod
+    def from_socket(cls, sock: socket.socket, *,
+                    ssl: "Optional[ssl.SSLContext]" = None) -> "Listener":
+        """A listener on ``sock``, a listening stream socket made elsewhere:
+        inherited from systemd (``bluelet.systemd_listeners()``) or a
+        supervisor, or made with ``socket.create_server``.
+
+        The Listener takes the socket over (it is made non-blocking, and
+        ``close()`` closes it) but never removes a Unix socket's file, which
+        belongs to whoever bound it. ``host``/``port`` or ``path`` are read
+        from the socket. A socket that is closed, not a stream socket, or
+        not listening is refused here with ``ValueError``.
+        """
+        if not isinstance(sock, socket.socket):
+            raise TypeError("Listener.from_socket() needs a socket.socket, not %r" % (sock,))
+        check_server_context(ssl)
+        if sock.fileno() < 0:
+            raise ValueError("Listener.from_socket(): the socket is closed")
+        if sock.type != socket.SOCK_STREAM:
+            raise ValueError("Listener.from_socket(): %r is not a stream socket" % (sock,))
+        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            raise ValueError("Listener.from_socket(): %r is not listening (call listen() first)"
+                             % (sock,))
+        sock.setblocking(False)
+        self = cls.__new__(cls)
+        self._adopt(sock, ssl, owns_file=False)
+        address = sock.getsockname()
+        if sock.family == getattr(socket, "AF_UNIX", None):
+            self.host, self.port = "", 0
+            if isinstance(address, bytes):  # Linux's abstract namespace
+                address = address.decode("utf-8", "surrogateescape")
+            self.path = address or None
+        else:
+            self.host, self.port, self.path = address[0], address[1], None
+        return self
+
+    def _adopt(self, sock: socket.socket, ssl: "Optional[ssl.SSLContext]",
+               owns_file: bool = True) -> None:
         self.sock = sock
         self._ssl = ssl
         self._closed = False
+        #: The name systemd gave the socket (``systemd_listeners()``), else None.
+        self.name: Optional[str] = None
         # Only the creating process removes a Unix socket's file: forked
         # workers share the listener and must not unlink it under the others.
-        self._owner = os.getpid()
+        self._owner = os.getpid() if owns_file else None
 
     def __repr__(self) -> str:
         if self._closed:

@@ -53,7 +53,7 @@ from ._coroutines import driven as _driven, frame as _frame, not_an_event as _no
 from ._debug import creation_site, dropped, never_yielded
 from ._debug import table_lock as _table_lock
 from ._debug import default as default_debug
-from ._errors import Cancelled, SocketClosedError, Timeout
+from ._errors import Cancelled, RunFinishedError, SocketClosedError, Timeout
 from ._records import TaskInfo
 
 __all__ = [
@@ -64,7 +64,7 @@ __all__ = [
     "later", "wait_readable", "wait_writable", "notify_closing",
     "timeout", "fail_after", "move_on_after", "shield", "current_deadline",
     "current_time", "WaitQueue", "Completion", "current", "tasks", "wakeup_fd",
-    "iscoroutine",
+    "running_loop", "iscoroutine",
 ]
 
 log = logging.getLogger("bluelet")
@@ -1365,6 +1365,7 @@ cdef class Loop:
     cdef object _interrupts     # exceptions from interrupt(), for the root
     cdef object _deferred       # an interrupt due at the root's next scheduling point
     cdef bint _stopping         # an interrupt reached the root: end with it
+    cdef object _calls          # from call_soon_threadsafe; None once the run ends
     cdef bint _virtual_time
     cdef double _clock          # the time under virtual_time
     cdef object _slow_step      # seconds; a longer step is logged
@@ -1396,6 +1397,7 @@ cdef class Loop:
         self._waker_fd = -1
         self._waker_lock = threading.RLock()
         self._interrupts = collections.deque()
+        self._calls = collections.deque()
 
     def __dealloc__(self):
         self._clear_timers()
@@ -2127,6 +2129,8 @@ cdef class Loop:
     cdef int _shutdown(self) except -1:
         cdef _Task task
         cdef _FdState state
+        with self._waker_lock:
+            calls, self._calls = self._calls, None
         for task in list(self._tasks.values()):
             self._kill(task, True)
         del self._ready[:]
@@ -2142,6 +2146,10 @@ cdef class Loop:
                 self._waker_fd = -1
         self._fds.clear()
         self._poller.close()
+        # A call accepted is made even now (spawn refuses): the thread that
+        # posted it may be waiting to hear how it went.
+        while calls:
+            calls.popleft()()
         return 0
 
     # -- descriptors --------------------------------------------------------
@@ -2603,6 +2611,26 @@ cdef class Loop:
         self._interrupts.append(exc)
         self._wake()
 
+    def call_soon_threadsafe(self, func):
+        with self._waker_lock:
+            if self._calls is None:
+                raise RunFinishedError("the bluelet run has ended")
+            if self._waker is None:
+                raise RuntimeError("the loop has no wake-up socket: call wakeup_fd() in its thread first")
+            self._calls.append(func)
+        self._wake()
+
+    def spawn(self, coro):
+        if self._calls is None or self._root is None:
+            raise RunFinishedError("the bluelet run has ended")
+        error = self._check_new(coro, "spawn")
+        if error is not None:
+            raise error
+        self._add_task(coro)
+        if self._current is None:
+            # Between passes: nothing would queue it before the next poll.
+            self._queue_spawned()
+
     cdef int _post(self, Completion completion) except -1:
         self._inbox.append(completion)
         self._wake()
@@ -2641,6 +2669,9 @@ cdef class Loop:
                 completion._task = None
                 task.wait = None
                 self._schedule(task, completion._value, completion._exc)
+        calls = self._calls
+        while calls:
+            calls.popleft()()
         return 0
 
 
@@ -2776,6 +2807,10 @@ def wakeup_fd():
     return (<Loop>_running_loop())._wakeup_fd()
 
 
+def running_loop():
+    return _running_loop()
+
+
 def iscoroutine(obj):
     return bluelet_is_coroutine(obj)
 
@@ -2800,10 +2835,12 @@ def _copy_docstrings():
     for name in ("null", "sleep", "spawn", "call", "end", "join", "kill", "later",
                  "wait_readable", "wait_writable", "run", "notify_closing",
                  "timeout", "fail_after", "move_on_after", "shield", "current_deadline",
-                 "current_time", "current", "tasks", "wakeup_fd", "iscoroutine"):
+                 "current_time", "current", "tasks", "wakeup_fd", "running_loop",
+                 "iscoroutine"):
         globals()[name].__doc__ = getattr(_loop_py, name).__doc__
     for cls, method in ((Loop, "run"), (Loop, "start"), (Loop, "step"), (Loop, "fileno"),
-                        (Loop, "finish"), (Loop, "interrupt"), (Event, "send"),
+                        (Loop, "finish"), (Loop, "interrupt"), (Loop, "call_soon_threadsafe"),
+                        (Loop, "spawn"), (Event, "send"),
                         (WaitableEvent, "waitables"),
                         (WaitableEvent, "fire"), (SleepEvent, "time_left"),
                         (WaitQueue, "wait"), (WaitQueue, "wake"), (WaitQueue, "wake_all"),

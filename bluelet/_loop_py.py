@@ -77,7 +77,7 @@ from ._coroutines import driven as _driven, frame as _frame, not_an_event as _no
 from ._debug import creation_site, dropped, never_yielded
 from ._debug import table_lock as _table_lock
 from ._debug import default as default_debug
-from ._errors import Cancelled, SocketClosedError, Timeout
+from ._errors import Cancelled, RunFinishedError, SocketClosedError, Timeout
 from ._records import TaskInfo
 
 __all__ = [
@@ -88,7 +88,7 @@ __all__ = [
     "later", "wait_readable", "wait_writable", "notify_closing",
     "timeout", "fail_after", "move_on_after", "shield", "current_deadline",
     "current_time", "WaitQueue", "Completion", "current", "tasks", "wakeup_fd",
-    "iscoroutine",
+    "running_loop", "iscoroutine",
 ]
 
 log = logging.getLogger("bluelet")
@@ -1152,7 +1152,7 @@ class Loop:
                  "_timers", "_timer_seq", "_stale_timers", "_fds", "_fd_waiters",
                  "_poller", "_root", "_current", "_failure", "_results", "_inbox",
                  "_external", "_waker_fd", "_waker", "_waker_lock", "_interrupts", "_deferred",
-                 "_stopping")
+                 "_stopping", "_calls")
 
     def __init_subclass__(cls, **kwargs):
         # The compiled Loop is final; the pure one must not allow more.
@@ -1194,6 +1194,7 @@ class Loop:
         self._interrupts = collections.deque()  # from interrupt(), for the root
         self._deferred = None       # an interrupt due at the root's next scheduling point
         self._stopping = False      # an interrupt reached the root: end with it
+        self._calls = collections.deque()  # from call_soon_threadsafe; None once the run ends
 
     # -- entry point --------------------------------------------------------
 
@@ -1928,6 +1929,8 @@ class Loop:
 
     def _shutdown(self):
         """Close every coroutine still alive, then the poller."""
+        with self._waker_lock:
+            calls, self._calls = self._calls, None
         for task in list(self._tasks.values()):
             self._kill(task, True)
         self._ready.clear()
@@ -1943,6 +1946,10 @@ class Loop:
                 self._waker_fd = -1
         self._fds.clear()
         self._poller.close()
+        # A call accepted is made even now (spawn refuses): the thread that
+        # posted it may be waiting to hear how it went.
+        while calls:
+            calls.popleft()()
 
     # -- descriptors --------------------------------------------------------
 
@@ -2344,6 +2351,40 @@ class Loop:
         self._interrupts.append(exc)
         self._wake()
 
+    def call_soon_threadsafe(self, func):
+        """From any thread: call ``func()`` in this loop's thread, soon.
+
+        Calls run in the order they were made, when the loop next polls,
+        with no coroutine running; ``func`` must not raise (what it raises
+        ends the run). Raises RuntimeError once the run has ended, or if
+        the loop has no wake-up socket yet (``wakeup_fd()`` in the loop's
+        thread makes it). A call accepted is always made, at the latest
+        while the run ends, after its coroutines are closed.
+        """
+        with self._waker_lock:
+            if self._calls is None:
+                raise RunFinishedError("the bluelet run has ended")
+            if self._waker is None:
+                raise RuntimeError("the loop has no wake-up socket: call wakeup_fd() in its thread first")
+            self._calls.append(func)
+        self._wake()
+
+    def spawn(self, coro):
+        """Start ``coro`` as a new coroutine of this run, from the loop's
+        thread but outside any coroutine (from a ``call_soon_threadsafe``
+        call, say). It runs at the next pass. Raises RuntimeError once the
+        run is ending, and what ``yield spawn(coro)`` would for a bad
+        ``coro``."""
+        if self._calls is None or self._root is None:
+            raise RunFinishedError("the bluelet run has ended")
+        error = self._check_new(coro, "spawn")
+        if error is not None:
+            raise error
+        self._add_task(coro)
+        if self._current is None:
+            # Between passes: nothing would queue it before the next poll.
+            self._queue_spawned()
+
     def _post(self, completion):
         """Called from any thread: queue ``completion`` and wake the loop."""
         self._inbox.append(completion)
@@ -2377,6 +2418,9 @@ class Loop:
                 completion._task = None
                 task.wait = None
                 self._schedule(task, completion._value, completion._exc)
+        calls = self._calls
+        while calls:
+            calls.popleft()()
 
 
 _KINDS = {cls: cls._kind for cls in (
@@ -2546,6 +2590,11 @@ def tasks():
 def wakeup_fd():
     """The fd whose write wakes the running loop (for signal.set_wakeup_fd)."""
     return _running_loop()._wakeup_fd()
+
+
+def running_loop():
+    """The Loop running in this thread (RuntimeError outside one)."""
+    return _running_loop()
 
 
 def iscoroutine(obj):

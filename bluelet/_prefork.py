@@ -116,6 +116,18 @@ class Endpoint:
             self._shared = Listener(host, port, backlog, ssl=ssl)
             self.address = self._shared.sockname
 
+    @classmethod
+    def shared(cls, listener: Listener) -> "Endpoint":
+        """The workers share ``listener`` (one made elsewhere, such as an
+        inherited socket), each accepting on it."""
+        self = cls.__new__(cls)
+        self._backlog = socket.SOMAXCONN
+        self._ssl = None
+        self._reserved = None
+        self._shared = listener
+        self.address = listener.sockname
+        return self
+
     def listener(self) -> Listener:
         """In a worker: the Listener to serve (its own, or the shared one)."""
         if self._shared is not None:

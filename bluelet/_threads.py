@@ -33,6 +33,7 @@ from typing import Any, Callable, Dict, Generator, Optional, Tuple, TypeVar
 from ._coroutines import awaitable
 from ._impl import Completion
 from ._records import Coro
+from .from_thread import _in_thread_of, current_token
 
 __all__ = ["lookup_in_thread", "set_thread_limit", "to_thread"]
 
@@ -178,7 +179,8 @@ def to_thread(func: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Generato
 
     Returns a coroutine (a generator): yield it, put it under
     ``bluelet.timeout()``, or spawn it and ``join`` it later. The call is
-    handed to the pool when the coroutine starts. If the coroutine is
+    handed to the pool when the coroutine starts. ``func`` may call back
+    into the loop with ``bluelet.from_thread`` (no token needed). If the coroutine is
     killed or times out, a call not yet started never runs, and a running
     one finishes in its thread with its result dropped (threads cannot be
     stopped).
@@ -197,8 +199,9 @@ def lookup_in_thread(func: Callable[..., _T], *args: Any) -> Generator[Any, Any,
 def _call_in_thread(pool: _Pool, func: Callable[..., Any], args: Tuple[Any, ...],
                     kwargs: Dict[str, Any]) -> Coro:
     handoff = _Handoff()
+    token = current_token()  # so that func may call back with from_thread
     try:
-        future = pool.executor().submit(func, *args, **kwargs)
+        future = pool.executor().submit(_in_thread_of, token, func, args, kwargs)
     except BaseException:
         handoff.abandon()  # e.g. the interpreter is exiting
         raise

@@ -26,8 +26,8 @@ from ._records import Bytes
 if TYPE_CHECKING:
     import ssl
 
-__all__ = ["TLSConnection", "check_client_context", "check_server_context", "wrap_client",
-           "wrap_server"]
+__all__ = ["TLSConnection", "check_client_context", "check_server_context", "check_session",
+           "secure", "wrap_client", "wrap_server"]
 
 # The most one TLS read asks OpenSSL for: a record carries at most 16 KiB,
 # and a read returns at most one record (asking for readexactly's 1 MiB made
@@ -39,8 +39,8 @@ class TLSConnection(Connection):
     """A Connection over TLS; same events, plus ``handshake()``.
 
     ``sock`` is the ``ssl.SSLSocket``: ``conn.sock.getpeercert()``,
-    ``version()``, ``cipher()`` and ``selected_alpn_protocol()`` describe
-    the session once the handshake is done. TLS cannot half-close, so
+    ``version()``, ``cipher()``, ``selected_alpn_protocol()`` and
+    ``session_reused`` describe the session once the handshake is done. TLS cannot half-close, so
     ``shutdown_write()`` raises NotImplementedError.
     """
 
@@ -90,20 +90,34 @@ class TLSConnection(Connection):
             self._handshake_waiters = None
             waiters.wake_all(exc=failure)
 
-    def _receive(self, size: int) -> "Event[bytes]":
-        return DelegationEvent(self._tls_receive(size))
+    @property
+    def tls_session(self) -> "Optional[ssl.SSLSession]":
+        """The TLS session, for ``connect(..., session=...)`` to resume
+        later (client side; None before the handshake). Under TLS 1.3 the
+        server sends it after the handshake: take it after a first read."""
+        return self.sock.session
 
-    def _tls_receive(self, size: int) -> Generator[Any, Any, bytes]:
-        yield from self._handshake()
+    def start_tls(self, *args: Any, **kwargs: Any) -> "Event[TLSConnection]":
+        """Refused: the connection is already TLS (ValueError)."""
+        raise ValueError("start_tls() on a connection that is already TLS")
+
+    def _receive(self, size: int) -> "Event[bytes]":
         # One read returns at most one record, but allocates all it asks for.
-        size = min(size, _MAX_READ)
+        return DelegationEvent(self._tls_read(self.sock.recv, min(size, _MAX_READ), b""))
+
+    def _receive_into(self, view: memoryview) -> Generator[Any, Any, int]:
+        count: int = yield from self._tls_read(self.sock.recv_into, view, 0)
+        return count
+
+    def _tls_read(self, read: Any, arg: Any, at_end: Any) -> Generator[Any, Any, Any]:
+        yield from self._handshake()
         try:
-            return (yield from retry(self.sock, wait_readable, self.sock.recv, size))
+            return (yield from retry(self.sock, wait_readable, read, arg))
         except BrokenPipeError:
             # OpenSSL 3.6 may write while reading (a TLS 1.3 session ticket
             # or key update); once the peer has closed, that write fails with
             # EPIPE. For a reader the stream has ended, as on a plain socket.
-            return b""
+            return at_end
 
     def _transmit(self, data: Bytes, whole: bool) -> "Event[Any]":
         # The view is made here so bad data raises at the call, not the yield.
@@ -183,8 +197,42 @@ def wrap_server(context: "ssl.SSLContext", sock: socket.socket, addr: Any) -> TL
 
 
 def wrap_client(context: "ssl.SSLContext", sock: socket.socket, addr: Any,
-                server_hostname: Optional[str]) -> TLSConnection:
+                server_hostname: Optional[str],
+                session: "Optional[ssl.SSLSession]" = None) -> TLSConnection:
     """The client side of TLS over connected ``sock``; the handshake is left to do."""
     sock.setblocking(False)
     return TLSConnection(context.wrap_socket(
-        sock, server_hostname=server_hostname, do_handshake_on_connect=False), addr)
+        sock, server_hostname=server_hostname, do_handshake_on_connect=False,
+        session=session), addr)
+
+
+def check_session(session: Any) -> None:
+    """Raise, at the call, if ``session`` is no ``ssl.SSLSession`` (None is none)."""
+    if session is None:
+        return
+    import ssl
+    if not isinstance(session, ssl.SSLSession):
+        raise TypeError("session= needs an ssl.SSLSession (a TLSConnection's tls_session), "
+                        "not %r" % (session,))
+
+
+def secure(sock: socket.socket, addr: Any, context: "ssl.SSLContext", server_side: bool,
+           server_hostname: Optional[str] = None,
+           session: "Optional[ssl.SSLSession]" = None) -> Generator[Any, Any, TLSConnection]:
+    """Coroutine: TLS over connected ``sock``, the handshake done; on any
+    failure (a cancel included) the socket is closed."""
+    try:
+        if server_side:
+            conn = wrap_server(context, sock, addr)
+        else:
+            conn = wrap_client(context, sock, addr, server_hostname, session)
+    except BaseException:
+        if sock.fileno() >= 0:  # else the failed SSLSocket took it and closed it
+            close_socket(sock)
+        raise
+    try:
+        yield conn.handshake()
+    except BaseException:
+        conn.close()
+        raise
+    return conn

@@ -286,6 +286,17 @@ def core_env(core):
     return env
 
 
+def echo_through(sock, data):
+    """Send ``data`` on a blocking socket; what an echo server sends back."""
+    sock.sendall(data)
+    got = b""
+    while len(got) < len(data):
+        chunk = sock.recv(65536)
+        assert chunk, "the echo server closed early"
+        got += chunk
+    return got
+
+
 class Running:
     """A command running in its own session; its output read with time bounds.
 
@@ -294,13 +305,14 @@ class Running:
     session (the command and its workers) if it is still there.
     """
 
-    def __init__(self, args, env, tmp_path):
+    def __init__(self, args, env, tmp_path, pass_fds=()):
         self.errors = tmp_path / ("stderr-%d.txt" % random.randrange(1 << 30))
         with open(self.errors, "w") as stderr:
             # cwd: sys.path[0] for -m; it must not be a source tree that
             # shadows the bluelet under test (in CI, the installed one).
             self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr, env=env,
-                                         cwd=tmp_path, text=True, start_new_session=True)
+                                         cwd=tmp_path, text=True, start_new_session=True,
+                                         pass_fds=pass_fds)
         self.lines = queue.Queue()
         self.seen = []
         threading.Thread(target=self._read, daemon=True).start()

@@ -23,7 +23,7 @@ import time
 import pytest
 
 import bluelet
-from _helpers import HOST, WAIT, Running, abort, alive_group, core_env
+from _helpers import HOST, WAIT, Running, abort, alive_group, core_env, echo_through
 from conftest import CORES
 
 pytestmark = [
@@ -204,24 +204,14 @@ def _connect(port):
     return sock
 
 
-def _echo(sock, data):
-    sock.sendall(data)
-    got = b""
-    while len(got) < len(data):
-        chunk = sock.recv(65536)
-        assert chunk, "the echo server closed early"
-        got += chunk
-    return got
-
-
 @pytest.mark.parametrize("core", CORES)
-def test_echo(start, core):
+def testecho_through(start, core):
     server, port = start(core, "echo", "--port", "0")
     with _connect(port) as first, _connect(port) as second:
-        assert _echo(first, b"hello\n") == b"hello\n"
+        assert echo_through(first, b"hello\n") == b"hello\n"
         payload = os.urandom(300000)
-        assert _echo(second, payload) == payload
-        assert _echo(first, b"still here") == b"still here"
+        assert echo_through(second, payload) == payload
+        assert echo_through(first, b"still here") == b"still here"
     os.kill(server.proc.pid, signal.SIGINT)
     server.expect("^stopped$")
     assert server.wait() == 0
@@ -556,13 +546,13 @@ def test_workers_ctrl_c_lets_open_connections_finish(start):
     server, port = start(CORES[0], "echo", "--port", "0", "--workers", "2")
     pids = _workers(_Log(server), 2)
     with _connect(port) as sock:
-        assert _echo(sock, b"ping") == b"ping"
+        assert echo_through(sock, b"ping") == b"ping"
         os.killpg(server.proc.pid, signal.SIGINT)
         # Two processes log these, so either may come first: each is looked
         # for from the start of the log.
         _Log(server).expect(r"stopping: waiting up to 10 s for 1 connection")
         _Log(server).expect(r"\] worker \d+ stopped \(status 0\)$")  # the other one: idle
-        assert _echo(sock, b"still served") == b"still served"
+        assert echo_through(sock, b"still served") == b"still served"
         with pytest.raises(ConnectionRefusedError):
             _connect(port).close()  # but no new connection is taken
     server.expect("^stopped$")  # once the last connection has closed
@@ -584,7 +574,7 @@ def test_workers_end_with_their_parent(start):
 def test_sigterm_single_process(start, core):
     server, port = start(core, "echo", "--port", "0", "--grace", "0.2")
     with _connect(port) as sock:
-        assert _echo(sock, b"x") == b"x"
+        assert echo_through(sock, b"x") == b"x"
         os.kill(server.proc.pid, signal.SIGTERM)
         server.expect("^stopped$")
         assert server.wait() == 0
@@ -599,7 +589,7 @@ def test_second_ctrl_c_stops_at_once(start, workers):
     if workers > 1:
         _workers(log, workers)  # all listening
     with _connect(port) as sock:
-        assert _echo(sock, b"x") == b"x"
+        assert echo_through(sock, b"x") == b"x"
         os.kill(server.proc.pid, signal.SIGINT)
         log.expect(r"stopping: waiting up to 3600 s for 1 connection")
         os.kill(server.proc.pid, signal.SIGINT)

@@ -648,3 +648,73 @@ def test_a_reset_mid_sendall_fails_that_coroutine_only(core):
     assert len(failures) == 1 and failures[0] in BROKEN
     assert [entry for entry in log if isinstance(entry, bytes)] == [b"%d\n" % i for i in range(20)]
     assert "sent everything?" not in log
+
+
+# ---------------------------------------------------------------------------
+# recv_into
+# ---------------------------------------------------------------------------
+
+def test_recv_into_fills_the_callers_buffer(core):
+    def body(client, server):
+        buffer = bytearray(8)
+        yield client.sendall(b"abcdefghij")
+        counts = []
+        got = b""
+        while len(got) < 10:
+            n = yield server.recv_into(buffer)
+            counts.append(n)
+            got += buffer[:n]
+        yield client.sendall(b"xyz")
+        view = memoryview(buffer)
+        n = yield server.recv_into(view[2:], 2)  # at most nbytes, into a slice
+        client.shutdown_write()
+        rest = yield server.recv_into(buffer)
+        at_end = yield server.recv_into(buffer)
+        return got, max(counts), n, bytes(buffer[2:4]), rest, at_end
+
+    assert on_a_connection(body) == (b"abcdefghij", 8, 2, b"xy", 1, 0)
+
+
+def test_recv_into_serves_bytes_read_ahead_first(core):
+    def body(client, server):
+        yield client.sendall(b"line\nrest")
+        line = yield server.readline()
+        buffer = bytearray(100)
+        n = yield server.recv_into(buffer)
+        return line, bytes(buffer[:n])
+
+    # readline read "rest" along with its line; recv_into gets it, not a wait.
+    assert on_a_connection(body) == (b"line\n", b"rest")
+
+
+def test_a_timed_out_recv_into_loses_nothing(core):
+    def body(client, server):
+        buffer = bytearray(16)
+        with pytest.raises(bluelet.Timeout):
+            yield server.recv_into(buffer, timeout=SHORT)
+        yield client.sendall(b"late")
+        n = yield server.recv_into(buffer)
+        return bytes(buffer[:n])
+
+    assert on_a_connection(body) == b"late"
+
+
+def test_recv_into_bad_buffers_raise_at_the_call(core):
+    def body(client, server):
+        with pytest.raises(TypeError, match="writable"):
+            server.recv_into(b"read-only")
+        with pytest.raises(TypeError):
+            server.recv_into("text")
+        with pytest.raises(ValueError, match="more than the buffer"):
+            server.recv_into(bytearray(4), 5)
+        with pytest.raises(ValueError, match="room for a byte"):
+            server.recv_into(bytearray(0))
+        with pytest.raises(ValueError, match=">= 0"):
+            server.recv_into(bytearray(4), -1)
+        server.close()
+        with pytest.raises(bluelet.SocketClosedError):
+            server.recv_into(bytearray(4))
+        yield bluelet.null()
+        return "ok"
+
+    assert on_a_connection(body) == "ok"

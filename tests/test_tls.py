@@ -920,3 +920,162 @@ def test_connect_ssl_must_be_a_client_context(core):
         bluelet.connect(HOST, 1, ssl="yes")
     with pytest.raises(ValueError, match="client context"):
         bluelet.connect(HOST, 1, ssl=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+
+
+# ---------------------------------------------------------------------------
+# STARTTLS, session resumption, recv_into
+# ---------------------------------------------------------------------------
+
+def starttls_server(listener, server_ctx, seen):
+    """Handler of a line protocol that upgrades on "STARTTLS": then it
+    echoes one line over TLS, upper-cased."""
+    conn = yield listener.accept()
+    with conn:
+        assert (yield conn.readline()) == b"STARTTLS\r\n"
+        yield conn.sendall(b"220 go ahead\r\n")
+        try:
+            tls = yield conn.start_tls(server_ctx, server_side=True)
+        except ValueError as exc:
+            seen.append(exc)
+            return
+        with tls:
+            seen.append(tls.sock.version())
+            line = yield tls.readline()
+            yield tls.sendall(line.upper())
+
+
+def test_start_tls_upgrades_in_mid_stream(core, plain_listener, server_ctx, client_ctx):
+    seen = []
+
+    def client():
+        conn = yield bluelet.connect(HOST, plain_listener.port)
+        yield conn.sendall(b"STARTTLS\r\n")
+        assert (yield conn.readline()) == b"220 go ahead\r\n"
+        tls = yield conn.start_tls(client_ctx, server_hostname="localhost")
+        with pytest.raises(bluelet.SocketClosedError):
+            conn.recv(10)  # the plaintext Connection is used up
+        with tls:
+            assert isinstance(tls, bluelet.TLSConnection)
+            yield tls.sendall(b"over tls\n")
+            return (yield tls.readline())
+
+    def root():
+        server = starttls_server(plain_listener, server_ctx, seen)
+        yield bluelet.spawn(server)
+        reply = yield client()
+        yield bluelet.join(server)
+        return reply
+
+    assert run_test(root(), timeout=DEADLINE) == b"OVER TLS\n"
+    assert seen and seen[0].startswith("TLS")
+
+
+def test_start_tls_refuses_plaintext_sent_before_the_handshake(core, plain_listener,
+                                                               server_ctx):
+    """The STARTTLS injection attack: a command pipelined after STARTTLS
+    must not be taken as if it came over TLS."""
+    seen = []
+
+    def client():
+        conn = yield bluelet.connect(HOST, plain_listener.port)
+        with conn:
+            yield conn.sendall(b"STARTTLS\r\nRCPT TO:<victim>\r\n")
+            yield conn.readline()
+            return (yield conn.recv(100))  # the server hangs up
+
+    def root():
+        server = starttls_server(plain_listener, server_ctx, seen)
+        yield bluelet.spawn(server)
+        at_end = yield client()
+        yield bluelet.join(server)
+        return at_end
+
+    assert run_test(root(), timeout=DEADLINE) == b""
+    assert isinstance(seen[0], ValueError) and "plaintext" in str(seen[0])
+
+
+def test_start_tls_misuse_raises_at_the_call(core, listener, plain_listener, server_ctx,
+                                             client_ctx):
+    def root():
+        conn, peer = yield tls_pair(listener, client_ctx)
+        with conn, peer:
+            with pytest.raises(ValueError, match="already TLS"):
+                conn.start_tls(client_ctx)
+        plain = yield bluelet.connect(HOST, plain_listener.port)
+        with plain:
+            with pytest.raises(TypeError, match="SSLContext"):
+                plain.start_tls(None)
+            with pytest.raises(ValueError, match="client context"):
+                plain.start_tls(server_ctx)
+            with pytest.raises(ValueError, match="server_hostname and session"):
+                plain.start_tls(server_ctx, server_side=True, server_hostname="localhost")
+            with pytest.raises(TypeError, match="SSLSession"):
+                plain.start_tls(client_ctx, session="a session")
+        return "ok"
+
+    assert run_test(root(), timeout=DEADLINE) == "ok"
+
+
+def test_a_failed_start_tls_handshake_closes_the_socket(core, plain_listener, client_ctx):
+    def root():
+        def refuse():
+            conn = yield plain_listener.accept()
+            with conn:
+                yield conn.recv(1000)  # the ClientHello
+                yield conn.sendall(b"not TLS at all\r\n" * 8)
+
+        yield bluelet.spawn(refuse())
+        conn = yield bluelet.connect(HOST, plain_listener.port)
+        with pytest.raises(ssl.SSLError):
+            yield conn.start_tls(client_ctx, server_hostname="localhost")
+        return "ok"
+
+    assert run_test(root(), timeout=DEADLINE) == "ok"  # no_fd_leak: nothing left open
+
+
+def test_connect_resumes_a_session(core, listener, client_ctx):
+    def one_exchange(session=None):
+        conn = yield bluelet.connect(HOST, listener.port, ssl=client_ctx, session=session)
+        with conn:
+            yield conn.sendall(b"ping\n")
+            assert (yield conn.readline()) == b"ping\n"
+            # Under TLS 1.3 the ticket comes after the handshake: read first.
+            return conn.tls_session, conn.sock.session_reused
+
+    def root():
+        server = bluelet.spawn(bluelet.serve(listener, line_echo))
+        yield server
+        session, first_reused = yield one_exchange()
+        _, reused = yield one_exchange(session)
+        listener.close()
+        return session is not None, first_reused, reused
+
+    assert run_test(root(), timeout=DEADLINE) == (True, False, True)
+
+
+def test_session_needs_tls_and_an_ssl_session(core):
+    with pytest.raises(ValueError, match="only meaningful with ssl"):
+        bluelet.connect(HOST, 1, session=object())
+    with pytest.raises(TypeError, match="SSLSession"):
+        bluelet.connect(HOST, 1, ssl=ssl.create_default_context(), session="resume")
+
+
+def test_recv_into_over_tls(core, listener, client_ctx):
+    def root():
+        conn, peer = yield tls_pair(listener, client_ctx)
+        with conn, peer:
+            data = payload(100000)
+
+            def send():
+                yield peer.sendall(data)
+
+            yield bluelet.spawn(send())
+            buffer = bytearray(4096)
+            got = bytearray()
+            while len(got) < len(data):
+                n = yield conn.recv_into(buffer)
+                assert n > 0
+                got += buffer[:n]
+            return bytes(got) == data
+
+    assert run_test(root(), timeout=DEADLINE) is True
