@@ -83,6 +83,7 @@ from ._taskgroup import TaskGroup, started, task_group
 from ._connect import connect, connect_unix
 from ._connection import Connection
 from ._listener import Listener
+from ._process import Process, open_process, run_process
 from ._server import serve, server
 from ._systemd import systemd_listeners
 from ._sync import Channel, Condition, Flag, Lock, Queue, Semaphore
@@ -123,6 +124,7 @@ __all__ = [
     "LimitExceeded",
     "Listener",
     "Op",
+    "Process",
     "Lock",
     "Outcome",
     "Queue",
@@ -168,8 +170,10 @@ __all__ = [
     "move_on_after",
     "notify_closing",
     "null",
+    "open_process",
     "read",
     "run",
+    "run_process",
     "serve",
     "server",
     "set_thread_limit",

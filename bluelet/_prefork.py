@@ -2,22 +2,31 @@
 
 The processes
     A *supervisor* binds the address, forks N workers and then only
-    watches them: it restarts one that dies and stops them all on SIGINT
-    or SIGTERM. Each worker runs ``run(service(listener),
+    watches them: it restarts one that dies, replaces them all on SIGHUP
+    and stops them all on SIGINT or SIGTERM. Each worker runs ``run(service(listener),
     handle_signals=True)``, so a SIGTERM from the supervisor stops it
     gracefully (``serve()`` finishes what is in flight), and ends with
     ``os._exit``.
 
 One port, N listeners
-    On Linux each worker listens on a socket of its own with SO_REUSEPORT,
-    and the kernel spreads new connections across their accept queues (no
-    thundering herd, no shared queue). The supervisor keeps one more
-    socket, bound with SO_REUSEPORT but never listening: it holds the
-    port while workers come and go, and tells which port ``port=0``
-    picked. Linux gives connections to listening sockets only, so that
-    one never receives any. Elsewhere (SO_REUSEPORT does not spread
-    connections on the BSDs or macOS) the supervisor makes one listening
-    socket and every worker inherits it.
+    On Linux the supervisor makes one listening socket per worker *slot*,
+    with SO_REUSEPORT, and the kernel spreads new connections across their
+    accept queues (no thundering herd, no shared queue). Each worker
+    inherits its slot's socket; the supervisor keeps its own copies and
+    never accepts. A worker that replaces another (after a crash, or at a
+    reload) serves the same socket, so what waits in its queue is served,
+    never reset: closing a SO_REUSEPORT listener would reset the
+    connections queued on it. Elsewhere (SO_REUSEPORT does not spread
+    connections on the BSDs or macOS) there is one listening socket and
+    every worker inherits it.
+
+Reload
+    SIGHUP starts a new worker per slot; once each listens, the old ones
+    get SIGTERM and stop as at a graceful stop: no new connections, and
+    ``grace`` seconds for those in flight (then SIGKILL). The new workers
+    are forked from the supervisor, so they run the code it loaded: to roll
+    out new code, restart the program under socket activation (systemd
+    holds the port meanwhile, ``--fd``).
 
 Escaping the supervisor's loop
     ``server(..., workers=N)`` runs as the root of ``bluelet.run()``, so
@@ -32,7 +41,7 @@ Escaping the supervisor's loop
     the poll).
 
 Signals
-    The supervisor's handlers for SIGINT, SIGTERM and SIGCHLD only note
+    The supervisor's handlers for SIGINT, SIGTERM, SIGHUP and SIGCHLD only note
     the signal; ``signal.set_wakeup_fd`` wakes the supervisor's
     ``select()`` on a pipe, and it acts on what was noted between its own
     steps. Handlers, not a blocked mask taken by ``sigwait``: a mask holds
@@ -40,9 +49,9 @@ Signals
     that has not blocked it (the pool of ``to_thread``, a library's
     thread), where a SIGTERM at its default would end the supervisor and a
     SIGCHLD would go unseen. Every wake-up reaps every worker that has
-    ended, so SIGCHLDs that arrive together lose nothing. The three are
+    ended, so SIGCHLDs that arrive together lose nothing. The four are
     blocked only across ``fork()``, so that a worker takes none before its
-    own handlers are in place. Workers ignore SIGINT: the terminal's
+    own handlers are in place. Workers ignore SIGINT (and SIGHUP): the terminal's
     Ctrl-C reaches the whole process group, and the supervisor answers it
     with SIGTERM; a worker that counted both would take the second as
     "stop now". A stop signal during the stop is forwarded as a second
@@ -52,6 +61,7 @@ Signals
 """
 
 import logging
+import math
 import os
 import select
 import signal
@@ -82,7 +92,8 @@ AVAILABLE = hasattr(os, "fork") and hasattr(signal, "pthread_sigmask") and \
 _SPREAD = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
 
 _STOP = frozenset((signal.SIGINT, signal.SIGTERM))
-_WATCHED = _STOP | ({signal.SIGCHLD} if AVAILABLE else set())
+_RELOAD = getattr(signal, "SIGHUP", None)
+_WATCHED = _STOP | ({signal.SIGCHLD, signal.SIGHUP} if AVAILABLE else set())
 
 _SHORTEST_LIFE = 1.0   # seconds: a worker dying sooner is restarted ...
 _RESTART_PAUSE = 1.0   # ... after this pause, so a broken start cannot fork-loop
@@ -97,52 +108,58 @@ def check_available(workers: int) -> None:
 
 
 class Endpoint:
-    """The address the workers serve, bound by the supervisor.
+    """The listening sockets the workers serve, made and held by the supervisor.
 
-    ``address`` is the bound address (with the real port when 0 was
-    asked for); ``listener()``, in a worker, gives that worker's Listener.
+    On Linux, one SO_REUSEPORT listening socket per worker *slot*: the
+    kernel spreads new connections across them. Elsewhere, or for a socket
+    made elsewhere (``shared``), one socket every slot shares. A worker
+    serves its slot's socket; the one that replaces it (after a crash, or
+    at a reload) serves the same socket, which the supervisor kept open
+    meanwhile, so the connections waiting in its queue are served, not
+    reset. ``address`` is the bound address (with the real port when 0 was
+    asked for).
     """
 
     def __init__(self, host: str, port: int, backlog: int = socket.SOMAXCONN,
                  ssl: "Optional[ssl.SSLContext]" = None) -> None:
         self._backlog = backlog
         self._ssl = ssl
-        self._reserved: Optional[socket.socket] = None
-        self._shared: Optional[Listener] = None
-        if _SPREAD:
-            self._reserved = reserve(host, port)
-            self.address: Any = self._reserved.getsockname()
-        else:
-            self._shared = Listener(host, port, backlog, ssl=ssl)
-            self.address = self._shared.sockname
+        self._spread = _SPREAD
+        self._family, address = bind_address(host, port)
+        self._sockets = [stream_socket(self._family, address, backlog, _SPREAD)]
+        self.address: Any = self._sockets[0].getsockname()
 
     @classmethod
     def shared(cls, listener: Listener) -> "Endpoint":
-        """The workers share ``listener`` (one made elsewhere, such as an
-        inherited socket), each accepting on it."""
+        """The workers share ``listener``'s socket (one made elsewhere, such
+        as an inherited socket), each accepting on it."""
         self = cls.__new__(cls)
         self._backlog = socket.SOMAXCONN
-        self._ssl = None
-        self._reserved = None
-        self._shared = listener
+        self._ssl = listener._ssl
+        self._spread = False
+        self._family = listener.sock.family
+        self._sockets = [listener.sock]
         self.address = listener.sockname
         return self
 
-    def listener(self) -> Listener:
-        """In a worker: the Listener to serve (its own, or the shared one)."""
-        if self._shared is not None:
-            return self._shared
-        assert self._reserved is not None
-        self._reserved.close()  # this process's copy; the supervisor keeps the port
-        return Listener(self.address[0], self.address[1], self._backlog, ssl=self._ssl,
-                        reuse_port=True)
+    def prepare(self, slots: int) -> None:
+        """In the supervisor, before the workers start: a socket per slot."""
+        while self._spread and len(self._sockets) < slots:
+            self._sockets.append(stream_socket(self._family, self.address, self._backlog, True))
+
+    def listener(self, slot: int) -> Listener:
+        """In a worker: the Listener of ``slot``'s socket (the other slots'
+        copies in this process are closed; the supervisor keeps its own)."""
+        mine = self._sockets[slot if self._spread else 0]
+        for sock in self._sockets:
+            if sock is not mine:
+                sock.close()
+        return Listener.from_socket(mine, ssl=self._ssl)
 
     def close(self) -> None:
         """Release the address (in the supervisor, once the workers are gone)."""
-        if self._reserved is not None:
-            self._reserved.close()
-        if self._shared is not None:
-            self._shared.close()
+        for sock in self._sockets:
+            sock.close()
 
 
 def reserve(host: str, port: int) -> socket.socket:
@@ -185,6 +202,17 @@ def supervise(endpoint: Endpoint, workers: int, service: Callable[[Listener], Co
     _Supervisor(endpoint, service, grace).run(workers)
 
 
+class _Worker:
+    """A worker process, as the supervisor keeps track of it."""
+
+    __slots__ = ("slot", "started", "retire_by")
+
+    def __init__(self, slot: int) -> None:
+        self.slot = slot                 # which of the endpoint's sockets it serves
+        self.started = time.monotonic()
+        self.retire_by: Optional[float] = None  # replaced at a reload: SIGKILL after
+
+
 class _Supervisor:
     """The supervisor's state: its workers, their lifeline, the signals noted."""
 
@@ -193,8 +221,9 @@ class _Supervisor:
         self._endpoint = endpoint
         self._service = service
         self._grace = grace
-        self._children: Dict[int, float] = {}   # pid -> when it started
+        self._children: Dict[int, _Worker] = {}
         self._noted: List[int] = []             # signals since the last look
+        self._reload_due = False
         self._saved: Dict[int, Any] = {}        # signum -> the handler to restore
         self._saved_wakeup = -1
         self._wake_r = self._wake_w = -1        # the wake-up pipe
@@ -207,8 +236,9 @@ class _Supervisor:
         self._lifeline, self._keeper = os.pipe()
         try:
             self._catch_signals()
-            for _ in range(workers):
-                if not self._start():
+            self._endpoint.prepare(workers)
+            for slot in range(workers):
+                if self._start(slot) is None:
                     # Not restarted: what failed it will fail the next one.
                     raise RuntimeError("a worker failed to start (its error is logged above)")
             self._watch()
@@ -248,49 +278,53 @@ class _Supervisor:
             pass  # drained
 
     def _take_stop(self) -> bool:
-        """Whether a stop signal came since the last look; forgets what came
-        (SIGCHLD only wakes: every wake-up reaps)."""
+        """Whether a stop signal came since the last look; notes a reload
+        request; forgets the rest (SIGCHLD only wakes: every wake-up reaps)."""
         stop = not _STOP.isdisjoint(self._noted)
+        if _RELOAD in self._noted:
+            self._reload_due = True
         self._noted.clear()
         return stop
 
     # -- workers --------------------------------------------------------------
 
-    def _start(self) -> bool:
-        """Fork a worker; return once it listens (True) or has died trying."""
+    def _start(self, slot: int) -> Optional[int]:
+        """Fork a worker for ``slot``; return once it listens (its pid) or
+        has died trying (None)."""
         ready, ready_w = os.pipe()
         try:
-            pid = _fork(lambda: self._work(ready, ready_w))
+            pid = _fork(lambda: self._work(slot, ready, ready_w))
         except BaseException:
             os.close(ready)
             raise
         finally:
             os.close(ready_w)
-        self._children[pid] = time.monotonic()
+        self._children[pid] = _Worker(slot)
         try:
             # A byte once it listens: until then its port may refuse
             # connections. End of file: it died first (SIGCHLD follows).
             listening = os.read(ready, 1)
         finally:
             os.close(ready)
-        if listening:
-            log.info("worker %d started", pid)
-        return bool(listening)
+        if not listening:
+            return None
+        log.info("worker %d started", pid)
+        return pid
 
-    def _work(self, ready: int, ready_w: int) -> None:
+    def _work(self, slot: int, ready: int, ready_w: int) -> None:
         """A worker's life, in the child (the watched signals still blocked)."""
         signal.set_wakeup_fd(-1)
         for signum, handler in self._saved.items():
             signal.signal(signum, _handler_or_default(handler))
         for fd in (ready, self._keeper, self._wake_r, self._wake_w):
             os.close(fd)
-        listener = self._endpoint.listener()
+        listener = self._endpoint.listener(slot)
         os.write(ready_w, b"!")
         os.close(ready_w)
         run(_worker_root(self._service(listener), self._lifeline), handle_signals=True)
 
-    def _reap(self) -> List[Tuple[int, float, int]]:
-        """``(pid, start time, wait status)`` of each worker that has ended."""
+    def _reap(self) -> List[Tuple[int, _Worker, int]]:
+        """``(pid, worker, wait status)`` of each worker that has ended."""
         ended = []
         for pid in list(self._children):
             done, status = os.waitpid(pid, os.WNOHANG)
@@ -298,9 +332,49 @@ class _Supervisor:
                 ended.append((pid, self._children.pop(pid), status))
         return ended
 
-    def _signal_all(self, signum: int) -> None:
-        for pid in self._children:
-            os.kill(pid, signum)  # not reaped yet, so the pid is still ours
+    def _signal_all(self, signum: int, replaced: bool = True) -> None:
+        for pid, worker in self._children.items():
+            if replaced or worker.retire_by is None:
+                os.kill(pid, signum)  # not reaped yet, so the pid is still ours
+
+    def _reload(self) -> None:
+        """SIGHUP: a new worker for each slot, then the old ones stop as at
+        a graceful stop (no new connections; ``grace`` for those in flight).
+        Each new worker serves its slot's socket before the old one lets go
+        of it, so no connection is refused or reset meanwhile."""
+        old = [pid for pid, worker in self._children.items() if worker.retire_by is None]
+        log.info("reloading: starting %d new worker(s)", len(old))
+        new: List[int] = []
+        for pid in old:
+            started = self._start(self._children[pid].slot)
+            if started is None:
+                log.error("a new worker failed to start: the reload is abandoned and "
+                          "the old workers go on")
+                old = new  # the new ones that did start stop instead
+                break
+            new.append(started)
+        retire_by = math.inf if self._grace is None else \
+            time.monotonic() + self._grace + _KILL_MARGIN
+        for pid in old:
+            self._children[pid].retire_by = retire_by
+            os.kill(pid, signal.SIGTERM)
+
+    def _kill_overdue(self) -> Optional[float]:
+        """SIGKILL the replaced workers that are still there past their
+        time; seconds until the next one is due (None: none is)."""
+        now = time.monotonic()
+        due = None
+        for pid, worker in self._children.items():
+            if worker.retire_by is None or worker.retire_by == math.inf:
+                continue
+            if worker.retire_by <= now:
+                log.warning("replaced worker %d still running %g s after SIGTERM: killing it",
+                            pid, (self._grace or 0) + _KILL_MARGIN)
+                os.kill(pid, signal.SIGKILL)
+                worker.retire_by = math.inf  # reaped when its SIGCHLD comes
+            elif due is None or worker.retire_by - now < due:
+                due = worker.retire_by - now
+        return due
 
     # -- the supervisor's life -------------------------------------------------
 
@@ -313,18 +387,24 @@ class _Supervisor:
             if self._take_stop():
                 log.info("stopping %d worker(s)", len(self._children))
                 return
+            if self._reload_due:
+                self._reload_due = False
+                self._reload()
             # Reaped before every wait: a worker may have ended while this
             # was pausing or starting another, its SIGCHLD already taken.
             ended = self._reap()
             if not ended:
-                self._wait(None)
-            for pid, started, status in ended:
-                log.warning("worker %d exited with status %d; restarting",
-                            pid, os.waitstatus_to_exitcode(status))
-                if time.monotonic() - started < _SHORTEST_LIFE and \
+                self._wait(self._kill_overdue())
+            for pid, worker, status in ended:
+                code = os.waitstatus_to_exitcode(status)
+                if worker.retire_by is not None:
+                    log.info("replaced worker %d stopped (status %d)", pid, code)
+                    continue
+                log.warning("worker %d exited with status %d; restarting", pid, code)
+                if time.monotonic() - worker.started < _SHORTEST_LIFE and \
                         self._stopped_within(_RESTART_PAUSE):
                     return
-                self._start()
+                self._start(worker.slot)
 
     def _stopped_within(self, seconds: float) -> bool:
         """Wait ``seconds``, or less if a stop signal comes: whether one came."""
@@ -339,7 +419,11 @@ class _Supervisor:
 
     def _stop(self) -> None:
         """SIGTERM to every worker; SIGKILL to those still there after the grace."""
-        self._signal_all(signal.SIGTERM)
+        # The supervisor's copies first: once the workers close theirs, new
+        # connections are refused rather than queued for nobody.
+        self._endpoint.close()
+        # Those replaced at a reload have had theirs: another would be "stop now".
+        self._signal_all(signal.SIGTERM, replaced=False)
         deadline = None if self._grace is None else \
             time.monotonic() + self._grace + _KILL_MARGIN
         while True:
@@ -362,7 +446,10 @@ class _Supervisor:
 
 def _worker_root(service: Coro, lifeline: int) -> Coro:
     """A worker's root coroutine: ``service``, stopped by SIGTERM or an orphaning."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor answers Ctrl-C
+    # The supervisor answers Ctrl-C (sent to the whole process group) and
+    # SIGHUP (a terminal's hang-up too).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # Unblocked only now that run() has its handlers in place: a SIGTERM
     # that came since the fork is delivered here, and stops the service.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _WATCHED)

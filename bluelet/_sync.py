@@ -39,7 +39,7 @@ from typing import Any, Callable, Deque, Dict, Generator, Generic, Optional, Tup
 
 from ._errors import ChannelClosed, QueueEmpty, QueueFull
 from ._coroutines import awaitable, frame
-from ._impl import WaitQueue, current
+from ._impl import WaitQueue, current, running_loop
 from ._records import Coro, Op
 
 _T = TypeVar("_T")
@@ -57,14 +57,21 @@ _GONE = 2       # gave up, or was passed over or failed; it takes nothing more
 _SWEEP_FLOOR = 64
 
 
-def _wake(park: WaitQueue, value: Any = None, exc: Optional[BaseException] = None) -> None:
-    """Wake whoever is parked in ``park``.
+def _in_a_loop() -> bool:
+    """Whether a loop runs in this thread: in a coroutine, or in a call made
+    between two steps (``from_thread.run_sync``). Only then can waiters be
+    woken: a generator closed by the garbage collector after its loop ended
+    has no loop to wake anyone in, and its waiters are gone with that loop."""
+    try:
+        running_loop()
+    except RuntimeError:
+        return False
+    return True
 
-    Not from outside a coroutine: a generator closed by the garbage
-    collector after its loop ended has no loop to wake anyone in, and its
-    waiters are gone with that loop.
-    """
-    if current() is not None:
+
+def _wake(park: WaitQueue, value: Any = None, exc: Optional[BaseException] = None) -> None:
+    """Wake whoever is parked in ``park`` (if a loop runs: ``_in_a_loop``)."""
+    if _in_a_loop():
         park.wake(value, exc)
 
 
@@ -484,7 +491,7 @@ class Flag:
     def set(self) -> None:
         """Set the flag and wake every waiter."""
         self._set = True
-        if current() is not None:
+        if _in_a_loop():
             self._waiters.wake_all(True)
 
     def clear(self) -> None:

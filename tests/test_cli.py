@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -539,6 +540,71 @@ def test_workers_restart_and_stop(start, site, core):
     assert server.wait() == 0
     assert all(_gone(pid) for pid in pids)
     assert not alive_group(server.proc.pid)
+
+
+class _Talker:
+    """A client in a thread: connect, echo, close, over and over, counting
+    each failure (refused, reset, a short or wrong reply) until stopped."""
+
+    def __init__(self, port):
+        self.port = port
+        self.done = 0
+        self.errors = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._talk, daemon=True)
+        self._thread.start()
+
+    def _talk(self):
+        n = 0
+        while not self._stop.is_set() and n < 100000:
+            n += 1
+            message = b"request %d\n" % n
+            try:
+                with _connect(self.port) as sock:
+                    if echo_through(sock, message) != message:
+                        self.errors.append("wrong reply to %r" % message)
+                self.done += 1
+            except (OSError, AssertionError) as error:
+                self.errors.append(repr(error))
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(WAIT)
+        assert not self._thread.is_alive()
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_reload_replaces_the_workers_without_refusing_anyone(start, core):
+    """SIGHUP twice while a client connects and talks in a loop, and while a
+    connection opened before stays open: every request is answered."""
+    server, port = start(core, "echo", "--port", "0", "--workers", "2")
+    log = _Log(server)
+    first = _workers(log, 2)
+    with _connect(port) as kept:
+        assert echo_through(kept, b"before") == b"before"
+        talker = _Talker(port)
+        try:
+            pids = first
+            for _ in range(2):
+                time.sleep(0.3)
+                os.kill(server.proc.pid, signal.SIGHUP)
+                log.expect(r"reloading: starting 2 new worker\(s\)")
+                new = _workers(log, 2)
+                stopped = {int(log.expect(r"replaced worker (\d+) stopped").group(1))
+                           for _ in range(2 if pids is not first else 1)}
+                assert stopped <= set(pids) and not set(new) & set(pids)
+                pids = new
+            time.sleep(0.3)
+        finally:
+            talker.stop()
+        # The connection from before the reloads is still served by the first
+        # worker that took it, which drains it within --grace.
+        assert echo_through(kept, b"after") == b"after"
+    assert talker.errors == [] and talker.done > 50
+    os.kill(server.proc.pid, signal.SIGTERM)
+    server.expect("^stopped$")
+    assert server.wait() == 0
+    assert all(_gone(pid) for pid in first + pids)
 
 
 def test_workers_ctrl_c_lets_open_connections_finish(start):

@@ -57,7 +57,7 @@ def example(env, tmp_path):
 
 def test_every_example_is_tested():
     tested = {"echo.py", "httpd.py", "sleepy.py", "delegation.py", "ipc.py", "fetch.py",
-              "typed.py", "tk_chat.py"}
+              "typed.py", "tk_chat.py", "pipeline.py", "thread_callback.py"}
     assert {path.name for path in EXAMPLES.glob("*.py")} == tested
 
 
@@ -142,6 +142,19 @@ def test_ipc(env, tmp_path):
     assert [(int(m[2]), int(m[3])) for m in replies] == [(n, n * n) for n in range(1, 6)]
     assert str(os.getpid()) not in {m[1] for m in replies}  # another process answered
     assert lines[-1] == "child exited with status 0"
+
+
+def test_pipeline(env, tmp_path):
+    out = run_example("pipeline.py", env, tmp_path, "--text", "b a c a b a")
+    assert out.splitlines() == [
+        "3 a", "2 b", "1 c", "run_process works (exit status 0)",
+        "sleep 30 timed out: stopped and reaped"]
+
+
+def test_thread_callback(env, tmp_path):
+    assert run_example("thread_callback.py", env, tmp_path).splitlines() == [
+        "loop got reading 1", "loop got reading 2", "loop got reading 3",
+        "thread got ack 3 readings"]
 
 
 def test_fetch(env, tmp_path):

@@ -310,3 +310,33 @@ def test_the_core_makes_every_accepted_call(core):
     assert made == [1, 2, "end"]
     with pytest.raises(bluelet.RunFinishedError):
         loop.call_soon_threadsafe(print)
+
+
+def test_run_sync_wakes_coroutines_that_wait(core):
+    """A queue put and a flag set made by run_sync wake the coroutines
+    already waiting for them (no coroutine runs during the call)."""
+    def root():
+        token = bluelet.current_token()
+        queue, flag = bluelet.Queue(), bluelet.Flag()
+
+        def feed():
+            for item in range(3):
+                from_thread.run_sync(queue.put_nowait, item, token=token)
+            from_thread.run_sync(flag.set, token=token)
+
+        waiter_saw = []
+
+        def wait_flag():
+            waiter_saw.append((yield flag.wait()))
+
+        yield bluelet.spawn(wait_flag())
+        feeder = in_thread(feed)
+        yield bluelet.spawn(feeder)  # keeps the loop waiting for the thread
+        got = []
+        for _ in range(3):
+            got.append((yield queue.get()))
+        yield bluelet.join(feeder)
+        yield bluelet.sleep(0)
+        return got, waiter_saw
+
+    assert bluelet.run(root()) == ([0, 1, 2], [True])
