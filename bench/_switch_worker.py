@@ -110,7 +110,7 @@ def floor_b(n, k):
 
 # -- bluelet ------------------------------------------------------------------
 
-def shape_a(bl, n, k, awaited=False):
+def shape_a(bl, n, k, awaited=False, instruments=None):
     """ns per switch of n coroutines each yielding null() k times.
 
     The coroutines are spawned first and spin on null() until a start flag is
@@ -118,7 +118,7 @@ def shape_a(bl, n, k, awaited=False):
     has been resumed for the last time. In that window every coroutine is
     resumed exactly k times (its last spin yield, then k - 1 more), n * k in
     all. With ``awaited`` the coroutines are ``async def`` and ``await
-    null()`` instead.
+    null()`` instead; with ``instruments``, the run has them installed.
     """
     null = bl.null
     state = {"ready": 0, "go": False, "done": 0, "t0": 0.0, "t1": 0.0}
@@ -156,7 +156,10 @@ def shape_a(bl, n, k, awaited=False):
         state["t0"] = perf_counter()
 
     gc.collect()
-    bl.run(root())
+    if instruments is None:
+        bl.run(root())
+    else:
+        bl.run(root(), instruments=instruments)
     if state["done"] != n or not state["t1"]:
         raise RuntimeError("shape (a): only %d of %d coroutines finished"
                            % (state["done"], n))
@@ -205,6 +208,17 @@ def shape_b(bl, n, k, max_seconds=None):
     raise RuntimeError("shape (b): run() returned before the busy coroutine finished")
 
 
+def _step_counter(bl):
+    """An instrument with one hook, before_step, that counts: what one hook costs."""
+    class StepCounter(bl.Instrument):
+        steps = 0
+
+        def before_step(self, task):
+            self.steps += 1
+
+    return StepCounter()
+
+
 def warm_up(bl, runs=5):
     """Small runs of each shape, so the first timed round is not the first.
 
@@ -230,6 +244,11 @@ def measure(bl, spec):
         out["a"] = shape_a(bl, spec["a"]["n"], spec["a"]["k"])
     if spec.get("a_await"):
         out["a_await"] = shape_a(bl, spec["a_await"]["n"], spec["a_await"]["k"], awaited=True)
+    if spec.get("a_instruments"):
+        n, k = spec["a_instruments"]["n"], spec["a_instruments"]["k"]
+        out["a_idle_instrument"] = shape_a(bl, n, k, instruments=[bl.Instrument()])
+        out["a_step_counter"] = shape_a(bl, n, k, instruments=[_step_counter(bl)])
+        out["a_accounting"] = shape_a(bl, n, k, instruments=[bl.Accounting()])
     for b in spec.get("b", ()):
         out["b"][str(b["n"])] = shape_b(bl, b["n"], b["k"], spec.get("max_seconds"))
     return out

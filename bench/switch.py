@@ -287,6 +287,18 @@ def build_style_table(styles):
     return markdown_rows(rows)
 
 
+def build_hooks_table(hooks):
+    rows = [["core", "no instrument", "an instrument with no hook", "ratio",
+             "a `before_step` hook", "ratio", "`Accounting`", "ratio"],
+            ["---", "---:", "---:", "---:", "---:", "---:", "---:", "---:"]]
+    for core, h in hooks.items():
+        row = ["bluelet (%s)" % core, fmt_ns(h["none_ns"])]
+        for kind in ("idle_ns", "counter_ns", "accounting_ns"):
+            row += [fmt_ns(h[kind]), fmt_ratio(h[kind] / h["none_ns"])]
+        rows.append(row)
+    return markdown_rows(rows)
+
+
 # -- main -------------------------------------------------------------------
 
 def main(argv=None):
@@ -295,7 +307,7 @@ def main(argv=None):
     old_spec = {"a": {"n": args.busy, "k": args.k_a},
                 "b": [{"n": n, "k": old_k(args, n)} for n in args.sizes],
                 "max_seconds": args.max_seconds, "warm_up": True}
-    ours_spec = dict(old_spec, a_await=old_spec["a"],
+    ours_spec = dict(old_spec, a_await=old_spec["a"], a_instruments=old_spec["a"],
                      b=[{"n": n, "k": args.k_b} for n in args.sizes])
 
     notes = []
@@ -325,6 +337,7 @@ def main(argv=None):
     impls = [FLOOR] + ["bluelet (%s)" % c for c in cores] + ([OLD] if old_py else [])
     raw = {name: {"a": [], "b": {str(n): [] for n in args.sizes}} for name in impls}
     awaited = {core: [] for core in cores}
+    instrumented = {core: {"idle": [], "counter": [], "accounting": []} for core in cores}
     old_info = {}
 
     def record(name, res):
@@ -340,6 +353,9 @@ def main(argv=None):
             res = measure_ours(bluelet, core, dict(ours_spec, warm_up=(r == 0)))
             record("bluelet (%s)" % core, res)
             awaited[core].append(res["a_await"])
+            instrumented[core]["idle"].append(res["a_idle_instrument"])
+            instrumented[core]["counter"].append(res["a_step_counter"])
+            instrumented[core]["accounting"].append(res["a_accounting"])
         if OLD in raw:
             try:
                 res = run_old_worker(old_py, old_spec)
@@ -384,6 +400,18 @@ def main(argv=None):
         print()
         print(build_style_table(styles))
         print()
+    hooks = {core: {"none_ns": results["bluelet (%s)" % core]["a"]["median_ns"],
+                    "idle_ns": median(instrumented[core]["idle"]),
+                    "counter_ns": median(instrumented[core]["counter"]),
+                    "accounting_ns": median(instrumented[core]["accounting"])}
+             for core in cores}
+    if hooks:
+        print("(a) again with instruments installed (`run(instruments=[...])`), same rounds: "
+              "none; one that overrides no hook; one whose `before_step` counts steps; "
+              "`bluelet.Accounting()`:")
+        print()
+        print(build_hooks_table(hooks))
+        print()
     for note in notes:
         print("- " + note)
     print("- took %.0f s" % elapsed)
@@ -401,6 +429,7 @@ def main(argv=None):
             "notes": notes,
             "results": results,
             "await_style": styles,
+            "instruments": hooks,
             "seconds": elapsed,
         })
         write_json(args.json, doc)

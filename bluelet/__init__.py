@@ -68,7 +68,6 @@ from ._impl import (
     shield,
     sleep,
     spawn,
-    tasks,
     timeout,
     wait_readable,
     wait_writable,
@@ -76,7 +75,8 @@ from ._impl import (
 from ._files import read, write
 from ._group import first, join_all
 from ._guest import Outcome, start_guest_run
-from ._introspect import dump, dump_on
+from ._instrument import Accounting, Instrument, add_instrument, remove_instrument
+from ._introspect import dump, dump_on, tasks
 from ._records import Gen, Op, TaskInfo
 from ._signals import run, signal
 from ._taskgroup import TaskGroup, started, task_group
@@ -106,6 +106,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "IMPLEMENTATION",
+    "Accounting",
     "AcceptEvent",
     "Cancelled",
     "Channel",
@@ -119,6 +120,7 @@ __all__ = [
     "Flag",
     "Gen",
     "IncompleteRead",
+    "Instrument",
     "JoinEvent",
     "KillEvent",
     "LimitExceeded",
@@ -150,6 +152,7 @@ __all__ = [
     "WaitQueue",
     "WaitableEvent",
     "WriteEvent",
+    "add_instrument",
     "call",
     "connect",
     "connect_unix",
@@ -172,6 +175,7 @@ __all__ = [
     "null",
     "open_process",
     "read",
+    "remove_instrument",
     "run",
     "run_process",
     "serve",

@@ -15,11 +15,12 @@ import os
 import platform
 import select as select_module
 import selectors
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import bluelet
 from bluelet._demos import StaticFiles, echo
@@ -41,6 +42,24 @@ def _descriptor(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError("a descriptor is a number >= 0, not %s" % text)
     return value
+
+
+def _signal_number(parser: argparse.ArgumentParser, name: str) -> int:
+    try:
+        return int(getattr(signal, name if name.startswith("SIG") else "SIG" + name))
+    except AttributeError:
+        parser.error("--signal %s: no such signal here" % name)
+
+
+def _window(text: str) -> Tuple[float, float]:
+    try:
+        start, end = (float(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError("a window is START:END in milliseconds, not %s"
+                                         % text) from None
+    if not 0 <= start < end:
+        raise argparse.ArgumentTypeError("a window needs 0 <= START < END, not %s" % text)
+    return start, end
 
 
 def _seconds(text: str) -> float:
@@ -96,6 +115,23 @@ def _parser() -> argparse.ArgumentParser:
                        help="a smoke run of every benchmark (about a minute)")
     bench.add_argument("args", nargs="*", metavar="ARG",
                        help="more arguments for bench/run.py, after --")
+
+    ps = commands.add_parser(
+        "ps", help="Show the coroutines of another running bluelet process.",
+        description="Show the coroutines of running bluelet process PID, as dump() would: "
+        "it must have called bluelet.dump_on() (same user only).")
+    ps.add_argument("pid", type=_positive, help="the process id")
+    ps.add_argument("--signal", default="SIGUSR1",
+                    help="the signal its dump_on() listens to (default SIGUSR1)")
+
+    trace = commands.add_parser(
+        "trace", help="Summarise (and draw) a trace written by run(trace=FILE).",
+        description="Summarise a trace written by bluelet.run(..., trace=FILE); with --png, "
+        "draw it as a timeline (needs matplotlib).")
+    trace.add_argument("file", help="the trace (Chrome trace-event JSON)")
+    trace.add_argument("--png", metavar="OUT", help="draw the timeline into this PNG")
+    trace.add_argument("--window", type=_window, metavar="A:B",
+                       help="draw only from A to B milliseconds after the first event")
     return parser
 
 
@@ -128,6 +164,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _info()
     if args.command == "bench":
         return _bench(args.quick, args.args)
+    if args.command == "ps":
+        from bluelet._ps import main as ps_main
+        return ps_main(args.pid, _signal_number(parser, args.signal))
+    if args.command == "trace":
+        from bluelet._trace import draw_main
+        return draw_main(args.file, args.png, args.window)
     if args.workers > 1 and not AVAILABLE:
         parser.error("--workers needs os.fork, which this platform lacks (POSIX only)")
     handler: Handler

@@ -9,17 +9,19 @@ stuck can be asked where its coroutines wait without stopping it.
 """
 
 import linecache
+import os
 import signal
 import sys
+import threading
 import types
 from types import FrameType
-from typing import Any, Callable, Iterable, Optional, TextIO
+from typing import Any, Callable, Iterable, List, Optional, TextIO
 
-from . import _coroutines, _impl
-from ._impl import tasks
+from . import _coroutines, _impl, _ps
+from ._instrument import accounted
 from ._records import TaskInfo
 
-__all__ = ["dump", "dump_on", "format_tasks"]
+__all__ = ["dump", "dump_on", "format_tasks", "tasks"]
 
 
 def _code_location(gen: Any) -> str:
@@ -59,9 +61,19 @@ def format_tasks(infos: Iterable[TaskInfo]) -> str:
     for info in infos:
         lines.append("")
         lines.append("Coroutine %s: %s" % (_coroutine_name(info.coroutine), info.detail))
+        if info.steps is not None:
+            waits = ", ".join("%s %.3f s" % item for item in sorted((info.waited or {}).items()))
+            lines.append("  %d steps, %.3f ms of CPU%s" % (
+                info.steps, (info.cpu_time or 0.0) * 1e3, "; waited " + waits if waits else ""))
         for gen in info.chain:
             lines.append("  " + _code_location(gen))
     return "\n".join(lines) + "\n"
+
+
+def tasks() -> List[TaskInfo]:
+    """A TaskInfo for every live coroutine of the running loop (with the
+    accounting figures when a ``bluelet.Accounting`` is installed)."""
+    return accounted(_impl.tasks())
 
 
 def dump(file: Optional[TextIO] = None) -> str:
@@ -91,6 +103,8 @@ def _print_dump(signum: int, frame: Optional[FrameType]) -> None:
         text = "bluelet: no loop is running in the main thread\n"
     except Exception as error:
         text = "bluelet: the coroutine dump failed: %r\n" % (error,)
+    if _answer_ps(text):
+        return
     try:
         sys.stderr.write(text)
         sys.stderr.flush()
@@ -98,8 +112,28 @@ def _print_dump(signum: int, frame: Optional[FrameType]) -> None:
         pass  # stderr closed, or the signal interrupted a write to it
 
 
+def _answer_ps(text: str) -> bool:
+    """If ``python -m bluelet ps`` asked for this dump, leave it where that
+    reads it (see ``_ps``); whether it was asked."""
+    try:
+        request = _ps.request_path(os.getpid())
+        if not os.path.exists(request):
+            return False
+        reply = _ps.reply_path(os.getpid())
+        partial = "%s.%d.tmp" % (reply, threading.get_ident())
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.replace(partial, reply)
+        os.unlink(request)
+    except OSError:
+        return False  # no private directory, or it went: stderr, as usual
+    return True
+
+
 def dump_on(signum: Optional[int] = None) -> Callable[[], None]:
-    """Print ``dump()`` to stderr whenever signal ``signum`` arrives.
+    """Print ``dump()`` to stderr whenever signal ``signum`` arrives;
+    ``python -m bluelet ps PID`` takes it instead when it asks.
 
     ``signum`` defaults to SIGUSR1 (``kill -USR1 <pid>``). Like any Python
     signal handler it must be installed from the main thread (ValueError

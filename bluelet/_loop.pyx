@@ -301,6 +301,19 @@ cdef enum:
     _M_MOVE_ON = 1
     _M_SHIELD = 2
 
+# The hooks a Loop's ``hooks`` object may have, and the bits of _wants that
+# say which it is called at (Instrument's methods, in this order).
+cdef tuple _HOOK_NAMES = ("task_spawned", "task_scheduled", "before_step", "after_step",
+                          "task_exited", "before_poll", "after_poll")
+cdef enum:
+    _H_SPAWNED = 0x01
+    _H_SCHEDULED = 0x02
+    _H_BEFORE_STEP = 0x04
+    _H_AFTER_STEP = 0x08
+    _H_EXITED = 0x10
+    _H_BEFORE_POLL = 0x20
+    _H_AFTER_POLL = 0x40
+
 # Cancellations a coroutine may swallow (catch and carry on to the next
 # scheduling point) before it is closed: a bound, not a policy; a loop that
 # catches Cancelled would otherwise never end.
@@ -1366,6 +1379,9 @@ cdef class Loop:
     cdef object _deferred       # an interrupt due at the root's next scheduling point
     cdef bint _stopping         # an interrupt reached the root: end with it
     cdef object _calls          # from call_soon_threadsafe; None once the run ends
+    cdef object _hooks          # told of the loop's events (the hooks property)
+    cdef int _wants             # which of them: _H_* bits
+    cdef bint _plain            # no hooks, no slow_step: steps run bare
     cdef bint _virtual_time
     cdef double _clock          # the time under virtual_time
     cdef object _slow_step      # seconds; a longer step is logged
@@ -1375,6 +1391,7 @@ cdef class Loop:
     def __cinit__(self, virtual_time=False, slow_step=None, debug=None, schedule_seed=None):
         self._virtual_time = virtual_time
         self._slow_step = slow_step
+        self._plain = slow_step is None
         self._debug = default_debug() if debug is None else bool(debug)
         self._shuffler = None if schedule_seed is None else _Shuffler(schedule_seed)
         self._clock = 0.0
@@ -1585,10 +1602,10 @@ cdef class Loop:
                 context = task.context
                 PyContext_Enter(context)
                 try:
-                    if self._slow_step is None:
+                    if self._plain:
                         self._step(task)
                     else:
-                        self._timed_step(task)
+                        self._observed_step(task)
                 finally:
                     PyContext_Exit(context)
                 self._current = None
@@ -1936,13 +1953,20 @@ cdef class Loop:
         task.pos = task.outer_pos[len(task.stack)]
         return gen
 
-    cdef int _timed_step(self, _Task task) except -1:
+    cdef int _observed_step(self, _Task task) except -1:
+        # A step the hooks are told of, or slow_step times.
+        cdef int wants = self._wants
+        hooks = self._hooks
+        if wants & _H_BEFORE_STEP:
+            hooks.before_step(_task_info(task, self._now()))
         start = time.perf_counter()
         self._step(task)
         elapsed = time.perf_counter() - start
-        if elapsed > self._slow_step:
+        if self._slow_step is not None and elapsed > self._slow_step:
             log.warning("coroutine %r ran %.3f s without yielding (slow_step=%g)",
                         task.base, elapsed, self._slow_step)
+        if wants & _H_AFTER_STEP:
+            hooks.after_step(_task_info(task, self._now()))
         return 0
 
     cdef inline int _schedule(self, _Task task, value, exc) except -1:
@@ -1955,6 +1979,8 @@ cdef class Loop:
                 self._unsorted = True
             self._last_pos = task.pos
             self._ready.append(task)
+            if self._wants & _H_SCHEDULED:
+                self._hooks.task_scheduled(_task_info(task, self._now()))
         return 0
 
     cdef int _wait_for_end(self, _Task task, _Task target) except -1:
@@ -1975,6 +2001,8 @@ cdef class Loop:
         task.loop = self
         self._tasks[gen] = task
         self._spawned.append(task)
+        if self._wants & _H_SPAWNED:
+            self._hooks.task_spawned(_task_info(task, self._now()))
         return task
 
     cdef int _queue_spawned(self) except -1:
@@ -2010,6 +2038,8 @@ cdef class Loop:
         task.state = _S_DONE
         task.front = False  # not a woken writer any more: others may write
         task.result = result
+        if self._wants & _H_EXITED:
+            self._hooks.task_exited(_task_info(task, self._now()))
         if task.scopes is not None:
             for scope in task.scopes:
                 self._drop_timer(scope)
@@ -2274,13 +2304,20 @@ cdef class Loop:
         if timeout == 0.0 and not self._fd_waiters and not self._external:
             # Busy coroutines and nobody on an fd: a syscall would find nothing.
             return 0
+        if self._wants & _H_BEFORE_POLL:
+            self._hooks.before_poll(timeout)
         if epoll is not None:
             # Straight from the C array: no tuple per ready fd.
             n = epoll.poll(timeout)
+            if self._wants & _H_AFTER_POLL:
+                self._hooks.after_poll(n)
             for i in range(n):
                 self._wake_fd(epoll._events[i].data.fd, epoll._events[i].events)
             return 0
-        for fd, mask in self._poller.poll(timeout):
+        ready = self._poller.poll(timeout)
+        if self._wants & _H_AFTER_POLL:
+            self._hooks.after_poll(len(ready))
+        for fd, mask in ready:
             self._wake_fd(fd, mask)
         return 0
 
@@ -2611,6 +2648,24 @@ cdef class Loop:
         self._interrupts.append(exc)
         self._wake()
 
+    @property
+    def hooks(self):
+        """None, or an object this loop tells of its events, calling the
+        methods of ``bluelet.Instrument`` (``task_spawned``,
+        ``task_scheduled``, ``before_step``, ``after_step``,
+        ``task_exited``, ``before_poll``, ``after_poll``), which must not
+        raise; only those its ``wanted`` names, if it has that attribute
+        (no TaskInfo is made for the others). Read when set: set it again
+        when ``wanted`` changes. Loop thread only; ``bluelet.add_instrument``
+        manages it."""
+        return self._hooks
+
+    @hooks.setter
+    def hooks(self, hooks):
+        self._hooks = hooks
+        self._wants = _wanted(hooks)
+        self._plain = not self._wants & (_H_BEFORE_STEP | _H_AFTER_STEP) and self._slow_step is None
+
     def call_soon_threadsafe(self, func):
         with self._waker_lock:
             if self._calls is None:
@@ -2730,6 +2785,8 @@ cdef object _running_loop():
 
 cdef object _task_info(_Task task, double now):
     cdef int state = task.state
+    if state == _S_DONE:
+        return TaskInfo(task.base, "done", "ended", [])
     chain = list(task.stack or ()) + [task.gen]
     if state == _S_READY:
         return TaskInfo(task.base, "ready", "ready to run", chain)
@@ -2758,6 +2815,13 @@ cdef object _task_info(_Task task, double now):
     if state == _S_PARK:
         return TaskInfo(task.base, "parked", "parked in %r" % (task.wait,), chain)
     return TaskInfo(task.base, "thread", "waiting for a result from another thread", chain)
+
+
+cdef int _wanted(hooks) except -1:
+    if hooks is None:
+        return 0
+    wanted = getattr(hooks, "wanted", _HOOK_NAMES)
+    return sum(1 << bit for bit, name in enumerate(_HOOK_NAMES) if name in wanted)
 
 
 cdef bint _ends_coroutine(event, exc) except -1:

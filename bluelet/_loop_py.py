@@ -168,6 +168,18 @@ _M_FAIL = 0
 _M_MOVE_ON = 1
 _M_SHIELD = 2
 
+# The hooks a Loop's ``hooks`` object may have, and the bits of _wants that
+# say which it is called at (Instrument's methods, in this order).
+_HOOK_NAMES = ("task_spawned", "task_scheduled", "before_step", "after_step",
+               "task_exited", "before_poll", "after_poll")
+_H_SPAWNED = 0x01
+_H_SCHEDULED = 0x02
+_H_BEFORE_STEP = 0x04
+_H_AFTER_STEP = 0x08
+_H_EXITED = 0x10
+_H_BEFORE_POLL = 0x20
+_H_AFTER_POLL = 0x40
+
 # Cancellations a coroutine may swallow (catch and carry on to the next
 # scheduling point) before it is closed: a bound, not a policy; a loop that
 # catches Cancelled would otherwise never end.
@@ -1152,7 +1164,7 @@ class Loop:
                  "_timers", "_timer_seq", "_stale_timers", "_fds", "_fd_waiters",
                  "_poller", "_root", "_current", "_failure", "_results", "_inbox",
                  "_external", "_waker_fd", "_waker", "_waker_lock", "_interrupts", "_deferred",
-                 "_stopping", "_calls")
+                 "_stopping", "_calls", "_hooks", "_wants", "_plain")
 
     def __init_subclass__(cls, **kwargs):
         # The compiled Loop is final; the pure one must not allow more.
@@ -1195,6 +1207,9 @@ class Loop:
         self._deferred = None       # an interrupt due at the root's next scheduling point
         self._stopping = False      # an interrupt reached the root: end with it
         self._calls = collections.deque()  # from call_soon_threadsafe; None once the run ends
+        self._hooks = None          # told of the loop's events (the hooks property)
+        self._wants = 0             # which of them: _H_* bits
+        self._plain = slow_step is None  # no hooks, no slow_step: steps run bare
 
     # -- entry point --------------------------------------------------------
 
@@ -1386,11 +1401,10 @@ class Loop:
         # An iterator, not an index: _alone() reads what is left from it,
         # which costs no store per task (the compiled twin counts).
         self._rest = rest = iter(batch)
-        step = self._step if self._slow_step is None else self._timed_step
         for task in rest:
             if task.state == _S_READY:
                 # Each step runs in the task's own contextvars context.
-                task.context.run(step, task)
+                task.context.run(self._step if self._plain else self._observed_step, task)
                 self._current = None
                 if self._end_pass:
                     self._end_pass = False
@@ -1720,13 +1734,19 @@ class Loop:
         gen = task.gen = task.stack.pop()
         return gen
 
-    def _timed_step(self, task):
+    def _observed_step(self, task):
+        # A step the hooks are told of, or slow_step times.
+        hooks, wants = self._hooks, self._wants
+        if wants & _H_BEFORE_STEP:
+            hooks.before_step(_task_info(task, self._now()))
         start = time.perf_counter()
         self._step(task)
         elapsed = time.perf_counter() - start
-        if elapsed > self._slow_step:
+        if self._slow_step is not None and elapsed > self._slow_step:
             log.warning("coroutine %r ran %.3f s without yielding (slow_step=%g)",
                         task.base, elapsed, self._slow_step)
+        if wants & _H_AFTER_STEP:
+            hooks.after_step(_task_info(task, self._now()))
 
     def _schedule(self, task, value, exc):
         """Make a waiting task ready to resume with ``value`` or ``exc``."""
@@ -1739,6 +1759,8 @@ class Loop:
                 self._unsorted = True
             self._last_pos = task.pos
             self._ready.append(task)
+            if self._wants & _H_SCHEDULED:
+                self._hooks.task_scheduled(_task_info(task, self._now()))
 
     def _wait_for_end(self, task, target):
         """Park ``task`` until ``target`` has ended (a join, a held-off kill)."""
@@ -1757,6 +1779,8 @@ class Loop:
         task.loop = self
         self._tasks[gen] = task
         self._spawned.append(task)
+        if self._wants & _H_SPAWNED:
+            self._hooks.task_spawned(_task_info(task, self._now()))
         return task
 
     def _queue_spawned(self):
@@ -1802,6 +1826,8 @@ class Loop:
         task.state = _S_DONE
         task.front = False  # not a woken writer any more: others may write
         task.result = result
+        if self._wants & _H_EXITED:
+            self._hooks.task_exited(_task_info(task, self._now()))
         if task.scopes is not None:
             for scope in task.scopes:
                 self._drop_timer(scope)
@@ -2068,7 +2094,12 @@ class Loop:
         if timeout == 0.0 and not self._fd_waiters and not self._external:
             # Busy coroutines and nobody on an fd: a syscall would find nothing.
             return
-        for fd, mask in self._poller.poll(timeout):
+        if self._wants & _H_BEFORE_POLL:
+            self._hooks.before_poll(timeout)
+        ready = self._poller.poll(timeout)
+        if self._wants & _H_AFTER_POLL:
+            self._hooks.after_poll(len(ready))
+        for fd, mask in ready:
             self._wake_fd(fd, mask)
 
     def _wake_fd(self, fd, mask):
@@ -2351,6 +2382,24 @@ class Loop:
         self._interrupts.append(exc)
         self._wake()
 
+    @property
+    def hooks(self):
+        """None, or an object this loop tells of its events, calling the
+        methods of ``bluelet.Instrument`` (``task_spawned``,
+        ``task_scheduled``, ``before_step``, ``after_step``,
+        ``task_exited``, ``before_poll``, ``after_poll``), which must not
+        raise; only those its ``wanted`` names, if it has that attribute
+        (no TaskInfo is made for the others). Read when set: set it again
+        when ``wanted`` changes. Loop thread only; ``bluelet.add_instrument``
+        manages it."""
+        return self._hooks
+
+    @hooks.setter
+    def hooks(self, hooks):
+        self._hooks = hooks
+        self._wants = _wanted(hooks)
+        self._plain = not self._wants & (_H_BEFORE_STEP | _H_AFTER_STEP) and self._slow_step is None
+
     def call_soon_threadsafe(self, func):
         """From any thread: call ``func()`` in this loop's thread, soon.
 
@@ -2499,6 +2548,8 @@ def _running_loop():
 def _task_info(task, now):
     """A TaskInfo for ``task``: its state in words."""
     state = task.state
+    if state == _S_DONE:
+        return TaskInfo(task.base, "done", "ended", [])
     chain = list(task.stack or ()) + [task.gen]
     if state == _S_READY:
         return TaskInfo(task.base, "ready", "ready to run", chain)
@@ -2525,6 +2576,14 @@ def _task_info(task, now):
     if state == _S_PARK:
         return TaskInfo(task.base, "parked", "parked in %r" % (task.wait,), chain)
     return TaskInfo(task.base, "thread", "waiting for a result from another thread", chain)
+
+
+def _wanted(hooks):
+    """The _H_* bits of the hooks that ``hooks`` wants called."""
+    if hooks is None:
+        return 0
+    wanted = getattr(hooks, "wanted", _HOOK_NAMES)
+    return sum(1 << bit for bit, name in enumerate(_HOOK_NAMES) if name in wanted)
 
 
 def _ends_coroutine(event, exc):

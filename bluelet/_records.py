@@ -4,7 +4,7 @@ Also the type aliases the package's annotations (and ``_loop.pyi``) share.
 """
 
 from types import TracebackType
-from typing import (TYPE_CHECKING, Any, Awaitable, Coroutine, Generator, Generic, List,
+from typing import (TYPE_CHECKING, Any, Awaitable, Coroutine, Dict, Generator, Generic, List,
                     NamedTuple, Optional, Protocol, Tuple, Type, TypeVar, Union)
 
 __all__ = ["AnyCoro", "Bytes", "Coro", "ExcInfo", "Gen", "Op", "Runnable", "TaskInfo"]
@@ -49,12 +49,19 @@ class TaskInfo(NamedTuple):
     """What ``bluelet.tasks()`` says of one live coroutine.
 
     ``coroutine`` is the spawned generator; ``state`` one of "ready",
-    "running", "io", "sleeping", "joining", "parked", "thread"; ``detail`` a
-    readable sentence; ``chain`` the generators it is delegating through,
-    outermost first (the last one is where it waits).
+    "running", "io", "sleeping", "joining", "parked", "thread" (or "done",
+    to an instrument told of its end); ``detail`` a readable sentence;
+    ``chain`` the generators it is delegating through, outermost first (the
+    last one is where it waits). While a ``bluelet.Accounting`` is
+    installed, ``bluelet.tasks()`` also gives ``cpu_time`` (seconds of
+    CPU its steps took), ``steps`` and ``waited`` (seconds spent waiting,
+    by state); else they are None.
     """
 
     coroutine: Coro
     state: str
     detail: str
     chain: List[Coro]
+    cpu_time: Optional[float] = None
+    steps: Optional[int] = None
+    waited: Optional[Dict[str, float]] = None

