@@ -72,7 +72,8 @@ def _seconds(text: str) -> float:
 def _parser() -> argparse.ArgumentParser:
     version = "bluelet %s (%s core)" % (bluelet.__version__, bluelet.IMPLEMENTATION)
     parser = argparse.ArgumentParser(
-        prog="python -m bluelet", description="bluelet's demo servers and its benchmark.")
+        prog="python -m bluelet",
+        description="bluelet's demo servers, its benchmark, and tools to look inside programs.")
     parser.add_argument("--version", action="version", version=version)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("info", help="Print bluelet's version, core, path, poller and Python.",

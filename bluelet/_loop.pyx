@@ -38,6 +38,7 @@ from libc.errno cimport errno, EINTR
 
 import collections
 import errno as errno_module
+import functools
 import logging
 import numbers
 import operator
@@ -1373,7 +1374,7 @@ cdef class Loop:
     cdef object _inbox          # Completions delivered by threads
     cdef Py_ssize_t _external   # Completions not yet delivered
     cdef int _waker_fd          # read end of the socket pair threads write to
-    cdef tuple _waker           # (read end, write end), made on demand
+    cdef tuple _waker           # (read end, write end), made as the run begins
     cdef object _waker_lock     # so no thread writes to the waker once closed
     cdef object _interrupts     # exceptions from interrupt(), for the root
     cdef object _deferred       # an interrupt due at the root's next scheduling point
@@ -1442,6 +1443,9 @@ cdef class Loop:
         self._poller = _new_poller()
         if isinstance(self._poller, _EpollPoller):
             self._epoll = self._poller
+        # Made now, in the loop's thread: another thread may have to wake it
+        # (interrupt, call_soon_threadsafe, a socket closed there).
+        self._wakeup_fd()
         self._root = self._add_task(root)
         self._queue_spawned()
         return 0
@@ -2168,6 +2172,7 @@ cdef class Loop:
         self._clear_timers()
         for state in self._fds.values():
             self._poller.forget(state)
+            _unshare_fd(state.fd, self)
         with self._waker_lock:
             if self._waker is not None:
                 for end in self._waker:
@@ -2196,6 +2201,7 @@ cdef class Loop:
         if state is None:
             state = _FdState(fd, fileobj)
             self._fds[fd] = state
+            _share_fd(fd, self)
         elif ((state.fileobj is not fileobj or type(fileobj) is int)
               and not state.readers and not state.writers):
             # A new object on a recycled fd: the kernel may have dropped the
@@ -2376,6 +2382,7 @@ cdef class Loop:
         cdef _Task task
         if state is None:
             return 0
+        _unshare_fd(fd, self)
         self._poller.forget(state)
         waiters = list(state.readers) + list(state.writers)
         state.readers.clear()
@@ -2628,6 +2635,16 @@ cdef class Loop:
         self._external += 1
         return 0
 
+    def _closed_elsewhere(self, int fd, identity):
+        try:
+            info = os.fstat(fd)
+        except OSError:
+            pass  # closed and not reused: it was that file
+        else:
+            if (info.st_dev, info.st_ino) != identity:
+                return
+        self._close_fd(fd)
+
     cdef int _wakeup_fd(self) except -1:
         if self._waker is None:
             # A socket pair, not a pipe: Windows can poll only sockets, and
@@ -2671,7 +2688,7 @@ cdef class Loop:
             if self._calls is None:
                 raise RunFinishedError("the bluelet run has ended")
             if self._waker is None:
-                raise RuntimeError("the loop has no wake-up socket: call wakeup_fd() in its thread first")
+                raise RuntimeError("the loop's run has not begun")
             self._calls.append(func)
         self._wake()
 
@@ -2857,10 +2874,54 @@ def run(root_coro, *, virtual_time=False, slow_step=None, debug=None, schedule_s
     return Loop(virtual_time, slow_step, debug, schedule_seed).run(root_coro)
 
 
+# The running loops that have each descriptor registered, so that closing it
+# in one thread reaches the waiters of another thread's loop: the kernel
+# drops a closed descriptor from every epoll set, and their waiters would
+# otherwise wait forever. Changed when a loop first registers a descriptor
+# and when it forgets it, never per event.
+cdef dict _fd_loops = {}
+cdef object _fd_loops_lock = threading.Lock()
+
+
+cdef int _share_fd(int fd, Loop loop) except -1:
+    with _fd_loops_lock:
+        _fd_loops.setdefault(fd, []).append(loop)
+    return 0
+
+
+cdef int _unshare_fd(int fd, Loop loop) except -1:
+    cdef list loops
+    with _fd_loops_lock:
+        loops = _fd_loops.get(fd)
+        if loops is not None:
+            try:
+                loops.remove(loop)
+            except ValueError:
+                pass
+            if not loops:
+                del _fd_loops[fd]
+    return 0
+
+
 def notify_closing(fileobj):
+    cdef int fd = _fileno(fileobj)
     loop = getattr(_local, "loop", None)
     if loop is not None:
-        (<Loop>loop)._close_fd(_fileno(fileobj))
+        (<Loop>loop)._close_fd(fd)
+    with _fd_loops_lock:
+        others = [other for other in _fd_loops.get(fd, ()) if other is not loop]
+    if not others:
+        return
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        return  # already closed: nothing to tell apart
+    identity = (info.st_dev, info.st_ino)
+    for other in others:
+        try:
+            other.call_soon_threadsafe(functools.partial(other._closed_elsewhere, fd, identity))
+        except RuntimeError:
+            pass  # its run has ended
 
 
 def tasks():

@@ -57,6 +57,7 @@ Twin rule
 import collections
 import contextvars
 import errno
+import functools
 import heapq
 import inspect
 import logging
@@ -1201,7 +1202,7 @@ class Loop:
         self._inbox = collections.deque()  # Completions delivered by threads
         self._external = 0          # Completions not yet delivered
         self._waker_fd = -1         # read end of the socket pair threads write to
-        self._waker = None          # (read end, write end), made on demand
+        self._waker = None          # (read end, write end), made as the run begins
         self._waker_lock = threading.RLock()  # no write to the waker once closed
         self._interrupts = collections.deque()  # from interrupt(), for the root
         self._deferred = None       # an interrupt due at the root's next scheduling point
@@ -1232,6 +1233,9 @@ class Loop:
         if getattr(_local, "loop", None) is not None:
             raise RuntimeError("%s called from inside a running loop" % verb)
         self._poller = _new_poller()
+        # Made now, in the loop's thread: another thread may have to wake it
+        # (interrupt, call_soon_threadsafe, a socket closed there).
+        self._wakeup_fd()
         self._root = self._add_task(root)
         self._queue_spawned()
 
@@ -1964,6 +1968,7 @@ class Loop:
         self._timers.clear()
         for state in self._fds.values():
             self._poller.forget(state)
+            _unshare_fd(state.fd, self)
         with self._waker_lock:
             if self._waker is not None:
                 for end in self._waker:
@@ -1992,6 +1997,7 @@ class Loop:
         state = self._fds.get(fd)
         if state is None:
             state = self._fds[fd] = _FdState(fd, fileobj)
+            _share_fd(fd, self)
         elif ((state.fileobj is not fileobj or type(fileobj) is int)
               and not state.readers and not state.writers):
             # A new object on a recycled fd: the kernel may have dropped the
@@ -2155,6 +2161,7 @@ class Loop:
         state = self._fds.pop(fd, None)
         if state is None:
             return
+        _unshare_fd(fd, self)
         self._poller.forget(state)
         waiters = list(state.readers) + list(state.writers)
         state.readers.clear()
@@ -2350,8 +2357,22 @@ class Loop:
         self._wakeup_fd()
         self._external += 1
 
+    def _closed_elsewhere(self, fd, identity):
+        """Another thread closes (or has closed) ``fd``, whose file was
+        ``identity``: fail this loop's waiters on it, unless the number
+        already names another file (then the close is not this loop's)."""
+        try:
+            info = os.fstat(fd)
+        except OSError:
+            pass  # closed and not reused: it was that file
+        else:
+            if (info.st_dev, info.st_ino) != identity:
+                return
+        self._close_fd(fd)
+
     def _wakeup_fd(self):
-        """The fd of the socket whose write wakes this loop (made on demand)."""
+        """The fd of the socket whose write wakes this loop (made as its run
+        begins)."""
         if self._waker is None:
             # A socket pair, not a pipe: Windows can poll only sockets, and
             # signal.set_wakeup_fd takes only a socket there.
@@ -2406,15 +2427,14 @@ class Loop:
         Calls run in the order they were made, when the loop next polls,
         with no coroutine running; ``func`` must not raise (what it raises
         ends the run). Raises RuntimeError once the run has ended, or if
-        the loop has no wake-up socket yet (``wakeup_fd()`` in the loop's
-        thread makes it). A call accepted is always made, at the latest
+        its run has not begun. A call accepted is always made, at the latest
         while the run ends, after its coroutines are closed.
         """
         with self._waker_lock:
             if self._calls is None:
                 raise RunFinishedError("the bluelet run has ended")
             if self._waker is None:
-                raise RuntimeError("the loop has no wake-up socket: call wakeup_fd() in its thread first")
+                raise RuntimeError("the loop's run has not begun")
             self._calls.append(func)
         self._wake()
 
@@ -2630,15 +2650,57 @@ def run(root_coro, *, virtual_time=False, slow_step=None, debug=None, schedule_s
     return Loop(virtual_time, slow_step, debug, schedule_seed).run(root_coro)
 
 
-def notify_closing(fileobj):
-    """Tell the running loop ``fileobj`` (or fd) is about to be closed.
+# The running loops that have each descriptor registered, so that closing it
+# in one thread reaches the waiters of another thread's loop: the kernel
+# drops a closed descriptor from every epoll set, and their waiters would
+# otherwise wait forever. Changed when a loop first registers a descriptor
+# and when it forgets it, never per event.
+_fd_loops = {}
+_fd_loops_lock = threading.Lock()
 
-    Coroutines waiting on it get SocketClosedError at their ``yield``. Call
-    it before closing; outside a running loop it does nothing.
+
+def _share_fd(fd, loop):
+    with _fd_loops_lock:
+        _fd_loops.setdefault(fd, []).append(loop)
+
+
+def _unshare_fd(fd, loop):
+    with _fd_loops_lock:
+        loops = _fd_loops.get(fd)
+        if loops is not None:
+            try:
+                loops.remove(loop)
+            except ValueError:
+                pass
+            if not loops:
+                del _fd_loops[fd]
+
+
+def notify_closing(fileobj):
+    """Tell the loops ``fileobj`` (or fd) is about to be closed.
+
+    Coroutines waiting on it get SocketClosedError at their ``yield``: in
+    the running loop at once, in other threads' loops at their next turn.
+    Call it before closing; from any thread.
     """
+    fd = _fileno(fileobj)
     loop = getattr(_local, "loop", None)
     if loop is not None:
-        loop._close_fd(_fileno(fileobj))
+        loop._close_fd(fd)
+    with _fd_loops_lock:
+        others = [other for other in _fd_loops.get(fd, ()) if other is not loop]
+    if not others:
+        return
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        return  # already closed: nothing to tell apart
+    identity = (info.st_dev, info.st_ino)
+    for other in others:
+        try:
+            other.call_soon_threadsafe(functools.partial(other._closed_elsewhere, fd, identity))
+        except RuntimeError:
+            pass  # its run has ended
 
 
 def tasks():

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional
 from . import _impl
 from ._coroutines import FREE_THREADED
 from ._errors import Cancelled
-from ._impl import wakeup_fd
 from ._listener import Listener, display
 from ._prefork import reserve
 from ._records import Coro
@@ -67,18 +66,12 @@ def threaded(host: str, port: int, backlog: int, ssl: "Optional[ssl.SSLContext]"
     def serve_in_thread(loop: Any) -> None:
         listener = Listener(address[0], address[1], backlog, ssl=ssl, reuse_port=True)
         try:
-            loop.run(wakeable(service(listener)))
+            loop.run(service(listener))
         except BaseException as error:  # the thread's end: reported by the caller
             failures.append(error)
             stop()
         finally:
             listener.close()
-
-    def wakeable(serving: Coro) -> Coro:
-        # The loop's wake-up socket, made before it first waits: stop()'s
-        # interrupt() from another thread can end a wait only through it.
-        wakeup_fd()
-        return (yield serving)
 
     def stop() -> None:
         for loop in loops:

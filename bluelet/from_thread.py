@@ -55,11 +55,7 @@ class Token:
 
 def current_token() -> Token:
     """The token of the loop running in this thread (RuntimeError outside one)."""
-    loop = _impl.running_loop()
-    # Made now, in the loop's thread: a thread cannot make the socket
-    # through which it will wake the loop.
-    _impl.wakeup_fd()
-    return Token(loop)
+    return Token(_impl.running_loop())
 
 
 def _loop_for(token: Optional[Token], verb: str) -> "_impl.Loop":

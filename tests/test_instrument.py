@@ -212,8 +212,11 @@ def test_accounting_in_tasks_and_dump(core):
     def root():
         kid = worker()
         yield bluelet.spawn(kid)
-        yield bluelet.sleep(0.1)
-        (info,) = [t for t in bluelet.tasks() if t.coroutine is kid]
+        for _ in range(5000):  # until it waits on the queue, however slow the machine
+            (info,) = [t for t in bluelet.tasks() if t.coroutine is kid]
+            if info.state == "parked":
+                break
+            yield bluelet.sleep(0.002)
         text = bluelet.dump()
         yield queue.put(1)
         yield bluelet.join(kid)

@@ -193,3 +193,58 @@ def test_a_finished_run_leaves_no_loop_behind(core, tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "0"
+
+
+def _reader_in_a_thread(conn):
+    """Start a thread whose own loop waits in ``conn.recv``; returns the
+    thread, an Event set once the loop is parked on the socket, and the
+    list the thread's outcome goes to."""
+    parked, outcome = threading.Event(), []
+
+    def reader():
+        try:
+            yield conn.recv(10)
+        except bluelet.SocketClosedError as exc:
+            outcome.append(exc)
+
+    def watch(coro):
+        # Set once the reader really waits on the descriptor in this loop,
+        # so the close below is the cross-loop case, not a closed() check.
+        for _ in range(5000):
+            if any(t.coroutine is coro and t.state == "io" for t in bluelet.tasks()):
+                parked.set()
+                return
+            yield bluelet.sleep(0.001)
+
+    def root():
+        coro = reader()
+        yield bluelet.spawn(coro)
+        yield bluelet.spawn(watch(coro))
+        yield bluelet.join(coro)
+
+    thread = threading.Thread(target=bluelet.run, args=(root(),), daemon=True)
+    thread.start()
+    return thread, parked, outcome
+
+
+@pytest.mark.parametrize("closer", ["plain thread", "another loop"])
+def test_a_close_in_one_thread_wakes_a_waiter_in_another_threads_loop(core, closer):
+    ours, theirs = socket.socketpair()
+    conn = bluelet.Connection(ours, "pair")
+    try:
+        thread, parked, outcome = _reader_in_a_thread(conn)
+        assert parked.wait(10), "the reader never waited on the socket"
+        if closer == "plain thread":
+            conn.close()
+        else:
+            def close_it():
+                conn.close()
+                yield bluelet.null()
+
+            bluelet.run(close_it())
+        thread.join(10)
+        assert not thread.is_alive(), "the waiter in the other loop was never woken"
+        assert len(outcome) == 1 and "closed" in str(outcome[0])
+    finally:
+        conn.close()
+        theirs.close()
