@@ -2403,16 +2403,17 @@ class Loop:
         self._interrupts.append(exc)
         self._wake()
 
+    # The loop calls the hooks object's methods named as bluelet.Instrument's
+    # (task_spawned, task_scheduled, before_step, after_step, task_exited,
+    # before_poll, after_poll), which must not raise; only those its
+    # ``wanted`` names, if it has that attribute, so no TaskInfo is made for
+    # the others. ``wanted`` is read when the hooks are set: set them again
+    # when it changes. Loop thread only. (One line of docstring: the compiled
+    # twin's property keeps its own, which 3.13 would not dedent as it does
+    # the pure twin's.)
     @property
     def hooks(self):
-        """None, or an object this loop tells of its events, calling the
-        methods of ``bluelet.Instrument`` (``task_spawned``,
-        ``task_scheduled``, ``before_step``, ``after_step``,
-        ``task_exited``, ``before_poll``, ``after_poll``), which must not
-        raise; only those its ``wanted`` names, if it has that attribute
-        (no TaskInfo is made for the others). Read when set: set it again
-        when ``wanted`` changes. Loop thread only; ``bluelet.add_instrument``
-        manages it."""
+        """None, or the object told of this loop's events (see bluelet.Instrument)."""
         return self._hooks
 
     @hooks.setter
